@@ -1,0 +1,126 @@
+"""Typed records passed between pipeline stages.
+
+kernel hooks -> Event -> (stitch) -> Journey -> sinks. Devices come from the netlink
+snapshot and name what an Event only identifies by (netns inode, ifindex).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class Hook(enum.IntEnum):
+    """Which kernel moment an event marks. Values are shared with bpf/tapttrace.h."""
+
+    RECEIVE = 1  # net:netif_receive_skb: a device hands the frame to the stack/bridge
+    QUEUE = 2  # net:net_dev_queue: the frame is queued for transmission on a device
+    DROP = 3  # skb:kfree_skb: the frame is freed as a drop, with a reason
+    CONSUME = 4  # skb:consume_skb: the frame is freed after normal use
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kernel event about one skb, decoded from the ring buffer."""
+
+    ts_ns: int  # bpf_ktime_get_ns(), CLOCK_MONOTONIC
+    skb: int  # sk_buff address: identity while the skb lives
+    hook: Hook
+    netns: int  # network namespace inode number (as in /proc/PID/ns/net)
+    ifindex: int  # skb->dev's ifindex, 0 when the skb has no device
+    ifname: str  # skb->dev's name at event time ("" when none)
+    frame_len: int  # whole frame length from the MAC header (bytes)
+    data: bytes  # the frame's first bytes from the MAC header (up to the snap length)
+    reason: int = 0  # kfree_skb drop reason (0 when the kernel has none)
+    location: int = 0  # kfree_skb/consume_skb caller address (0 when unknown)
+    cpu: int = 0
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    netns: int
+    ifindex: int
+
+
+@dataclass(frozen=True)
+class Device:
+    """A network device as netlink describes it, in the namespace it lives in."""
+
+    netns: int  # namespace inode
+    netns_name: str  # "root", a name under /run/netns, or "pid:<pid>"
+    ifindex: int
+    name: str
+    kind: str = ""  # IFLA_INFO_KIND: "bridge", "tun", "veth", "vxlan", "" for physical
+    mac: str = ""
+    mtu: int = 0
+    master: Optional[int] = None  # ifindex of the bridge this device is a port of
+    master_name: str = ""
+    is_tap: bool = False  # tun/tap device in tap mode (what qemu's tap backend uses)
+    oper_up: bool = True
+
+    @property
+    def key(self) -> DeviceKey:
+        return DeviceKey(self.netns, self.ifindex)
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.kind == "bridge"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One place a copy of the frame was seen, in the words the user reads."""
+
+    ts_ns: int
+    copy: int  # which copy of the frame (0 = the skb that arrived first; clones count up)
+    event: str  # received | passed-up | sent | read | consumed | dropped
+    netns: str  # namespace name
+    dev: str  # device name ("" when the skb had none)
+    role: str = ""  # "port of br0", "bridge", "tap", "" ...
+    reason: str = ""  # drop reason name, for event == "dropped"
+    location: str = ""  # symbolized kernel function, for dropped/consumed/read
+
+
+@dataclass
+class Copy:
+    """One skb carrying the frame: the original or a clone made on flood."""
+
+    index: int
+    outcome: str = "in-flight"  # delivered|forwarded|local|dropped|queued|in-flight
+    dev: str = ""  # where the outcome happened (the tap it was read from, the port it left by…)
+    netns: str = ""
+    reason: str = ""
+    location: str = ""
+
+
+class Verdict(str, enum.Enum):
+    DELIVERED = "delivered"
+    FORWARDED = "forwarded"
+    FLOODED = "flooded"
+    LOCAL = "local"
+    DROPPED = "dropped"
+    QUEUED = "queued"
+
+
+@dataclass
+class Journey:
+    """Everything one frame went through, from first sighting to its end."""
+
+    id: int
+    first_ns: int
+    last_ns: int
+    src_mac: str
+    dst_mac: str
+    ethertype: int
+    summary: str
+    frame_len: int
+    frame: bytes  # the frame's captured bytes (for pcap)
+    hops: list[Hop] = field(default_factory=list)
+    copies: list[Copy] = field(default_factory=list)
+    verdict: str = ""
+    reason: str = ""  # for dropped: the drop reason name
+    location: str = ""  # for dropped: the kernel function
+    drop_dev: str = ""
+    flood_ports: list[str] = field(default_factory=list)  # ports that got a copy
+    flood_missed: list[str] = field(default_factory=list)  # ports of the bridge that did not
+    bridge: str = ""  # the bridge it crossed, if any
