@@ -79,6 +79,7 @@ class Hop:
     role: str = ""  # "port of br0", "bridge", "tap", "" ...
     reason: str = ""  # drop reason name, for event == "dropped"
     location: str = ""  # symbolized kernel function, for dropped/consumed/read
+    reader: str = ""  # for event == "read": the process holding the tap open, when known
 
 
 @dataclass
@@ -124,3 +125,5 @@ class Journey:
     flood_ports: list[str] = field(default_factory=list)  # ports that got a copy
     flood_missed: list[str] = field(default_factory=list)  # ports of the bridge that did not
     bridge: str = ""  # the bridge it crossed, if any
+    toward_guest: bool = False  # addressed to the watched MAC (or asking for its IP)
+    note: str = ""  # e.g. "never reached vnet0"

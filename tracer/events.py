@@ -1,0 +1,49 @@
+"""The ring-buffer event layout (bpf/tapttrace.h, stated once more here) and its decoding."""
+from __future__ import annotations
+
+import struct
+
+from .records import Event, Hook
+
+SNAPLEN = 128
+IFNAMSIZ = 16
+# struct tt_event: ts_ns, skb, location, netns, ifindex, frame_len, reason, hook, cap_len, cpu,
+# ifname[16], data[SNAPLEN]
+_LAYOUT = struct.Struct(f"<QQQIIIIHHI{IFNAMSIZ}s{SNAPLEN}s")
+EVENT_SIZE = _LAYOUT.size  # 192; checked against what the kernel hands us (decode raises otherwise)
+
+
+class DecodeError(ValueError):
+    """A ring-buffer record that doesn't have the layout we expect."""
+
+
+def decode(raw: bytes) -> Event:
+    if len(raw) != EVENT_SIZE:
+        raise DecodeError(f"event of {len(raw)} bytes, expected {EVENT_SIZE}: bpf/tapttrace.h and "
+                          "tracer/events.py disagree")
+    ts, skb, location, netns, ifindex, frame_len, reason, hook, cap_len, cpu, name, data = \
+        _LAYOUT.unpack(raw)
+    try:
+        hook_ = Hook(hook)
+    except ValueError:
+        raise DecodeError(f"unknown hook {hook}") from None
+    return Event(
+        ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex,
+        ifname=name.split(b"\0", 1)[0].decode("utf-8", "replace"),
+        frame_len=frame_len, data=data[:min(cap_len, SNAPLEN)], reason=reason,
+        location=location, cpu=cpu,
+    )
+
+
+def to_dict(e: Event) -> dict:
+    """JSON-able form, used for recordings that the unit tests replay."""
+    return {"ts_ns": e.ts_ns, "skb": e.skb, "hook": e.hook.name.lower(), "netns": e.netns,
+            "ifindex": e.ifindex, "ifname": e.ifname, "frame_len": e.frame_len,
+            "data": e.data.hex(), "reason": e.reason, "location": e.location, "cpu": e.cpu}
+
+
+def from_dict(d: dict) -> Event:
+    return Event(ts_ns=d["ts_ns"], skb=d["skb"], hook=Hook[d["hook"].upper()], netns=d["netns"],
+                 ifindex=d["ifindex"], ifname=d["ifname"], frame_len=d["frame_len"],
+                 data=bytes.fromhex(d["data"]), reason=d["reason"], location=d["location"],
+                 cpu=d.get("cpu", 0))

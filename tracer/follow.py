@@ -1,0 +1,175 @@
+"""The follow pipeline: BPF events -> decode -> stitch -> annotate -> sinks, until told to stop."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Callable, Iterable, Optional, Protocol
+
+from . import events as ev_codec
+from . import frames
+from .config import FollowConfig
+from .devices import DeviceTable
+from .records import Device, Event, Journey
+from .stitch import Namer, Stitcher
+
+
+class EventSource(Protocol):
+    def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None: ...
+    def drain(self, sink: Callable[[bytes], None]) -> None: ...
+    def lost(self) -> int: ...
+    def watch_ips(self, addrs: Iterable[str]) -> None: ...
+
+
+class Sink(Protocol):
+    def journey(self, j: Journey) -> None: ...
+    def summary(self, s: "FollowSummary") -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class FollowSummary:
+    journeys: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+    lost_events: int = 0
+    decode_errors: int = 0
+    late_events: int = 0
+    events: int = 0
+    learned_ips: list[str] = field(default_factory=list)
+    stopped_by: str = ""
+
+    def line(self) -> str:
+        parts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items(), key=lambda kv: -kv[1]))
+        text = f"{self.journeys} journeys" + (f" ({parts})" if parts else "")
+        text += f"; {self.lost_events} events lost"
+        if self.decode_errors:
+            text += f"; {self.decode_errors} undecodable events"
+        return text
+
+    def as_dict(self) -> dict:
+        return {"journeys": self.journeys, "verdicts": dict(self.verdicts), "lost_events": self.lost_events,
+                "decode_errors": self.decode_errors, "late_events": self.late_events, "events": self.events,
+                "learned_ips": self.learned_ips, "stopped_by": self.stopped_by}
+
+
+def guest_taps(devices: Iterable[Device], mac: str) -> list[Device]:
+    """Taps that belong to the guest: carrying its MAC, or libvirt's fe:+ its last five bytes."""
+    libvirt = "fe" + mac[2:]
+    return [d for d in devices if d.is_tap and d.mac in (mac, libvirt)]
+
+
+class Annotator:
+    """Adds what only the watched MAC's point of view knows: is the frame for the guest, did it get there."""
+
+    def __init__(self, mac: str, ips: set[str], devices: DeviceTable):
+        self.mac = mac
+        self.ips = ips
+        self.devices = devices
+
+    def __call__(self, j: Journey) -> Journey:
+        info = frames.decode(j.frame)
+        asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
+        j.toward_guest = j.dst_mac == self.mac or bool(asks)
+        if j.toward_guest and not any(c.outcome in ("delivered", "queued") for c in j.copies):
+            taps = guest_taps(self.devices.all(), self.mac)
+            j.note = f"never reached {' or '.join(t.name for t in taps)}" if taps else "never reached a tap"
+        return j
+
+
+class Recorder:
+    """Writes raw events and the names needed to replay them, for the pure tests."""
+
+    def __init__(self, out: IO[str], config: FollowConfig, devices: DeviceTable):
+        self.out = out
+        self.devices = devices
+        self.locations: set[int] = set()
+        self.reasons: set[int] = set()
+        self._write({"type": "meta", "mac": config.mac, "ips": list(config.ips)})
+
+    def _write(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj) + "\n")
+
+    def event(self, e: Event) -> None:
+        self.locations.add(e.location)
+        self.reasons.add(e.reason)
+        self._write({"type": "event", **ev_codec.to_dict(e)})
+
+    def close(self, namer: Namer) -> None:
+        self._write({"type": "devices", "netns": {str(k): v for k, v in self.devices.namespaces.items()},
+                     "devices": [d.__dict__ for d in self.devices.all()]})
+        self._write({"type": "names",
+                     "symbols": {str(a): namer.symbol(a) for a in self.locations if a},
+                     "reasons": {str(r): namer.reason(r) for r in self.reasons}})
+        self.out.close()
+
+
+def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, namer: Namer,
+               sinks: list[Sink], stop: threading.Event, *, recorder: Optional[Recorder] = None,
+               on_journey: Optional[Callable[[Journey], None]] = None,
+               poll_ms: int = 50) -> FollowSummary:
+    """Run until count/duration is reached or `stop` is set; always drains and reports what is left."""
+    summary = FollowSummary()
+    stitcher = Stitcher(devices, namer)
+    known_ips = set(config.ips)
+    annotate = Annotator(config.mac, known_ips, devices)
+    mac_bytes = bytes.fromhex(config.mac.replace(":", ""))
+    deadline = time.monotonic() + config.duration if config.duration else None
+    if known_ips:
+        source.watch_ips(known_ips)
+
+    def take(raw: bytes) -> None:
+        try:
+            e = ev_codec.decode(raw)
+        except ev_codec.DecodeError:
+            summary.decode_errors += 1
+            return
+        summary.events += 1
+        if recorder:
+            recorder.event(e)
+        if config.learn_ips and e.data[6:12] == mac_bytes:
+            new = [ip for ip in frames.guest_addresses(frames.decode(e.data), config.mac) if ip not in known_ips]
+            if new:
+                known_ips.update(new)
+                summary.learned_ips.extend(new)
+                source.watch_ips(new)
+        stitcher.feed(e)
+
+    def emit(journeys: list[Journey]) -> bool:
+        for j in journeys:
+            if config.count is not None and summary.journeys >= config.count:
+                return True
+            annotate(j)
+            summary.journeys += 1
+            summary.verdicts[j.verdict] += 1
+            for s in sinks:
+                s.journey(j)
+            if on_journey:
+                on_journey(j)
+        return config.count is not None and summary.journeys >= config.count
+
+    try:
+        while True:
+            if stop.is_set():
+                summary.stopped_by = "signal"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                summary.stopped_by = "duration"
+                break
+            source.poll(take, poll_ms)
+            if emit(stitcher.flush(time.monotonic_ns())):
+                summary.stopped_by = "count"
+                break
+    finally:
+        source.drain(take)
+        if not (config.count is not None and summary.journeys >= config.count):
+            emit(stitcher.flush(time.monotonic_ns(), final=True))
+        summary.lost_events = source.lost()
+        summary.late_events = stitcher.stats.late_events
+        for s in sinks:
+            s.summary(summary)
+            s.close()
+        if recorder:
+            recorder.close(namer)
+    return summary

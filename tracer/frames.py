@@ -1,0 +1,125 @@
+"""Decode the captured bytes of an Ethernet frame: addresses, a one-line summary, a fingerprint."""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+ETH_P_IP = 0x0800
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+
+_IP_PROTOS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 47: "GRE", 50: "ESP"}
+_ICMP_TYPES = {0: "echo reply", 3: "unreachable", 5: "redirect", 8: "echo", 11: "time exceeded"}
+_ICMP6_TYPES = {
+    1: "unreachable", 2: "packet too big", 3: "time exceeded", 128: "echo", 129: "echo reply",
+    133: "router solicitation", 134: "router advertisement",
+    135: "neighbour solicitation", 136: "neighbour advertisement",
+}
+
+
+def mac_str(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What a person (and the diagnosis) needs to know about a frame."""
+
+    dst_mac: str
+    src_mac: str
+    ethertype: int
+    summary: str
+    src_ip: Optional[str] = None
+    dst_ip: Optional[str] = None
+    arp_op: Optional[int] = None  # 1 request, 2 reply
+    arp_sender_ip: Optional[str] = None
+    arp_target_ip: Optional[str] = None
+    nd_target: Optional[str] = None  # IPv6 neighbour solicitation/advertisement target
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.dst_mac == "ff:ff:ff:ff:ff:ff"
+
+
+def decode(frame: bytes) -> FrameInfo:
+    """Decode as much as the captured bytes allow; never raises on short or odd frames."""
+    if len(frame) < 14:
+        return FrameInfo("", "", 0, f"runt frame ({len(frame)} bytes captured)")
+    dst, src = mac_str(frame[0:6]), mac_str(frame[6:12])
+    ethertype = struct.unpack_from("!H", frame, 12)[0]
+    payload = frame[14:]
+    vlan = ""
+    if ethertype == ETH_P_8021Q and len(frame) >= 18:
+        vid = struct.unpack_from("!H", frame, 14)[0] & 0x0FFF
+        ethertype = struct.unpack_from("!H", frame, 16)[0]
+        payload = frame[18:]
+        vlan = f"vlan {vid} "
+    info = _decode_l3(ethertype, payload)
+    summary = vlan + (info.pop("summary") if info else f"ethertype 0x{ethertype:04x}")
+    return FrameInfo(dst, src, ethertype, summary, **(info or {}))
+
+
+def _decode_l3(ethertype: int, p: bytes) -> Optional[dict]:
+    if ethertype == ETH_P_ARP and len(p) >= 28:
+        op = struct.unpack_from("!H", p, 6)[0]
+        spa, tpa = str(ipaddress.IPv4Address(p[14:18])), str(ipaddress.IPv4Address(p[24:28]))
+        if op == 1:
+            text = f"ARP who-has {tpa} tell {spa}"
+        elif op == 2:
+            text = f"ARP reply {spa} is-at {mac_str(p[8:14])}"
+        else:
+            text = f"ARP op {op} {spa} > {tpa}"
+        return {"summary": text, "arp_op": op, "arp_sender_ip": spa, "arp_target_ip": tpa}
+    if ethertype == ETH_P_IP and len(p) >= 20:
+        ihl = (p[0] & 0x0F) * 4
+        proto = p[9]
+        src, dst = str(ipaddress.IPv4Address(p[12:16])), str(ipaddress.IPv4Address(p[16:20]))
+        l4 = p[ihl:]
+        return {"summary": _l4_summary(proto, l4, src, dst, _ICMP_TYPES), "src_ip": src, "dst_ip": dst}
+    if ethertype == ETH_P_IPV6 and len(p) >= 40:
+        proto = p[6]
+        src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
+        l4 = p[40:]
+        extra: dict = {}
+        if proto == 58 and len(l4) >= 24 and l4[0] in (135, 136):
+            extra["nd_target"] = str(ipaddress.IPv6Address(l4[8:24]))
+            kind = "NS who-has" if l4[0] == 135 else "NA"
+            return {"summary": f"ICMPv6 {kind} {extra['nd_target']} ({src} > {dst})", "src_ip": src,
+                    "dst_ip": dst, **extra}
+        return {"summary": _l4_summary(proto, l4, src, dst, _ICMP6_TYPES), "src_ip": src, "dst_ip": dst}
+    return None
+
+
+def _l4_summary(proto: int, l4: bytes, src: str, dst: str, icmp_types: dict) -> str:
+    name = _IP_PROTOS.get(proto, f"proto {proto}")
+    if proto in (1, 58) and l4:
+        kind = icmp_types.get(l4[0], f"type {l4[0]}")
+        seq = ""
+        if l4[0] in (0, 8, 128, 129) and len(l4) >= 8:
+            seq = f" seq {struct.unpack_from('!H', l4, 6)[0]}"
+        return f"{name} {kind} {src} > {dst}{seq}"
+    if proto in (6, 17) and len(l4) >= 4:
+        sport, dport = struct.unpack_from("!HH", l4, 0)
+        return f"{name} {src}:{sport} > {dst}:{dport}"
+    return f"{name} {src} > {dst}"
+
+
+def fingerprint(frame: bytes, frame_len: int) -> bytes:
+    """Identify a frame's content across skb clones and copies (which keep the bytes, not the address)."""
+    return hashlib.blake2b(frame + frame_len.to_bytes(4, "little"), digest_size=8).digest()
+
+
+def guest_addresses(info: FrameInfo, guest_mac: str) -> list[str]:
+    """Addresses a frame proves the guest owns: the sender of its own ARP or IP traffic."""
+    if info.src_mac != guest_mac:
+        return []
+    found = []
+    if info.arp_sender_ip and info.arp_sender_ip != "0.0.0.0":
+        found.append(info.arp_sender_ip)
+    elif info.src_ip and info.src_ip not in ("0.0.0.0", "::"):
+        found.append(info.src_ip)
+    return found

@@ -1,0 +1,100 @@
+"""Compile and attach bpf/follow.c with bcc; hand its ring-buffer records over as raw bytes.
+
+The only module of the follow pipeline that imports bcc. Everything kernel-specific arrives
+through the Features record as -D integer constants.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import ip_key, mac_to_int
+from .errors import EnvironmentProblem, KernelError
+from .events import EVENT_SIZE
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+
+def follow_cflags(features, mac: str, ringbuf_pages: int) -> list[str]:
+    """Everything the BPF C needs to know, as integer defines (nothing user-supplied but the MAC as an int)."""
+    flags = [f"-I{BPF_DIR}", f"-DWATCH_MAC={mac_to_int(mac):#x}ULL", f"-DRINGBUF_PAGES={int(ringbuf_pages)}"]
+    flags += features.offsets.as_cflags()
+    flags.append(f"-DARG_KFREE_LOCATION={int(features.kfree_skb_location_arg)}")
+    if features.kfree_skb_reason_arg is not None:
+        flags.append(f"-DARG_KFREE_REASON={int(features.kfree_skb_reason_arg)}")
+    if features.consume_skb_location_arg is not None:
+        flags.append(f"-DARG_CONSUME_LOCATION={int(features.consume_skb_location_arg)}")
+    return flags
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem(
+            "bcc is not importable: install Debian's python3-bpfcc and run tapttrace from a venv made "
+            "with --system-site-packages (scripts/setup.sh does both)") from None
+    return bcc
+
+
+class FollowProgram:
+    """The loaded, attached follow program. Use as a context manager: leaving it detaches everything."""
+
+    def __init__(self, features, mac: str, ringbuf_pages: int = 256):
+        bcc = _import_bcc()
+        if features.headers_env:
+            os.environ.update(features.headers_env)
+        cflags = follow_cflags(features, mac, ringbuf_pages)
+        try:
+            # Raw tracepoint functions are attached by bcc as it loads them.
+            self._bpf = bcc.BPF(src_file=str(BPF_DIR / "follow.c").encode(), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception for compile and attach failures
+            raise KernelError(f"could not load bpf/follow.c: {exc}") from None
+        self._sink: Callable[[bytes], None] = lambda raw: None
+        self._bad_size = 0
+
+        def _on_event(_ctx, data, size):
+            if size != EVENT_SIZE:
+                self._bad_size += 1
+                return
+            self._sink(ctypes.string_at(data, size))
+
+        self._callback = _on_event  # keep a reference: bcc holds only a C pointer
+        self._bpf["events"].open_ring_buffer(self._callback)
+
+    def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
+        """Wait up to timeout_ms for events and hand each raw record to sink."""
+        self._sink = sink
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self, sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+        self._bpf.ring_buffer_consume()
+
+    def lost(self) -> int:
+        """Events the kernel had no ring-buffer room for, since load."""
+        return sum(int(v) for v in self._bpf["lost"][0]) if self._bpf else 0
+
+    @property
+    def size_errors(self) -> int:
+        return self._bad_size
+
+    def watch_ips(self, addrs: Iterable[str]) -> None:
+        table = self._bpf["watch_ips"]
+        for addr in addrs:
+            key = table.Key()
+            ctypes.memmove(ctypes.byref(key), ip_key(addr), 16)
+            table[key] = ctypes.c_uint8(1)
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> "FollowProgram":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

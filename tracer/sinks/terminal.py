@@ -1,0 +1,91 @@
+"""Human output: one block per journey, in words, with rich for colour and alignment."""
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.console import Console
+from rich.text import Text
+
+from ..records import Hop, Journey
+
+_VERDICT_STYLE = {
+    "delivered": "bold green", "forwarded": "bold cyan", "flooded": "bold blue",
+    "local": "bold yellow", "dropped": "bold red", "queued": "bold magenta", "unfinished": "bold",
+}
+
+
+def describe_hop(h: Hop) -> str:
+    """A hop in plain words."""
+    where = f"{h.dev} ({h.role})" if h.role and h.role not in ("bridge", "tap") else h.dev
+    if h.event == "received":
+        return f"arrived on {where}" if h.role.startswith(("port of", "tap, port")) else \
+            f"received by the host stack on {where}"
+    if h.event == "passed-up":
+        return f"passed up to {h.dev}'s own host stack"
+    if h.event == "sent":
+        if h.role == "bridge":
+            return f"sent by the host through {h.dev}"
+        return f"sent to {h.dev} (tap)" if h.role == "tap" else f"sent to {where}"
+    if h.event == "read":
+        who = f" by {h.reader}" if h.reader else " by the process holding the tap"
+        return f"read from {h.dev}{who}"
+    if h.event == "dropped":
+        return f"dropped: {h.reason} at {h.location or '?'}" + (f" (on {h.dev})" if h.dev else "")
+    if h.event == "consumed":
+        return f"consumed at {h.location or '?'}" + (f" (on {h.dev})" if h.dev else "")
+    return h.event
+
+
+def describe_verdict(j: Journey) -> str:
+    if j.verdict == "dropped":
+        text = f"DROPPED: {j.reason} at {j.location}"
+    elif j.verdict == "flooded":
+        text = f"FLOODED to {', '.join(j.flood_ports) or 'no port'}"
+        if any(c.outcome == "local" for c in j.copies):
+            text += " and the host"
+        if j.flood_missed:
+            text += f"; not to {', '.join(j.flood_missed)}"
+    elif j.verdict == "delivered":
+        dev = next((c.dev for c in j.copies if c.outcome == "delivered"), "")
+        text = f"DELIVERED to {dev}"
+    elif j.verdict == "local":
+        text = "LOCAL: consumed by the host stack"
+    elif j.verdict == "queued":
+        text = "QUEUED: sitting in the tap's queue, unread"
+    else:
+        text = j.verdict.upper()
+    if j.note:
+        text += f" — {j.note}"
+    return text
+
+
+class TerminalSink:
+    def __init__(self, console: Console, wall_offset_ns: int):
+        self.console = console
+        self.wall_offset_ns = wall_offset_ns
+
+    def journey(self, j: Journey) -> None:
+        when = dt.datetime.fromtimestamp((j.first_ns + self.wall_offset_ns) / 1e9).strftime("%H:%M:%S.%f")
+        head = Text(f"#{j.id} {when}  ", style="dim")
+        head.append(f"{j.src_mac} > {j.dst_mac}  ", style="cyan")
+        head.append(j.summary, style="bold")
+        head.append(f"  ({j.frame_len} B)", style="dim")
+        self.console.print(head)
+        multi = len(j.copies) > 1
+        for h in j.hops:
+            line = Text(f"  +{(h.ts_ns - j.first_ns) / 1000:9.1f}µs  ", style="dim")
+            if h.netns:
+                line.append(f"[{h.netns}] ", style="magenta")
+            if multi:
+                line.append(f"copy {h.copy}: ", style="dim")
+            line.append(describe_hop(h), style="red" if h.event == "dropped" else "")
+            self.console.print(line)
+        verdict = Text("  ⇒ ")
+        verdict.append(describe_verdict(j), style=_VERDICT_STYLE.get(j.verdict, "bold"))
+        self.console.print(verdict)
+
+    def summary(self, s) -> None:
+        self.console.print(Text(s.line(), style="bold"))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,285 @@
+"""Stitch kernel events into per-frame journeys and decide how each journey ended.
+
+An skb's address identifies a frame while the skb lives; crossing a veth into another
+namespace keeps the address, so that is one journey. Flooding clones the skb and the bridge
+may replace it (skb_share_check), so a new address whose content fingerprint matches a live
+journey joins it as another copy, as long as it doesn't look like a fresh frame (received
+from a device, or sent by a stack on a device that is not a bridge port).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+from . import frames
+from .records import Copy, Device, Event, Hook, Hop, Journey, Verdict
+
+MS = 1_000_000
+
+
+class DeviceDirectory(Protocol):
+    """Names what events identify by (netns inode, ifindex)."""
+
+    def device(self, netns: int, ifindex: int, ifname: str) -> Optional[Device]: ...
+
+    def ports(self, netns: int, bridge_ifindex: int) -> list[Device]: ...
+
+    def netns_name(self, netns: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Namer:
+    """Turns kernel numbers into words: drop reasons, code addresses, who reads a tap."""
+
+    reason: Callable[[int], str] = lambda r: f"unknown:{r}"
+    symbol: Callable[[int], str] = lambda a: f"0x{a:x}" if a else ""
+    tap_reader: Callable[[int, str], str] = lambda netns, dev: ""
+
+
+@dataclass
+class _CopyState:
+    index: int
+    skb: int
+    events: list[tuple[Event, Optional[Device]]] = field(default_factory=list)
+    ended: bool = False
+
+    @property
+    def side(self) -> bool:
+        """A copy seen only being consumed (a packet socket's clone, e.g. tcpdump): not the bridge's doing."""
+        return all(e.hook == Hook.CONSUME for e, _ in self.events)
+
+
+@dataclass
+class _JourneyState:
+    id: int
+    fp: bytes
+    first: Event
+    last_ns: int
+    copies: list[_CopyState] = field(default_factory=list)
+    ended_ns: int = 0
+
+    @property
+    def live(self) -> bool:
+        return any(not c.ended for c in self.copies)
+
+
+@dataclass
+class StitchStats:
+    events: int = 0
+    journeys: int = 0
+    late_events: int = 0  # events for skbs of journeys already reported (e.g. read after "queued")
+
+
+class Stitcher:
+    """Feed events in ring-buffer order; collect finished journeys with flush()."""
+
+    def __init__(self, devices: DeviceDirectory, namer: Namer = Namer(), *,
+                 clone_window_ns: int = 10 * MS, grace_ns: int = 20 * MS, idle_ns: int = 1000 * MS):
+        self.devices = devices
+        self.namer = namer
+        self.clone_window_ns = clone_window_ns
+        self.grace_ns = grace_ns
+        self.idle_ns = idle_ns
+        self.stats = StitchStats()
+        self._live: dict[int, tuple[_JourneyState, _CopyState]] = {}
+        self._by_fp: dict[bytes, _JourneyState] = {}
+        self._open: dict[int, _JourneyState] = {}
+        self._retired: dict[int, bytes] = {}  # skb -> fingerprint of reported journeys' unfinished copies
+        self._next_id = 1
+
+    def feed(self, ev: Event) -> None:
+        self.stats.events += 1
+        fp = frames.fingerprint(ev.data, ev.frame_len)
+        dev = self.devices.device(ev.netns, ev.ifindex, ev.ifname) if ev.ifindex else None
+        known = self._live.get(ev.skb)
+        if known is not None:
+            js, cs = known
+            if js.fp == fp or ev.hook in (Hook.DROP, Hook.CONSUME):
+                self._add(js, cs, ev, dev)
+                return
+            # Same address, other bytes: the skb was freed unseen and the address reused.
+            cs.ended = True
+            del self._live[ev.skb]
+        if self._retired.get(ev.skb) == fp:
+            self.stats.late_events += 1
+            if ev.hook in (Hook.DROP, Hook.CONSUME):
+                del self._retired[ev.skb]
+            return
+        js = self._clone_parent(ev, fp, dev)
+        if js is None:
+            js = _JourneyState(self._next_id, fp, ev, ev.ts_ns)
+            self._next_id += 1
+            self._open[js.id] = js
+            self._by_fp[fp] = js
+        cs = _CopyState(len(js.copies), ev.skb)
+        js.copies.append(cs)
+        self._live[ev.skb] = (js, cs)
+        self._add(js, cs, ev, dev)
+
+    def _clone_parent(self, ev: Event, fp: bytes, dev: Optional[Device]) -> Optional[_JourneyState]:
+        js = self._by_fp.get(fp)
+        if js is None or js.id not in self._open:
+            return None
+        if not js.live and ev.ts_ns - js.last_ns > self.clone_window_ns:
+            return None
+        if ev.hook == Hook.RECEIVE and not (dev and dev.is_bridge):
+            return None  # a fresh frame from a wire, a peer or a guest
+        if ev.hook == Hook.QUEUE and not (dev and dev.master is not None):
+            return None  # a stack sending a frame of its own
+        return js
+
+    def _add(self, js: _JourneyState, cs: _CopyState, ev: Event, dev: Optional[Device]) -> None:
+        cs.events.append((ev, dev))
+        js.last_ns = max(js.last_ns, ev.ts_ns)
+        if ev.hook in (Hook.DROP, Hook.CONSUME):
+            cs.ended = True
+            self._live.pop(ev.skb, None)
+            if not js.live:
+                js.ended_ns = js.last_ns
+
+    def flush(self, now_ns: int, final: bool = False) -> list[Journey]:
+        """Journeys that are over: every copy ended (and no clone can still show up), or idle too long."""
+        done = []
+        for js in list(self._open.values()):
+            finished = (not js.live and now_ns - js.ended_ns >= self.grace_ns)
+            if final or finished or now_ns - js.last_ns >= self.idle_ns:
+                done.append(js)
+        done.sort(key=lambda j: j.first.ts_ns)
+        out = []
+        for js in done:
+            del self._open[js.id]
+            if self._by_fp.get(js.fp) is js:
+                del self._by_fp[js.fp]
+            for cs in js.copies:
+                if not cs.ended:
+                    self._live.pop(cs.skb, None)
+                    self._retired[cs.skb] = js.fp
+            out.append(self._build(js))
+        if len(self._retired) > 65536:  # bounded: the oldest unfinished copies are forgotten
+            for skb in list(self._retired)[: len(self._retired) - 65536]:
+                del self._retired[skb]
+        self.stats.journeys += len(out)
+        return out
+
+    @property
+    def open_journeys(self) -> int:
+        return len(self._open)
+
+    # -- verdicts -------------------------------------------------------------------------
+
+    def _build(self, js: _JourneyState) -> Journey:
+        first = js.first
+        info = frames.decode(first.data)
+        journey = Journey(
+            id=js.id, first_ns=first.ts_ns, last_ns=js.last_ns, src_mac=info.src_mac,
+            dst_mac=info.dst_mac, ethertype=info.ethertype, summary=info.summary,
+            frame_len=first.frame_len, frame=first.data,
+        )
+        events = sorted(((ev, dev, cs.index) for cs in js.copies for ev, dev in cs.events),
+                        key=lambda t: (t[0].ts_ns, t[2]))
+        journey.hops = [self._hop(ev, dev, ci, cs_of(js, ci)) for ev, dev, ci in events]
+        journey.copies = [self._outcome(cs) for cs in js.copies if not cs.side]
+        self._verdict(journey, js)
+        return journey
+
+    def _hop(self, ev: Event, dev: Optional[Device], copy: int, cs: _CopyState) -> Hop:
+        ns = self.devices.netns_name(ev.netns) if ev.netns else ""
+        name = dev.name if dev else ev.ifname
+        role = _role(dev)
+        if ev.hook == Hook.RECEIVE:
+            kind = "passed-up" if dev and dev.is_bridge else "received"
+            return Hop(ev.ts_ns, copy, kind, ns, name, role)
+        if ev.hook == Hook.QUEUE:
+            return Hop(ev.ts_ns, copy, "sent", ns, name, role)
+        where = self.namer.symbol(ev.location)
+        if ev.hook == Hook.DROP:
+            return Hop(ev.ts_ns, copy, "dropped", ns, name, role, self.namer.reason(ev.reason), where)
+        tap = _last_tap_queue(cs, before=ev)
+        if tap is not None:
+            reader = self.namer.tap_reader(tap.netns, tap.name)
+            return Hop(ev.ts_ns, copy, "read", self.devices.netns_name(tap.netns), tap.name, "tap",
+                       location=where, reader=reader)
+        return Hop(ev.ts_ns, copy, "consumed", ns, name, role, location=where)
+
+    def _outcome(self, cs: _CopyState) -> Copy:
+        last_ev, last_dev = cs.events[-1]
+        tap = _last_tap_queue(cs)
+        up = next((d for e, d in reversed(cs.events) if e.hook == Hook.RECEIVE and d and d.is_bridge), None)
+        sent = next((d for e, d in reversed(cs.events)
+                     if e.hook == Hook.QUEUE and d and not d.is_tap and not d.is_bridge), None)
+        ns = lambda d: self.devices.netns_name(d.netns) if d else ""  # noqa: E731
+        if cs.ended and last_ev.hook == Hook.DROP:
+            name = last_dev.name if last_dev else last_ev.ifname
+            return Copy(cs.index, Verdict.DROPPED.value, name, self.devices.netns_name(last_ev.netns)
+                        if last_ev.netns else "", self.namer.reason(last_ev.reason),
+                        self.namer.symbol(last_ev.location))
+        if tap is not None:
+            outcome = Verdict.DELIVERED if cs.ended else Verdict.QUEUED
+            return Copy(cs.index, outcome.value, tap.name, ns(tap))
+        if up is not None:
+            return Copy(cs.index, Verdict.LOCAL.value if cs.ended else "unfinished", up.name, ns(up))
+        if sent is not None:
+            return Copy(cs.index, Verdict.FORWARDED.value, sent.name, ns(sent))
+        if cs.ended:
+            rx = next((d for e, d in reversed(cs.events) if d is not None), None)
+            return Copy(cs.index, Verdict.LOCAL.value, rx.name if rx else "", ns(rx))
+        return Copy(cs.index, "unfinished", last_dev.name if last_dev else last_ev.ifname, ns(last_dev))
+
+    def _verdict(self, journey: Journey, js: _JourneyState) -> None:
+        copies = journey.copies
+        ingress = _bridge_ingress(js)
+        if ingress is not None:
+            journey.bridge = ingress.master_name
+        if len(copies) > 1:
+            journey.verdict = Verdict.FLOODED.value
+            got = [c.dev for c in copies if c.outcome != Verdict.LOCAL.value and c.dev]
+            journey.flood_ports = sorted(set(got))
+            if ingress is not None and ingress.master is not None:
+                ports = self.devices.ports(ingress.netns, ingress.master)
+                journey.flood_missed = sorted(p.name for p in ports
+                                              if p.name not in got and p.ifindex != ingress.ifindex)
+            return
+        if not copies:  # only a packet socket's view of it
+            journey.verdict = Verdict.LOCAL.value
+            return
+        c = copies[0]
+        journey.verdict = c.outcome
+        if c.outcome == Verdict.DROPPED.value:
+            journey.reason, journey.location, journey.drop_dev = c.reason, c.location, c.dev
+
+
+def cs_of(js: _JourneyState, index: int) -> _CopyState:
+    return js.copies[index]
+
+
+def _role(dev: Optional[Device]) -> str:
+    if dev is None:
+        return ""
+    if dev.is_bridge:
+        return "bridge"
+    if dev.master is not None:
+        return f"tap, port of {dev.master_name}" if dev.is_tap else f"port of {dev.master_name}"
+    return "tap" if dev.is_tap else ""
+
+
+def _last_tap_queue(cs: _CopyState, before: Optional[Event] = None) -> Optional[Device]:
+    for ev, dev in reversed(cs.events):
+        if before is not None and ev is before:
+            continue
+        if ev.hook == Hook.QUEUE and dev is not None and dev.is_tap:
+            return dev
+    return None
+
+
+def _bridge_ingress(js: _JourneyState) -> Optional[Device]:
+    """The bridge port the frame entered its bridge by (the first receive on a bridge port)."""
+    for cs in js.copies:
+        for ev, dev in cs.events:
+            if ev.hook == Hook.RECEIVE and dev is not None and dev.master is not None:
+                return dev
+    for cs in js.copies:  # sent by the host through the bridge device
+        for ev, dev in cs.events:
+            if dev is not None and dev.is_bridge:
+                return Device(dev.netns, dev.netns_name, dev.ifindex, dev.name, master=dev.ifindex,
+                              master_name=dev.name)
+    return None
