@@ -8,13 +8,13 @@ from typing import Optional
 
 from .errors import UsageError
 
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}$")
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(\1[0-9a-fA-F]{2}){4}")
 
 
 def parse_mac(text: str) -> str:
     """Normalise a MAC to lower-case colon form; UsageError for anything else."""
-    if not _MAC_RE.match(text or ""):
-        raise UsageError(f"'{text}' is not a MAC address (expected six hex bytes like 52:54:00:e4:2e:c1)")
+    if not _MAC_RE.fullmatch(text or ""):
+        raise UsageError(f"{text!r} is not a MAC address (expected six hex bytes like 52:54:00:e4:2e:c1)")
     return text.lower().replace("-", ":")
 
 
@@ -26,7 +26,7 @@ def parse_ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise UsageError(f"'{text}' is not an IPv4 or IPv6 address") from None
+        raise UsageError(f"{text!r} is not an IPv4 or IPv6 address") from None
 
 
 def ip_key(addr: str) -> bytes:

@@ -1,0 +1,113 @@
+"""The `tapttrace` command: follow, diagnose, doctor, demo."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import click
+from rich.console import Console
+
+from . import __version__
+from .errors import TapttraceError
+
+
+def _fail(err: TapttraceError) -> None:
+    click.echo(f"tapttrace: {err.message}", err=True)
+    sys.exit(err.exit_code)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set an event the loops check, so every exit path runs the clean-up."""
+    stop = threading.Event()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tapttrace")
+def main() -> None:
+    """Follow frames through the Linux bridge to a VM's tap, and say why they stop."""
+
+
+@main.command()
+@click.argument("mac")
+@click.option("--ip", "ips", multiple=True, metavar="ADDR",
+              help="An address of the guest: ARP requests / IPv6 neighbour solicitations for it are followed too. "
+                   "Repeatable. Addresses the guest uses are also learned while running.")
+@click.option("--count", type=int, metavar="N", help="Stop after N journeys.")
+@click.option("--duration", type=float, metavar="S", help="Stop after S seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per journey (docs/journey.schema.json).")
+@click.option("--pcap", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Also write the matched frames to FILE (pcap, readable by tcpdump and Wireshark).")
+@click.option("--no-learn", is_flag=True, help="Don't learn the guest's addresses from its own traffic.")
+@click.option("--record", type=click.Path(dir_okay=False, writable=True), hidden=True,
+              help="Write raw events and names for replay in tests.")
+def follow(mac: str, ips: tuple[str, ...], count: Optional[int], duration: Optional[float], as_json: bool,
+           pcap: Optional[str], no_learn: bool, record: Optional[str]) -> None:
+    """Print, live, every journey of a frame that concerns MAC: where it was seen, and how it ended."""
+    from .config import FollowConfig
+    from .runtime import follow_session
+
+    try:
+        config = FollowConfig(mac=mac, ips=ips, count=count, duration=duration, json=as_json, pcap=pcap,
+                              record=record, learn_ips=not no_learn)
+        console = Console(stderr=as_json)
+        with stop_on_signals() as stop:
+            with follow_session(config, console=console, stop=stop) as session:
+                if not as_json:
+                    console.print(f"[dim]following {config.mac} on {session.describe()}; Ctrl-C to stop[/dim]")
+                session.run()
+        sys.exit(0)
+    except TapttraceError as err:
+        _fail(err)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json: bool) -> None:
+    """Report what the running kernel offers and what tapttrace will use."""
+    from .features import doctor_lines, probe_features
+
+    try:
+        lines = doctor_lines(probe_features())
+    except TapttraceError as err:
+        _fail(err)
+        return
+    if as_json:
+        click.echo(json.dumps([line.__dict__ for line in lines], indent=2))
+    else:
+        console = Console()
+        for line in lines:
+            mark = "[green]✓[/green]" if line.ok else "[red]✗[/red]"
+            console.print(f"{mark} [bold]{line.item}[/bold]: {line.detail}")
+            if not line.ok and line.fix:
+                console.print(f"    fix: {line.fix}")
+    sys.exit(0 if all(line.ok for line in lines if line.required) else 3)
+
+
+@main.command()
+@click.option("--keep", is_flag=True, hidden=True)
+def demo(keep: bool) -> None:
+    """Build a throwaway lab with the classic tap-MAC failure, trace it, fix it, trace again, tear down."""
+    from .demo import run_demo
+
+    try:
+        with stop_on_signals() as stop:
+            sys.exit(run_demo(Console(), stop))
+    except TapttraceError as err:
+        _fail(err)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Wiring of the kernel-facing pieces (features, BPF program, netlink, /proc) into a follow session."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+from rich.console import Console
+
+from .config import FollowConfig
+from .devices import DeviceTable
+from .follow import FollowSummary, Recorder, Sink, run_follow
+from .records import Device, Journey
+from .sinks.jsonl import JsonLinesSink
+from .sinks.terminal import TerminalSink
+from .stitch import Namer
+
+
+def wall_offset_ns() -> int:
+    """Add to a bpf_ktime_get_ns() timestamp (CLOCK_MONOTONIC) to get Unix time."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def load_devices() -> tuple[dict[int, str], list[Device]]:
+    from .netns import list_namespaces
+    from .snapshot import collect_devices
+
+    namespaces = list_namespaces()
+    return {n.inode: n.name for n in namespaces}, collect_devices(namespaces)
+
+
+def make_namer(features) -> Namer:
+    from .kallsyms import Kallsyms
+    from .taps import tap_holders
+
+    ksyms = Kallsyms.load()
+    reasons = features.drop_reasons
+    cache: dict[tuple[int, str], str] = {}
+
+    def tap_reader(netns: int, dev: str) -> str:
+        key = (netns, dev)
+        if key not in cache:
+            holders = [h for h in tap_holders() if h.iff == dev]
+            same_ns = [h for h in holders if h.netns == netns] or holders
+            cache[key] = ", ".join(f"{h.comm} (pid {h.pid})" for h in same_ns)
+        return cache[key]
+
+    return Namer(reason=lambda r: reasons.get(r, f"unknown:{r}"),
+                 symbol=lambda a: ksyms.symbolize(a) if a else "",
+                 tap_reader=tap_reader)
+
+
+class PcapJourneys:
+    """--pcap: the frame of each journey as first seen."""
+
+    def __init__(self, path: str, offset_ns: int):
+        from .sinks.pcap import PcapSink
+
+        self._pcap = PcapSink(path)
+        self._offset = offset_ns
+
+    def journey(self, j: Journey) -> None:
+        self._pcap.write_frame(j.first_ns + self._offset, j.frame, j.frame_len)
+
+    def summary(self, s: FollowSummary) -> None:
+        pass
+
+    def close(self) -> None:
+        self._pcap.close()
+
+
+@dataclass
+class FollowSession:
+    config: FollowConfig
+    program: object
+    devices: DeviceTable
+    namer: Namer
+    sinks: list[Sink]
+    stop: threading.Event
+    recorder: Optional[Recorder] = None
+    on_journey: Optional[Callable[[Journey], None]] = None
+    features: object = None
+    summary: Optional[FollowSummary] = field(default=None)
+
+    def describe(self) -> str:
+        n = len(self.devices.namespaces)
+        return f"{n} network namespace{'s' if n != 1 else ''}"
+
+    def run(self) -> FollowSummary:
+        self.summary = run_follow(self.config, self.program, self.devices, self.namer, self.sinks, self.stop,
+                                  recorder=self.recorder, on_journey=self.on_journey)
+        return self.summary
+
+
+@contextmanager
+def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
+                   stop: Optional[threading.Event] = None, sinks: Optional[list[Sink]] = None,
+                   on_journey: Optional[Callable[[Journey], None]] = None) -> Iterator[FollowSession]:
+    """Everything follow needs, loaded and attached; leaving the block detaches and closes it all."""
+    from .features import probe_features, require
+    from .loader import FollowProgram
+
+    features = probe_features()
+    require(features)
+    offset = wall_offset_ns()
+    if sinks is None:
+        sinks = [JsonLinesSink(sys.stdout, offset) if config.json
+                 else TerminalSink(console or Console(), offset)]
+    with ExitStack() as stack:
+        devices = DeviceTable(load_devices)
+        namer = make_namer(features)
+        if config.pcap:
+            sinks = sinks + [PcapJourneys(config.pcap, offset)]
+        recorder = Recorder(open(config.record, "w"), config, devices) if config.record else None
+        program = stack.enter_context(FollowProgram(features, config.mac, config.ringbuf_pages))
+        yield FollowSession(config, program, devices, namer, sinks, stop or threading.Event(), recorder,
+                            on_journey, features)
