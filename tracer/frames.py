@@ -15,6 +15,7 @@ ETH_P_8021Q = 0x8100
 _IP_PROTOS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 47: "GRE", 50: "ESP"}
 _ICMP_TYPES = {0: "echo reply", 3: "unreachable", 5: "redirect", 8: "echo", 11: "time exceeded"}
 _ICMP6_TYPES = {
+    130: "MLD query", 131: "MLD report", 143: "MLDv2 report",
     1: "unreachable", 2: "packet too big", 3: "time exceeded", 128: "echo", 129: "echo reply",
     133: "router solicitation", 134: "router advertisement",
     135: "neighbour solicitation", 136: "neighbour advertisement",
@@ -84,6 +85,8 @@ def _decode_l3(ethertype: int, p: bytes) -> Optional[dict]:
         proto = p[6]
         src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
         l4 = p[40:]
+        while proto in (0, 43, 60) and len(l4) >= 8:  # hop-by-hop (MLD), routing, destination options
+            proto, l4 = l4[0], l4[(l4[1] + 1) * 8:]
         extra: dict = {}
         if proto == 58 and len(l4) >= 24 and l4[0] in (135, 136):
             extra["nd_target"] = str(ipaddress.IPv6Address(l4[8:24]))

@@ -92,6 +92,7 @@ class Copy:
     netns: str = ""
     reason: str = ""
     location: str = ""
+    port: str = ""  # the bridge port this copy was sent out of, if any
 
 
 class Verdict(str, enum.Enum):

@@ -13,7 +13,7 @@ from rich.console import Console
 from .config import FollowConfig
 from .devices import DeviceTable
 from .follow import FollowSummary, Recorder, Sink, run_follow
-from .records import Device, Journey
+from .records import Journey
 from .sinks.jsonl import JsonLinesSink
 from .sinks.terminal import TerminalSink
 from .stitch import Namer
@@ -24,17 +24,9 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def load_devices() -> tuple[dict[int, str], list[Device]]:
-    from .netns import list_namespaces
-    from .snapshot import collect_devices
-
-    namespaces = list_namespaces()
-    return {n.inode: n.name for n in namespaces}, collect_devices(namespaces)
-
-
 def make_namer(features) -> Namer:
     from .kallsyms import Kallsyms
-    from .taps import tap_holders
+    from .taps import find_tap_holders
 
     ksyms = Kallsyms.load()
     reasons = features.drop_reasons
@@ -43,8 +35,8 @@ def make_namer(features) -> Namer:
     def tap_reader(netns: int, dev: str) -> str:
         key = (netns, dev)
         if key not in cache:
-            holders = [h for h in tap_holders() if h.iff == dev]
-            same_ns = [h for h in holders if h.netns == netns] or holders
+            holders = [h for h in find_tap_holders() if h.iff == dev]
+            same_ns = [h for h in holders if (h.dev_netns or h.netns) == netns] or holders
             cache[key] = ", ".join(f"{h.comm} (pid {h.pid})" for h in same_ns)
         return cache[key]
 
@@ -102,6 +94,7 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
     """Everything follow needs, loaded and attached; leaving the block detaches and closes it all."""
     from .features import probe_features, require
     from .loader import FollowProgram
+    from .snapshot import machine_devices
 
     features = probe_features()
     require(features)
@@ -110,7 +103,7 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
         sinks = [JsonLinesSink(sys.stdout, offset) if config.json
                  else TerminalSink(console or Console(), offset)]
     with ExitStack() as stack:
-        devices = DeviceTable(load_devices)
+        devices = DeviceTable(machine_devices)
         namer = make_namer(features)
         if config.pcap:
             sinks = sinks + [PcapJourneys(config.pcap, offset)]

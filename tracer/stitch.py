@@ -202,6 +202,12 @@ class Stitcher:
         return Hop(ev.ts_ns, copy, "consumed", ns, name, role, location=where)
 
     def _outcome(self, cs: _CopyState) -> Copy:
+        copy = self._end_of(cs)
+        port = next((d for e, d in cs.events if e.hook == Hook.QUEUE and d and d.master is not None), None)
+        copy.port = port.name if port else ""
+        return copy
+
+    def _end_of(self, cs: _CopyState) -> Copy:
         last_ev, last_dev = cs.events[-1]
         tap = _last_tap_queue(cs)
         up = next((d for e, d in reversed(cs.events) if e.hook == Hook.RECEIVE and d and d.is_bridge), None)
@@ -232,7 +238,7 @@ class Stitcher:
             journey.bridge = ingress.master_name
         if len(copies) > 1:
             journey.verdict = Verdict.FLOODED.value
-            got = [c.dev for c in copies if c.outcome != Verdict.LOCAL.value and c.dev]
+            got = [c.port for c in copies if c.port]
             journey.flood_ports = sorted(set(got))
             if ingress is not None and ingress.master is not None:
                 ports = self.devices.ports(ingress.netns, ingress.master)

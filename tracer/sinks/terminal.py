@@ -70,7 +70,7 @@ class TerminalSink:
         head.append(f"{j.src_mac} > {j.dst_mac}  ", style="cyan")
         head.append(j.summary, style="bold")
         head.append(f"  ({j.frame_len} B)", style="dim")
-        self.console.print(head)
+        self.console.print(head, soft_wrap=True)
         multi = len(j.copies) > 1
         for h in j.hops:
             line = Text(f"  +{(h.ts_ns - j.first_ns) / 1000:9.1f}µs  ", style="dim")
@@ -79,7 +79,7 @@ class TerminalSink:
             if multi:
                 line.append(f"copy {h.copy}: ", style="dim")
             line.append(describe_hop(h), style="red" if h.event == "dropped" else "")
-            self.console.print(line)
+            self.console.print(line, soft_wrap=True)
         verdict = Text("  ⇒ ")
         verdict.append(describe_verdict(j), style=_VERDICT_STYLE.get(j.verdict, "bold"))
         self.console.print(verdict)

@@ -1,0 +1,85 @@
+"""`tapttrace demo`: the classic tap-MAC failure, traced, fixed and traced again, in a throwaway lab."""
+from __future__ import annotations
+
+import threading
+import time
+
+from rich.console import Console
+from rich.rule import Rule
+
+from .config import FollowConfig
+from .follow import FollowSummary
+from .records import Journey
+from .runtime import follow_session, wall_offset_ns
+from .sinks.terminal import TerminalSink
+
+
+def trace_while(console: Console, config: FollowConfig, action, stop: threading.Event
+                ) -> tuple[list[Journey], FollowSummary, object]:
+    """Follow config.mac while action() runs; return the journeys, the summary and action's result."""
+    journeys: list[Journey] = []
+    done = threading.Event()
+    result: dict = {}
+    with follow_session(config, sinks=[], on_journey=journeys.append, stop=done) as session:
+        runner = threading.Thread(target=lambda: result.setdefault("summary", session.run()), daemon=True)
+        runner.start()
+        try:
+            value = action()
+            time.sleep(0.3)  # let the last replies finish their journeys
+        finally:
+            done.set()
+            runner.join(timeout=10)
+    if stop.is_set():
+        raise KeyboardInterrupt
+    return journeys, result.get("summary", FollowSummary()), value
+
+
+def show(console: Console, journeys: list[Journey], summary: FollowSummary) -> None:
+    sink = TerminalSink(console, wall_offset_ns())
+    for j in journeys:
+        sink.journey(j)
+    console.print(f"[bold]{summary.line()}[/bold]")
+
+
+def run_demo(console: Console, stop: threading.Event) -> int:
+    from .lab import Lab, LabSpec, libvirt_tap_mac
+
+    console.print(Rule("tapttrace demo: host can ping the VM, other hosts can't"))
+    console.print("Building a lab in throwaway namespaces: remote host ─ up0 ─ [br0] ─ vnet0 ─ guest.\n"
+                  "vnet0 was pre-created and carries the guest's own MAC, as a tap made by hand for "
+                  "libvirt's <interface type='ethernet'> often does.")
+    try:
+        with Lab(LabSpec(tap_mac="guest")) as lab:
+            config = FollowConfig(mac=lab.guest_mac, ips=(lab.guest_ip,))
+            console.print(f"guest {lab.guest_mac} {lab.guest_ip} on tap {lab.tap} (tap MAC {lab.tap_mac}); "
+                          f"remote host {lab.remote_ip}; bridge host address {lab.host_ip}\n")
+
+            def pings():
+                return lab.ping_guest_from_remote(count=3), lab.ping_guest_from_host(count=3)
+
+            journeys, summary, (remote, host) = trace_while(console, config, pings, stop)
+            console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip}"))
+            show(console, journeys, summary)
+            console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies;  "
+                          f"host → guest: {host.received}/{host.sent} replies")
+            broken = remote.received == 0 and host.received > 0
+
+            fix = libvirt_tap_mac(lab.guest_mac)
+            console.print(Rule("the fix libvirt applies: the tap gets fe: + the guest MAC's last five bytes"))
+            console.print(f"$ ip link set dev {lab.tap} address {fix}")
+            lab.set_tap_mac(fix)
+
+            journeys, summary, remote = trace_while(
+                console, config, lambda: lab.ping_guest_from_remote(count=3), stop)
+            console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip} (after the fix)"))
+            show(console, journeys, summary)
+            console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies")
+            fixed = remote.received > 0
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; the lab was torn down[/yellow]")
+        return 130
+    console.print(Rule())
+    ok = broken and fixed and any(j.verdict == "dropped" and j.toward_guest for j in journeys) is False
+    console.print("[green]demo reproduced the failure and the fix; the lab was torn down[/green]" if ok else
+                  "[red]demo did not behave as expected (see above); the lab was torn down[/red]")
+    return 0 if ok else 1
