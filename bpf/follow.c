@@ -185,3 +185,22 @@ RAW_TRACEPOINT_PROBE(consume_skb)
 	return report(ctx->args[0], TT_HOOK_CONSUME, 0, 0);
 #endif
 }
+
+/* Bridge-internal moments, where the kernel lets us hook functions (production hypervisors
+ * usually do; tracer/features.py picks fentry, else kprobe, else neither). br_flood() is the
+ * bridge deciding to flood: the destination is unknown to the FDB (unicast), or the frame is
+ * broadcast/multicast. Tracepoints can't tell a flood from a forward to the only other port.
+ * reason carries pkt_type (0 unicast, 1 multicast, 2 broadcast) | local_rcv << 8. */
+#if defined(BRIDGE_HOOKS_FENTRY)
+KFUNC_PROBE(br_flood, void *br, struct sk_buff *skb, int pkt_type, bool local_rcv)
+{
+	return report((__u64)skb, TT_HOOK_FLOOD, 0, (__u32)pkt_type | ((__u32)local_rcv << 8));
+}
+#elif defined(BRIDGE_HOOKS_KPROBE)
+#include <uapi/linux/ptrace.h> /* struct pt_regs: the architecture's ABI, stable across versions */
+int tt_br_flood(struct pt_regs *ctx)
+{
+	return report(PT_REGS_PARM2(ctx), TT_HOOK_FLOOD, 0,
+		      (__u32)PT_REGS_PARM3(ctx) | (((__u32)PT_REGS_PARM4(ctx) & 1) << 8));
+}
+#endif

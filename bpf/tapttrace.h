@@ -11,6 +11,7 @@
 #define TT_HOOK_QUEUE 2
 #define TT_HOOK_DROP 3
 #define TT_HOOK_CONSUME 4
+#define TT_HOOK_FLOOD 5 /* only where kprobes or fentry exist: see BRIDGE_HOOKS in follow.c */
 
 struct tt_event {
 	__u64 ts_ns;

@@ -17,6 +17,7 @@ class Hook(enum.IntEnum):
     QUEUE = 2  # net:net_dev_queue: the frame is queued for transmission on a device
     DROP = 3  # skb:kfree_skb: the frame is freed as a drop, with a reason
     CONSUME = 4  # skb:consume_skb: the frame is freed after normal use
+    FLOOD = 5  # br_flood() (kprobe/fentry, where the kernel has them): the bridge decides to flood
 
 
 @dataclass(frozen=True)

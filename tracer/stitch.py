@@ -191,6 +191,9 @@ class Stitcher:
             return Hop(ev.ts_ns, copy, kind, ns, name, role)
         if ev.hook == Hook.QUEUE:
             return Hop(ev.ts_ns, copy, "sent", ns, name, role)
+        if ev.hook == Hook.FLOOD:
+            bridge = (dev.name if dev.is_bridge else dev.master_name) if dev else name
+            return Hop(ev.ts_ns, copy, "flood-decision", ns, bridge, "bridge", _FLOOD_KINDS.get(ev.reason & 0xFF, ""))
         where = self.namer.symbol(ev.location)
         if ev.hook == Hook.DROP:
             return Hop(ev.ts_ns, copy, "dropped", ns, name, role, self.namer.reason(ev.reason), where)
@@ -252,6 +255,9 @@ class Stitcher:
         journey.verdict = c.outcome
         if c.outcome == Verdict.DROPPED.value:
             journey.reason, journey.location, journey.drop_dev = c.reason, c.location, c.dev
+
+
+_FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
 
 
 def cs_of(js: _JourneyState, index: int) -> _CopyState:

@@ -26,6 +26,8 @@ def describe_hop(h: Hop) -> str:
         if h.role == "bridge":
             return f"sent by the host through {h.dev}"
         return f"sent to {h.dev} (tap)" if h.role == "tap" else f"sent to {where}"
+    if h.event == "flood-decision":
+        return f"{h.dev} floods it ({h.reason})"
     if h.event == "read":
         who = f" by {h.reader}" if h.reader else " by the process holding the tap"
         return f"read from {h.dev}{who}"
