@@ -50,18 +50,23 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per journey (docs/journey.schema.json).")
 @click.option("--pcap", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Also write the matched frames to FILE (pcap, readable by tcpdump and Wireshark).")
+@click.option("--netns", "netns", multiple=True, metavar="NAME",
+              help="Only journeys that touch this network namespace ('root', a name from `ip netns list`, "
+                   "pid:PID). Repeatable.")
 @click.option("--no-learn", is_flag=True, help="Don't learn the guest's addresses from its own traffic.")
 @click.option("--record", type=click.Path(dir_okay=False, writable=True), hidden=True,
               help="Write raw events and names for replay in tests.")
 def follow(mac: str, ips: tuple[str, ...], count: Optional[int], duration: Optional[float], as_json: bool,
-           pcap: Optional[str], no_learn: bool, record: Optional[str]) -> None:
+           pcap: Optional[str], netns: tuple[str, ...], no_learn: bool, record: Optional[str]) -> None:
     """Print, live, every journey of a frame that concerns MAC: where it was seen, and how it ended."""
     from .config import FollowConfig
+    from .netns import resolve_netns
     from .runtime import follow_session
 
     try:
         config = FollowConfig(mac=mac, ips=ips, count=count, duration=duration, json=as_json, pcap=pcap,
-                              record=record, learn_ips=not no_learn)
+                              record=record, learn_ips=not no_learn,
+                              netns=tuple(resolve_netns(n).name for n in netns))
         console = Console(stderr=as_json)
         with stop_on_signals() as stop:
             with follow_session(config, console=console, stop=stop) as session:

@@ -47,6 +47,7 @@ class FollowConfig:
     pcap: Optional[str] = None
     record: Optional[str] = None  # write raw events + device table for replay in tests
     learn_ips: bool = True
+    netns: tuple[str, ...] = ()  # only journeys that touch these namespaces (validated by the runtime)
     ringbuf_pages: int = 256
 
     def __post_init__(self) -> None:

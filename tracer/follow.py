@@ -138,6 +138,8 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
 
     def emit(journeys: list[Journey]) -> bool:
         for j in journeys:
+            if config.netns and not any(h.netns in config.netns for h in j.hops):
+                continue
             if config.count is not None and summary.journeys >= config.count:
                 return True
             annotate(j)

@@ -1,0 +1,211 @@
+"""follow on the real kernel: real BPF programs, bridges, taps and namespaces built by the lab."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tracer.lab import Lab, LabSpec
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "docs" / "journey.schema.json").read_text())
+
+
+def tapttrace(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tracer", *args]
+
+
+class Follow:
+    """`tapttrace follow --json` running in the background while the test makes traffic."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(tapttrace("follow", "--json", *args), cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self._wait_attached()
+
+    def _wait_attached(self) -> None:
+        # follow prints nothing on stdout before the first journey; its programs are attached
+        # once they show up in bpftool, which is what we wait for.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"follow exited early: {self.proc.stderr.read()}")
+            if our_programs(self.proc.pid):
+                return
+            time.sleep(0.05)
+        raise AssertionError("follow's BPF programs never showed up")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[list[dict], dict, str]:
+        time.sleep(0.3)  # let the last journeys end
+        self.proc.send_signal(sig)
+        out, err = self.proc.communicate(timeout=20)
+        assert self.proc.returncode == 0, err
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        journeys = [x for x in lines if x.get("schema") == "tapttrace.journey/1"]
+        (summary,) = [x for x in lines if x.get("schema") == "tapttrace.summary/1"]
+        for j in journeys:
+            jsonschema.validate(j, SCHEMA)
+        return journeys, summary, err
+
+
+def our_programs(pid: int) -> list[dict]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return [p for p in json.loads(out) if pid in [x.get("pid") for x in p.get("pids", [])]]
+
+
+def tapttrace_programs() -> list[dict]:
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return [p for p in json.loads(out)
+            if p.get("type") in ("raw_tracepoint", "tracepoint", "kprobe", "tracing")
+            and any(x.get("comm", "").startswith("python") for x in p.get("pids", []))
+            and p.get("name", "").startswith(("raw_tracepoint", "tt_", "kfunc"))]
+
+
+def echoes(journeys: list[dict]) -> list[dict]:
+    return [j for j in journeys if j["summary"].startswith("ICMP echo ") and j["toward_guest"]]
+
+
+def test_healthy_guest_frames_are_delivered_to_the_tap():
+    with Lab(LabSpec()) as lab:
+        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        ping = lab.ping_guest_from_remote(count=3)
+        journeys, summary, _ = f.stop()
+    assert ping.received == 3
+    reqs = echoes(journeys)
+    assert len(reqs) == 3
+    for j in reqs:
+        assert j["verdict"] == "delivered"
+        assert [(h["event"], h["dev"]) for h in j["hops"]][-3:] == [
+            ("received", lab.uplink), ("sent", lab.tap), ("read", lab.tap)]
+        assert j["hops"][-1]["reader"]  # the process holding the tap is named
+    replies = [j for j in journeys if j["summary"].startswith("ICMP echo reply") and j["src_mac"] == lab.guest_mac]
+    assert len(replies) == 3 and all(j["verdict"] == "forwarded" for j in replies)
+    assert summary["lost_events"] == 0
+
+
+def test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap():
+    with Lab(LabSpec(tap_mac="guest")) as lab:
+        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        remote = lab.ping_guest_from_remote(count=3)
+        host = lab.ping_guest_from_host(count=2)
+        journeys, _, _ = f.stop()
+    assert remote.received == 0 and host.received == 2
+    from_remote = [j for j in echoes(journeys) if any(h["dev"] == lab.uplink for h in j["hops"])]
+    assert len(from_remote) == 3
+    for j in from_remote:
+        assert j["verdict"] == "dropped"
+        assert [h["event"] for h in j["hops"]][-2:] == ["passed-up", "dropped"]
+        assert j["drop"]["reason"] in ("OTHERHOST", "IP_INADDRERRORS")
+        assert j["drop"]["location"].startswith(("ip_rcv_core", "ip_error"))
+        assert not any(h["dev"] == lab.tap for h in j["hops"])
+        assert j["note"] == f"never reached {lab.tap}"
+
+
+def test_guest_that_never_answers_arp_leaves_its_arp_requests_behind():
+    with Lab(LabSpec(guest_answers_arp=False)) as lab:
+        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        ping = lab.ping_guest_from_remote(count=2)
+        journeys, _, _ = f.stop()
+    assert ping.received == 0
+    arps = [j for j in journeys if j["summary"] == f"ARP who-has {lab.guest_ip} tell {lab.remote_ip}"]
+    assert arps, [j["summary"] for j in journeys]
+    for j in arps:
+        assert j["toward_guest"] and j["dst_mac"] == "ff:ff:ff:ff:ff:ff"
+        assert any(c["outcome"] == "delivered" and c["dev"] == lab.tap for c in j["copies"])
+
+
+def test_learned_address_pulls_in_arp_requests_without_ip_flag():
+    with Lab(LabSpec()) as lab:
+        f = Follow(lab.guest_mac)
+        lab.ping_guest_from_remote(count=1)  # the guest's ARP reply teaches its address
+        lab.run(lab.remote_ns, "ip", "neigh", "flush", "dev", lab.remote_dev)
+        lab.ping_guest_from_remote(count=1)
+        journeys, summary, _ = f.stop()
+    assert lab.guest_ip in summary["learned_ips"]
+    assert any(j["summary"].startswith(f"ARP who-has {lab.guest_ip}") for j in journeys)
+
+
+def test_veth_crossing_between_namespaces_is_one_journey():
+    with Lab(LabSpec()) as lab:
+        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        lab.ping_guest_from_remote(count=2)
+        journeys, _, _ = f.stop()
+    for j in echoes(journeys):
+        namespaces = [h["netns"] for h in j["hops"]]
+        assert namespaces[0] == lab.remote_ns and lab.hv_ns in namespaces
+    assert len(echoes(journeys)) == 2  # not four
+
+
+def test_pcap_is_readable_by_tcpdump(tmp_path):
+    pcap = tmp_path / "frames.pcap"
+    with Lab(LabSpec()) as lab:
+        f = Follow(lab.guest_mac, "--ip", lab.guest_ip, "--pcap", str(pcap))
+        lab.ping_guest_from_remote(count=2)
+        journeys, _, _ = f.stop()
+    out = subprocess.run(["tcpdump", "-nn", "-e", "-r", str(pcap)], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(journeys)
+    assert sum(f"{lab.remote_ip} > {lab.guest_ip}: ICMP echo request" in line for line in lines) == 2
+
+
+@pytest.mark.parametrize("how", ["count", "duration", "sigint", "sigterm", "error"])
+def test_no_program_remains_after_any_ending(how):
+    with Lab(LabSpec()) as lab:
+        args = tapttrace("follow", "--json", lab.guest_mac, "--ip", lab.guest_ip)
+        if how == "count":
+            args += ["--count", "1"]
+        elif how == "duration":
+            args += ["--duration", "1.5"]
+        elif how == "error":
+            args += ["--pcap", "/nonexistent-dir/x.pcap"]
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if how != "error":
+            deadline = time.monotonic() + 20
+            while not our_programs(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert our_programs(proc.pid), "follow never attached"
+            lab.ping_guest_from_remote(count=2)
+            if how in ("sigint", "sigterm"):
+                proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        if how == "error":
+            assert proc.returncode != 0 and err.count("\n") == 1 and err.startswith("tapttrace: ")
+        else:
+            assert proc.returncode == 0, err
+            assert '"tapttrace.summary/1"' in out
+    assert our_programs(proc.pid) == []
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["follow", "52:54:00:zz:00:01"], "is not a MAC address"),
+    (["follow", "52:54:00:00:00:01", "--ip", "198.51.100.300"], "is not an IPv4 or IPv6 address"),
+    (["follow", "52:54:00:00:00:01", "--count", "0"], "--count"),
+])
+def test_bad_input_is_one_clear_line(args, needle):
+    p = subprocess.run(tapttrace(*args), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert needle in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_not_root_is_refused_with_the_fix():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *tapttrace(
+        "follow", "52:54:00:00:00:01")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert p.returncode == 3 and "root" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_unknown_namespace_is_one_clear_line():
+    p = subprocess.run(tapttrace("follow", "52:54:00:00:00:01", "--netns", "tt-no-such-ns"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "unknown network namespace" in p.stderr and p.stderr.count("\n") == 1
