@@ -1,0 +1,69 @@
+"""Kernel address symbolization on a trimmed copy of this machine's /proc/kallsyms."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tracer.kallsyms import Kallsyms
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kallsyms"
+
+
+@pytest.fixture(scope="module")
+def ksyms() -> Kallsyms:
+    return Kallsyms.load(FIXTURES / "kallsyms-6.18")
+
+
+def test_symbolize_at_and_inside_functions(ksyms):
+    consume = ksyms.address_of("consume_skb")
+    assert consume == 0xFFFFFFFF81E962B0
+    assert ksyms.symbolize(consume) == "consume_skb"
+    assert ksyms.symbolize(consume + 0x1A) == "consume_skb+0x1a"
+    assert ksyms.symbolize(ksyms.address_of("tun_do_read") + 0x2F0) == "tun_do_read+0x2f0"
+
+
+def test_module_symbols_are_sorted_in_and_named(ksyms):
+    # The fixture lists module symbols first and out of order, as load order does.
+    assert ksyms.symbolize(0xFFFFFFFFC0A01010) == "vxlan_rcv+0x10 [vxlan]"
+    assert ksyms.symbolize(0xFFFFFFFFC0A02040) == "vxlan_xmit_one [vxlan]"
+    assert ksyms.symbolize(0xFFFFFFFFC0B00004) == "tap_handle_frame+0x4 [tap]"
+
+
+def test_data_symbols_do_not_shadow_code(ksyms):
+    # skb_data_between_text (a 'd' symbol) sits at 0x...96200, inside sk_skb_reason_drop's range.
+    assert ksyms.symbolize(0xFFFFFFFF81E96210) == "sk_skb_reason_drop+0x12f0"
+    assert "skb_data_between_text" not in ksyms
+    assert "weak_helper" in ksyms  # W symbols are code too
+    assert len(ksyms) == 25  # the fixture's t, T and W lines
+
+
+def test_unknown_addresses_read_as_hex(ksyms):
+    assert ksyms.symbolize(0x1000) == "0x1000"
+    assert ksyms.symbolize(0) == "0x0"
+    assert ksyms.lookup(0x1000) is None
+
+
+def test_restricted_kallsyms_symbolizes_nothing():
+    restricted = Kallsyms.load(FIXTURES / "kallsyms-restricted")
+    assert restricted.restricted
+    assert restricted.symbolize(0xFFFFFFFF81E962B0) == "0xffffffff81e962b0"
+
+
+def test_loading_is_lazy(tmp_path):
+    missing = Kallsyms.load(tmp_path / "nope")  # nothing read yet, so nothing fails yet
+    with pytest.raises(FileNotFoundError):
+        missing.symbolize(0xFFFFFFFF81000000)
+
+
+@pytest.mark.kernel
+def test_running_kernel_kallsyms():
+    start = time.perf_counter()
+    ksyms = Kallsyms.load()
+    assert not ksyms.restricted, "run as root: kallsyms addresses are hidden"
+    address = ksyms.address_of("consume_skb")
+    elapsed = time.perf_counter() - start
+    assert address is not None
+    assert ksyms.symbolize(address + 4) == "consume_skb+0x4"
+    assert elapsed < 1.0, f"loading kallsyms took {elapsed:.2f}s"

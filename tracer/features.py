@@ -1,0 +1,654 @@
+"""What the running kernel offers tapttrace, probed once (pwru's Have…() checks in one record).
+
+probe_features() looks at BTF, tracefs, the tracepoints tapttrace hooks, kernel headers,
+bcc, and what BPF can attach to, and reads the struct offsets the BPF code needs from
+BTF. require() turns a missing must-have into one EnvironmentProblem naming the fix;
+doctor_lines() says all of it in words for `tapttrace doctor`. Every path is taken from
+a ProbeRoots, so the same probes run on fixture trees in tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ctypes
+import ctypes.util
+import errno
+import functools
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from .btf import Btf, BtfError, BtfNotFound, Kind, TracepointArg
+from .errors import EnvironmentProblem
+from .kheaders import KernelHeaders, find_headers
+
+# Every tracepoint tapttrace hooks or plans to; CORE ones carry the follow pipeline.
+TRACEPOINTS = (
+    "net:netif_receive_skb",
+    "net:net_dev_queue",
+    "net:net_dev_xmit",
+    "skb:kfree_skb",
+    "skb:consume_skb",
+    "bridge:br_fdb_add",
+    "bridge:br_fdb_external_learn_add",
+    "bridge:fdb_delete",
+    "bridge:br_fdb_update",
+)
+CORE_TRACEPOINTS = ("net:netif_receive_skb", "net:net_dev_queue", "skb:kfree_skb", "skb:consume_skb")
+
+MOUNT_TRACEFS = "mount -t tracefs nodev /sys/kernel/tracing"
+ROOT_FIX = "run as root (or with CAP_BPF+CAP_NET_ADMIN+CAP_PERFMON)"
+BCC_FIX = ("apt-get install python3-bpfcc and run tapttrace from a venv made with "
+           "--system-site-packages")
+_DROP_PREFIXES = ("SKB_DROP_REASON_", "SKB_")
+_BPF_MAP_TYPE_RINGBUF = 27
+_FENTRY_TARGET = "netif_receive_skb"  # in vmlinux on every kernel, so the probe tests fentry itself
+
+
+@dataclass(frozen=True)
+class ProbeRoots:
+    """Where the probes look, and whether they may touch the live kernel."""
+
+    sys: str = "/sys"
+    proc: str = "/proc"
+    modules: str = "/lib/modules"
+    usr_src: str = "/usr/src"
+    headers_cache: str = "/var/cache/tapttrace/kernel-headers"
+    run_cache: str = "/run/tapttrace"  # per-boot results of the slow probes ("" = don't cache)
+    release: str = ""  # "" = the running kernel's (uname -r)
+    euid: Optional[int] = None  # None = os.geteuid()
+    live: bool = True  # may mount tracefs, export BCC_KERNEL_SOURCE and load probe programs
+
+    @property
+    def btf(self) -> Path:
+        return Path(self.sys, "kernel/btf/vmlinux")
+
+    @property
+    def tracefs_candidates(self) -> tuple[Path, ...]:
+        # Older kernels only auto-mount tracefs under debugfs.
+        return (Path(self.sys, "kernel/tracing"), Path(self.sys, "kernel/debug/tracing"))
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether something works, and what was seen (or why not)."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class FormatField:
+    """One field line of a tracepoint's format file."""
+
+    name: str
+    type: str
+    offset: int
+    size: int
+    signed: bool
+
+
+@dataclass(frozen=True)
+class Tracepoint:
+    """One tracepoint: its format file (tracefs) and its raw-tracepoint arguments (BTF)."""
+
+    name: str  # "skb:kfree_skb"
+    present: bool
+    fields: tuple[FormatField, ...] = ()
+    print_fmt: str = ""
+    raw_args: Optional[tuple[TracepointArg, ...]] = None  # None: BTF has no btf_trace_<name>
+
+    def field(self, name: str) -> Optional[FormatField]:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+@dataclass(frozen=True)
+class KernelOffsets:
+    """Byte offsets of the kernel struct members tapttrace's BPF code reads."""
+
+    skb_head: int
+    skb_data: int
+    skb_len: int
+    skb_mac_header: int
+    skb_network_header: int
+    skb_dev: int
+    netdev_ifindex: int
+    netdev_name: int
+    netdev_nd_net: int  # possible_net_t nd_net
+    possible_net_net: Optional[int]  # struct net *net inside possible_net_t; None without CONFIG_NET_NS
+    net_ns_inum: Optional[int]  # net.ns.inum (struct ns_common)
+
+    @property
+    def netdev_net(self) -> Optional[int]:
+        """Offset of the struct net pointer inside net_device."""
+        if self.possible_net_net is None:
+            return None
+        return self.netdev_nd_net + self.possible_net_net
+
+    def as_cflags(self) -> list[str]:
+        """-DOFF_…=n defines; the netns ones are left out when the kernel has no such member."""
+        defines = {
+            "OFF_SKB_HEAD": self.skb_head,
+            "OFF_SKB_DATA": self.skb_data,
+            "OFF_SKB_LEN": self.skb_len,
+            "OFF_SKB_MAC_HEADER": self.skb_mac_header,
+            "OFF_SKB_NETWORK_HEADER": self.skb_network_header,
+            "OFF_SKB_DEV": self.skb_dev,
+            "OFF_NETDEV_IFINDEX": self.netdev_ifindex,
+            "OFF_NETDEV_NAME": self.netdev_name,
+            "OFF_NETDEV_ND_NET": self.netdev_nd_net,
+            "OFF_PNET_NET": self.possible_net_net,
+            "OFF_NETDEV_NET": self.netdev_net,
+            "OFF_NET_INUM": self.net_ns_inum,
+        }
+        return [f"-D{name}={int(value)}" for name, value in defines.items() if value is not None]
+
+    @classmethod
+    def from_btf(cls, btf: Btf) -> "KernelOffsets":
+        """Read every offset from BTF; BtfNotFound/BitfieldError if a required one is missing."""
+        off = btf.member_offset
+
+        def optional(struct_name: str, path: str) -> Optional[int]:
+            try:
+                return off(struct_name, path)
+            except BtfNotFound:
+                return None
+
+        return cls(
+            skb_head=off("sk_buff", "head"),
+            skb_data=off("sk_buff", "data"),
+            skb_len=off("sk_buff", "len"),
+            skb_mac_header=off("sk_buff", "mac_header"),
+            skb_network_header=off("sk_buff", "network_header"),
+            skb_dev=off("sk_buff", "dev"),
+            netdev_ifindex=off("net_device", "ifindex"),
+            netdev_name=off("net_device", "name"),
+            netdev_nd_net=off("net_device", "nd_net"),
+            possible_net_net=optional("possible_net_t", "net"),
+            net_ns_inum=optional("net", "ns.inum"),
+        )
+
+
+@dataclass(frozen=True)
+class Features:
+    """Everything probe_features() found out about this machine."""
+
+    kernel_release: str
+    is_root: bool
+    btf: Availability  # detail: the path, or why it can't be used
+    tracefs: Availability  # detail: the mount point, or why there is none
+    tracefs_path: Optional[str]
+    tracefs_mounted_now: bool  # tapttrace mounted it during this probe
+    tracepoints: dict[str, Tracepoint]  # keyed "category:name", every one in TRACEPOINTS
+    kfree_skb_has_reason: bool
+    consume_skb_has_location: bool
+    kfree_skb_location_arg: Optional[int]  # raw tracepoint ctx->args[] index
+    kfree_skb_reason_arg: Optional[int]
+    consume_skb_location_arg: Optional[int]
+    drop_reasons: dict[int, str]  # {2: "NOT_SPECIFIED", ...}
+    drop_reasons_source: str  # "btf" | "format" | "" (none known)
+    ringbuf: Availability
+    kprobes: Availability
+    fentry: Availability
+    bcc: Availability  # detail: bcc's version, or the import error
+    headers: Optional[KernelHeaders]
+    headers_problem: str  # the EnvironmentProblem message when headers is None
+    offsets: Optional[KernelOffsets]
+    offsets_problem: str
+    hook: str  # "raw_tracepoint" | "tracepoint" | "none": for the core tracepoints
+    bridge_hook: str  # "fentry" | "kprobe" | "none": for bridge-internal functions
+    btf_path: str = field(default="", compare=False)
+
+    def drop_reason(self, value: int) -> str:
+        """The name of drop reason `value`, or "unknown:<n>"."""
+        return self.drop_reasons.get(value, f"unknown:{value}")
+
+    @property
+    def headers_env(self) -> dict[str, str]:
+        """Environment bcc needs to find the chosen kernel headers."""
+        return self.headers.env if self.headers else {}
+
+
+@dataclass(frozen=True)
+class DoctorLine:
+    """One line of `tapttrace doctor`."""
+
+    item: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = False  # tapttrace can't trace without it
+
+
+# -- tracefs and tracepoints ------------------------------------------------------
+
+_FIELD = re.compile(r"field:(?P<decl>[^;]*);\s*offset:(\d+);\s*size:(\d+);\s*signed:(\d+);")
+_DECL_NAME = re.compile(r"(\w+)\s*(\[[^\]]*\])?\s*$")
+
+
+def parse_format(text: str) -> tuple[tuple[FormatField, ...], str]:
+    """Fields and print fmt of a tracefs events/<cat>/<name>/format file."""
+    fields = []
+    for m in _FIELD.finditer(text):
+        decl = m.group("decl").strip()
+        name = _DECL_NAME.search(decl)
+        if name is None:
+            continue
+        ctype = (decl[: name.start()] + (name.group(2) or "")).strip()
+        fields.append(FormatField(name.group(1), ctype, int(m.group(2)), int(m.group(3)), m.group(4) == "1"))
+    fmt = text.split("print fmt:", 1)[1].strip() if "print fmt:" in text else ""
+    return tuple(fields), fmt
+
+
+def parse_print_symbolic(print_fmt: str, field_name: str) -> dict[int, str]:
+    """{value: "NAME"} from `__print_symbolic(REC->field, { 2, "NAME" }, …)` in a print fmt."""
+    start = print_fmt.find(f"__print_symbolic(REC->{field_name},")
+    if start < 0:
+        return {}
+    out: dict[int, str] = {}
+    # Values are numbers once the kernel has substituted its TRACE_DEFINE_ENUM()s.
+    for value, name in re.findall(r"\{\s*(-?0x[0-9a-fA-F]+|-?\d+)\s*,\s*\"([^\"]*)\"\s*\}", print_fmt[start:]):
+        out.setdefault(int(value, 0), name)
+    return out
+
+
+def _libc_mount(target: Path) -> Optional[str]:
+    """Mount tracefs at target; None on success, else the error."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) == 0:
+        return None
+    return os.strerror(ctypes.get_errno())
+
+
+def probe_tracefs(roots: ProbeRoots, is_root: bool) -> tuple[Availability, Optional[Path], bool]:
+    """Find a mounted tracefs; mount it at <sys>/kernel/tracing when live and root."""
+    for candidate in roots.tracefs_candidates:
+        if (candidate / "events").is_dir():
+            return Availability(True, f"mounted at {candidate}"), candidate, False
+    target = roots.tracefs_candidates[0]
+    if not (roots.live and is_root):
+        why = "not root" if not is_root else "live probes off"
+        return Availability(False, f"not mounted at {target} (not mounting: {why})"), None, False
+    error = _libc_mount(target) if target.is_dir() else f"{target} does not exist"
+    if error is None and (target / "events").is_dir():
+        return Availability(True, f"mounted at {target} by tapttrace just now"), target, True
+    return Availability(False, f"not mounted, and mounting it at {target} failed: {error}"), None, False
+
+
+def probe_tracepoint(name: str, tracefs: Optional[Path], btf: Optional[Btf]) -> Tracepoint:
+    category, event = name.split(":", 1)
+    raw_args = None
+    if btf is not None:
+        try:
+            raw_args = btf.tracepoint_args(event)
+        except (BtfNotFound, BtfError):
+            pass
+    fmt_file = tracefs / "events" / category / event / "format" if tracefs else None
+    if fmt_file is None or not fmt_file.is_file():
+        # Without tracefs BTF is the only witness: a btf_trace_ typedef means the kernel has it.
+        return Tracepoint(name, present=raw_args is not None and tracefs is None, raw_args=raw_args)
+    fields, print_fmt = parse_format(fmt_file.read_text())
+    return Tracepoint(name, True, fields, print_fmt, raw_args)
+
+
+def _is_drop_reason(btf_arg: TracepointArg) -> bool:
+    return btf_arg.type_name == "enum skb_drop_reason"
+
+
+def raw_arg_indexes(
+    kfree_skb: Optional[tuple[TracepointArg, ...]], consume_skb: Optional[tuple[TracepointArg, ...]]
+) -> tuple[Optional[int], Optional[int], Optional[int]]:
+    """(kfree_skb location, kfree_skb reason, consume_skb location) ctx->args[] indexes."""
+
+    def location(args: Optional[tuple[TracepointArg, ...]]) -> Optional[int]:
+        # The caller's address is the first `void *` after the skb on every kernel so far.
+        return next((a.index for a in args or () if a.index > 0 and a.type_name == "void *"), None)
+
+    reason = next((a.index for a in kfree_skb or () if _is_drop_reason(a)), None)
+    return location(kfree_skb), reason, location(consume_skb)
+
+
+def drop_reason_names(btf: Optional[Btf], kfree_skb: Tracepoint) -> tuple[dict[int, str], str]:
+    """{value: name} of kfree_skb drop reasons, from BTF's enum, else from the format's print fmt."""
+    if btf is not None:
+        try:
+            values = btf.enum_values("skb_drop_reason")
+        except BtfNotFound:
+            values = {}
+        names: dict[int, str] = {}
+        for enumerator, value in values.items():
+            # SUBSYS_MASK/_SHIFT describe the value space, they are not reasons.
+            if enumerator.endswith(("_MASK", "_SHIFT")):
+                continue
+            for prefix in _DROP_PREFIXES:
+                if enumerator.startswith(prefix):
+                    enumerator = enumerator[len(prefix) :]
+                    break
+            names.setdefault(value, enumerator)
+        if names:
+            return names, "btf"
+    names = parse_print_symbolic(kfree_skb.print_fmt, "reason")
+    return names, "format" if names else ""
+
+
+# -- BPF capabilities ---------------------------------------------------------------
+
+
+def _version(release: str) -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def probe_bcc() -> Availability:
+    try:
+        import bcc
+    except Exception as e:  # ImportError, or libbcc.so failing to load
+        return Availability(False, f"cannot import bcc: {e}")
+    return Availability(True, f"bcc {getattr(bcc, '__version__', '?')}")
+
+
+def probe_ringbuf(roots: ProbeRoots, release: str, can_load: bool) -> Availability:
+    """BPF_MAP_TYPE_RINGBUF: create one through libbcc when live, else judge by version (5.8+)."""
+    by_version = _version(release) >= (5, 8)
+    if not can_load:
+        word = "5.8 or newer" if by_version else "older than 5.8"
+        return Availability(by_version, f"kernel {release} is {word} (not probed)")
+    from bcc.libbcc import lib
+
+    create = lib.bcc_create_map
+    create.restype = ctypes.c_int
+    create.argtypes = [ctypes.c_int, ctypes.c_char_p] + [ctypes.c_int] * 4
+    fd = create(_BPF_MAP_TYPE_RINGBUF, b"tt_probe_rb", 0, 0, 4096, 0)
+    if fd >= 0:
+        os.close(fd)
+        return Availability(True, "a BPF ring buffer map was created")
+    err = ctypes.get_errno()
+    return Availability(False, f"creating a BPF ring buffer map failed: {errno.errorcode.get(err, err)}")
+
+
+def probe_kprobes(roots: ProbeRoots, tracefs: Optional[Path]) -> Availability:
+    """kprobes through the perf PMU bcc tries first, or tracefs' kprobe_events."""
+    pmu = Path(roots.sys, "bus/event_source/devices/kprobe")
+    if pmu.is_dir():
+        return Availability(True, f"perf kprobe PMU at {pmu}")
+    # Whether we may write it is the root question, answered separately.
+    if tracefs is not None and (tracefs / "kprobe_events").exists():
+        return Availability(True, f"{tracefs / 'kprobe_events'} exists")
+    try:
+        # A byte search: parsing all of kallsyms for one name would cost ~0.2 s.
+        kallsyms = Path(roots.proc, "kallsyms").read_bytes()
+    except OSError:
+        kallsyms = b""
+    if re.search(rb" [tT] register_kprobe$", kallsyms, re.M):
+        return Availability(False, "the kernel has kprobes but neither the perf kprobe PMU nor kprobe_events")
+    return Availability(False, "no kprobes (CONFIG_KPROBES is off: no kprobe PMU, kprobe_events or register_kprobe)")
+
+
+@contextlib.contextmanager
+def _stderr_to(sink: list[str]) -> Iterator[None]:
+    """Catch what libbpf/bcc print on fd 2 (their errors never reach Python)."""
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode(errors="replace"))
+
+
+def probe_fentry(can_load: bool, headers: Optional[KernelHeaders], btf_ok: bool) -> Availability:
+    """fentry: load (and at once detach) a tiny KFUNC_PROBE program through bcc."""
+    if not btf_ok:
+        return Availability(False, "needs BTF")
+    if not can_load:
+        return Availability(False, "not probed (needs root, bcc and live probes)")
+    if headers is None:
+        return Availability(False, "not probed: bcc has no kernel headers to compile with")
+    from bcc import BPF
+
+    if not BPF.support_kfunc():
+        return Availability(False, "bcc sees no BPF trampoline support in this kernel")
+    printed: list[str] = []
+    try:
+        with _stderr_to(printed):
+            prog = BPF(text=f"KFUNC_PROBE({_FENTRY_TARGET}) {{ return 0; }}")
+        prog.cleanup()
+    except Exception as e:  # bcc raises bare Exception for load and attach failures
+        said = " ".join(line.strip() for line in "".join(printed).splitlines() if line.strip())[-200:]
+        # bcc words EPERM as "Need super-user privileges" even when root: the kernel refused.
+        why = "EPERM" if "super-user" in str(e) or "not permitted" in said else str(e)
+        return Availability(False, f"loading an fentry program on {_FENTRY_TARGET} failed: {why} ({said})")
+    return Availability(True, f"an fentry program on {_FENTRY_TARGET} loaded and attached")
+
+
+def _boot_id(roots: ProbeRoots) -> str:
+    try:
+        return Path(roots.proc, "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cached_fentry(roots: ProbeRoots, release: str, probe: Callable[[], Availability]) -> Availability:
+    """probe()'s answer, remembered for this boot: compiling the test program costs ~0.5 s."""
+    boot = _boot_id(roots)
+    path = Path(roots.run_cache, "fentry.json") if roots.run_cache and boot else None
+    key = {"boot_id": boot, "release": release}
+    if path is not None:
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return Availability(bool(saved["ok"]), f"{saved['detail']} (probed earlier this boot)")
+        except (OSError, ValueError, KeyError):
+            pass
+    result = probe()
+    if path is not None and result.detail and not result.detail.startswith("not probed"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "ok": result.ok, "detail": result.detail}))
+        except OSError:
+            pass  # a cache we can't write only costs time
+    return result
+
+
+# -- the whole probe ----------------------------------------------------------------
+
+
+def _load_btf(path: Path) -> tuple[Optional[Btf], Availability]:
+    if not path.is_file():
+        return None, Availability(False, f"no BTF at {path}")
+    try:
+        return Btf.load(path), Availability(True, str(path))
+    except (OSError, BtfError) as e:
+        return None, Availability(False, f"unreadable BTF at {path}: {e}")
+
+
+def _probe(roots: ProbeRoots) -> Features:
+    release = roots.release or os.uname().release
+    is_root = (os.geteuid() if roots.euid is None else roots.euid) == 0
+    btf, btf_state = _load_btf(roots.btf)
+    tracefs_state, tracefs, mounted_now = probe_tracefs(roots, is_root)
+    tracepoints = {name: probe_tracepoint(name, tracefs, btf) for name in TRACEPOINTS}
+    kfree, consume = tracepoints["skb:kfree_skb"], tracepoints["skb:consume_skb"]
+    loc_arg, reason_arg, consume_loc_arg = raw_arg_indexes(kfree.raw_args, consume.raw_args)
+    reasons, reasons_source = drop_reason_names(btf, kfree)
+
+    try:
+        headers, headers_problem = (
+            find_headers(roots.modules, roots.usr_src, roots.headers_cache, release,
+                         str(Path(roots.sys, "kernel/kheaders.tar.xz"))),
+            "",
+        )
+    except EnvironmentProblem as e:
+        headers, headers_problem = None, e.message
+    bcc = probe_bcc()
+    can_load = roots.live and is_root and bcc.ok
+    if can_load and headers is not None:
+        headers.apply()  # the fentry probe below compiles, and so will the tracer
+    offsets, offsets_problem = None, "no BTF"
+    if btf is not None:
+        try:
+            offsets, offsets_problem = KernelOffsets.from_btf(btf), ""
+        except (BtfNotFound, BtfError, ValueError) as e:
+            offsets_problem = str(e)
+
+    kprobes = probe_kprobes(roots, tracefs)
+    if can_load and headers is not None and btf is not None:
+        fentry = cached_fentry(roots, release, lambda: probe_fentry(True, headers, True))
+    else:
+        fentry = probe_fentry(can_load, headers, btf is not None)
+    core = [tracepoints[name] for name in CORE_TRACEPOINTS]
+    if all(tp.present and tp.raw_args is not None for tp in core) and offsets is not None:
+        hook = "raw_tracepoint"
+    elif all(tp.present and tp.fields for tp in core):
+        hook = "tracepoint"
+    else:
+        hook = "none"
+    return Features(
+        kernel_release=release,
+        is_root=is_root,
+        btf=btf_state,
+        tracefs=tracefs_state,
+        tracefs_path=str(tracefs) if tracefs else None,
+        tracefs_mounted_now=mounted_now,
+        tracepoints=tracepoints,
+        kfree_skb_has_reason=kfree.field("reason") is not None or reason_arg is not None,
+        consume_skb_has_location=consume.field("location") is not None or consume_loc_arg is not None,
+        kfree_skb_location_arg=loc_arg,
+        kfree_skb_reason_arg=reason_arg,
+        consume_skb_location_arg=consume_loc_arg,
+        drop_reasons=reasons,
+        drop_reasons_source=reasons_source,
+        ringbuf=probe_ringbuf(roots, release, can_load),
+        kprobes=kprobes,
+        fentry=fentry,
+        bcc=bcc,
+        headers=headers,
+        headers_problem=headers_problem,
+        offsets=offsets,
+        offsets_problem=offsets_problem,
+        hook=hook,
+        bridge_hook="fentry" if fentry.ok else "kprobe" if kprobes.ok else "none",
+        btf_path=str(roots.btf),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cached(roots: ProbeRoots) -> Features:
+    return _probe(roots)
+
+
+def probe_features(roots: Optional[ProbeRoots] = None) -> Features:
+    """Probe the machine (once per ProbeRoots per process; later calls return the same record)."""
+    return _probe_cached(roots or ProbeRoots())
+
+
+probe_features.cache_clear = _probe_cached.cache_clear  # type: ignore[attr-defined]
+
+
+# -- verdicts -------------------------------------------------------------------------
+
+
+def require(features: Features) -> None:
+    """Raise EnvironmentProblem naming the first missing must-have and its fix."""
+    if not features.is_root:
+        raise EnvironmentProblem(f"tapttrace needs privileges: {ROOT_FIX}")
+    if not features.btf.ok:
+        raise EnvironmentProblem(
+            f"this kernel has no BTF at {features.btf_path or '/sys/kernel/btf/vmlinux'}: "
+            "tapttrace needs CONFIG_DEBUG_INFO_BTF=y"
+        )
+    if not features.tracefs.ok:
+        raise EnvironmentProblem(f"tracefs is not mounted ({features.tracefs.detail}): run `{MOUNT_TRACEFS}`")
+    if not features.bcc.ok:
+        raise EnvironmentProblem(f"bcc is not importable ({features.bcc.detail}): {BCC_FIX}")
+    if features.headers is None:
+        raise EnvironmentProblem(features.headers_problem)
+    if features.offsets is None:
+        raise EnvironmentProblem(
+            f"the kernel's BTF lacks a struct member tapttrace reads ({features.offsets_problem}): "
+            "report this kernel version to tapttrace"
+        )
+    missing = [name for name in CORE_TRACEPOINTS if not features.tracepoints[name].present]
+    if missing:
+        raise EnvironmentProblem(
+            f"this kernel lacks the tracepoint(s) {', '.join(missing)}: tapttrace needs CONFIG_TRACEPOINTS "
+            "and a kernel of 4.17 or newer"
+        )
+    if features.hook == "raw_tracepoint" and features.kfree_skb_location_arg is None:
+        raise EnvironmentProblem(
+            "cannot tell kfree_skb's location argument from BTF: report this kernel version to tapttrace"
+        )
+
+
+def _tracepoint_line(tp: Tracepoint) -> DoctorLine:
+    if not tp.present:
+        return DoctorLine(f"tracepoint {tp.name}", False, "absent", required=tp.name in CORE_TRACEPOINTS)
+    args = "raw args: " + (", ".join(a.type_name for a in tp.raw_args) if tp.raw_args is not None else "not in BTF")
+    fields = ", ".join(f.name for f in tp.fields if not f.name.startswith("common_")) or "no format file"
+    return DoctorLine(f"tracepoint {tp.name}", True, f"fields: {fields}; {args}",
+                      required=tp.name in CORE_TRACEPOINTS)
+
+
+def doctor_lines(features: Features) -> list[DoctorLine]:
+    """What the kernel offers and what tapttrace will use, one line per item."""
+    f = features
+    lines = [
+        DoctorLine("kernel", True, f.kernel_release),
+        DoctorLine("root", f.is_root, "running as root" if f.is_root else "not root", ROOT_FIX, True),
+        DoctorLine("BTF", f.btf.ok, f.btf.detail, "use a kernel built with CONFIG_DEBUG_INFO_BTF=y", True),
+        DoctorLine("tracefs", f.tracefs.ok, f.tracefs.detail, MOUNT_TRACEFS, True),
+        DoctorLine("bcc", f.bcc.ok, f.bcc.detail, BCC_FIX, True),
+        DoctorLine(
+            "kernel headers",
+            f.headers is not None,
+            f.headers.describe() if f.headers else f.headers_problem,
+            "" if f.headers else f"apt-get install linux-headers-{f.kernel_release} (or linux-headers-amd64)",
+            True,
+        ),
+    ]
+    if f.headers is not None and not f.headers.matches_running:
+        lines.append(DoctorLine(
+            "headers vs kernel", True,
+            f"headers are for {f.headers.release}, the kernel is {f.kernel_release}: fine for tapttrace, "
+            "whose BPF code takes every struct offset from the running kernel's BTF",
+        ))
+    lines += [_tracepoint_line(f.tracepoints[name]) for name in TRACEPOINTS]
+    reason = (f"yes, raw tracepoint arg {f.kfree_skb_reason_arg}" if f.kfree_skb_reason_arg is not None
+              else "yes (format file only)" if f.kfree_skb_has_reason else "no: drops will have no reason")
+    lines.append(DoctorLine("kfree_skb drop reason", f.kfree_skb_has_reason, reason,
+                            "" if f.kfree_skb_has_reason else "drop reasons need Linux 5.17 or newer"))
+    location = (f"yes, raw tracepoint arg {f.consume_skb_location_arg}" if f.consume_skb_location_arg is not None
+                else "yes (format file only)" if f.consume_skb_has_location else "no")
+    lines.append(DoctorLine("consume_skb location", f.consume_skb_has_location, location,
+                            "" if f.consume_skb_has_location else "consume_skb's location needs Linux 6.3 or newer"))
+    lines.append(DoctorLine(
+        "drop reason names", bool(f.drop_reasons),
+        f"{len(f.drop_reasons)} names from {f.drop_reasons_source}" if f.drop_reasons else "none known",
+    ))
+    lines.append(DoctorLine("ring buffer", f.ringbuf.ok, f.ringbuf.detail,
+                            "" if f.ringbuf.ok else "BPF ring buffers need Linux 5.8 or newer", True))
+    lines.append(DoctorLine("kprobes", f.kprobes.ok, f.kprobes.detail))
+    lines.append(DoctorLine("fentry", f.fentry.ok, f.fentry.detail))
+    if f.offsets is not None:
+        o = f.offsets
+        detail = (f"sk_buff head={o.skb_head} data={o.skb_data} len={o.skb_len} mac_header={o.skb_mac_header} "
+                  f"network_header={o.skb_network_header} dev={o.skb_dev}; net_device ifindex={o.netdev_ifindex} "
+                  f"name={o.netdev_name} nd_net={o.netdev_nd_net}; possible_net_t.net={o.possible_net_net}; "
+                  f"net.ns.inum={o.net_ns_inum}")
+        lines.append(DoctorLine("struct offsets", True, detail, required=True))
+    else:
+        lines.append(DoctorLine("struct offsets", False, f.offsets_problem, "needs a kernel with BTF", True))
+    hooks = {"raw_tracepoint": "raw tracepoints", "tracepoint": "classic tracepoints", "none": "nothing usable"}
+    lines.append(DoctorLine("hooks", f.hook != "none", f"tapttrace will use {hooks[f.hook]}", required=True))
+    bridge = {"fentry": "fentry on bridge functions", "kprobe": "kprobes on bridge functions",
+              "none": "none: bridge-internal decisions (floods) are not shown; tracepoints still are"}
+    lines.append(DoctorLine("bridge-internal hooks", f.bridge_hook != "none", bridge[f.bridge_hook]))
+    # A fix is advice for what is missing; on a line that is fine it would only be noise.
+    return [line if not line.ok else dataclasses.replace(line, fix="") for line in lines]
