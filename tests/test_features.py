@@ -247,7 +247,7 @@ def test_other_complete_headers_are_used_in_place(tmp_path):
     h = find_headers(str(UBUNTU / "lib/modules"), str(tmp_path), str(tmp_path), "6.9.0-1-generic",
                      str(tmp_path / "no-kheaders"), "x86_64")
     assert (h.release, h.source) == ("6.8.0-40-generic", "installed")
-    assert h.env == {"BCC_KERNEL_SOURCE": str((UBUNTU / "lib/modules/6.8.0-40-generic/build").resolve())}
+    assert h.env == {"BCC_KERNEL_SOURCE": str((UBUNTU / "usr/src/linux-headers-6.8.0-40-generic").resolve())}
 
 
 def test_kheaders_archive_is_left_to_bcc(tmp_path):
