@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .btf import Btf, BtfError, BtfNotFound, Kind, TracepointArg
+from .btf import Btf, BtfError, BtfNotFound, TracepointArg
 from .errors import EnvironmentProblem
 from .kheaders import KernelHeaders, find_headers
 
