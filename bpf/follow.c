@@ -132,9 +132,11 @@ static __always_inline int report(__u64 skb, __u16 hook, __u64 location, __u32 r
 	if (dev) {
 		bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), (void *)(dev + OFF_NETDEV_IFINDEX));
 		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), (void *)(dev + OFF_NETDEV_NAME));
+#if defined(OFF_NETDEV_NET) && defined(OFF_NET_INUM)
 		bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_NETDEV_NET));
 		if (net)
 			bpf_probe_read_kernel(&e->netns, sizeof(e->netns), (void *)(net + OFF_NET_INUM));
+#endif
 	}
 	/* skb->len counts from skb->data; the frame starts at the MAC header, which the receive
 	 * path has already pulled past. */

@@ -6,7 +6,6 @@ through the Features record as -D integer constants.
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -26,6 +25,10 @@ def follow_cflags(features, mac: str, ringbuf_pages: int) -> list[str]:
         flags.append(f"-DARG_KFREE_REASON={int(features.kfree_skb_reason_arg)}")
     if features.consume_skb_location_arg is not None:
         flags.append(f"-DARG_CONSUME_LOCATION={int(features.consume_skb_location_arg)}")
+    if features.bridge_hook == "fentry":
+        flags.append("-DBRIDGE_HOOKS_FENTRY")
+    elif features.bridge_hook == "kprobe":
+        flags.append("-DBRIDGE_HOOKS_KPROBE")
     return flags
 
 
@@ -44,13 +47,17 @@ class FollowProgram:
 
     def __init__(self, features, mac: str, ringbuf_pages: int = 256):
         bcc = _import_bcc()
-        if features.headers_env:
-            os.environ.update(features.headers_env)
+        self._bpf = None
+        features.headers.apply()
         cflags = follow_cflags(features, mac, ringbuf_pages)
         try:
             # Raw tracepoint functions are attached by bcc as it loads them.
             self._bpf = bcc.BPF(src_file=str(BPF_DIR / "follow.c").encode(), cflags=cflags)
+            if features.bridge_hook == "kprobe":
+                self._bpf.attach_kprobe(event=b"br_flood", fn_name=b"tt_br_flood")
         except Exception as exc:  # bcc raises bare Exception for compile and attach failures
+            if getattr(self, "_bpf", None) is not None:
+                self._bpf.cleanup()
             raise KernelError(f"could not load bpf/follow.c: {exc}") from None
         self._sink: Callable[[bytes], None] = lambda raw: None
         self._bad_size = 0
