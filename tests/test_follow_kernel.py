@@ -30,24 +30,34 @@ class Follow:
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(tapttrace("follow", "--json", *args), cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-        self._wait_attached()
+        try:
+            self.programs = self._wait_attached()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
-    def _wait_attached(self) -> None:
+    def _wait_attached(self) -> set[int]:
         # follow prints nothing on stdout before the first journey; its programs are attached
         # once they show up in bpftool, which is what we wait for.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"follow exited early: {self.proc.stderr.read()}")
-            if our_programs(self.proc.pid):
-                return
+            ids = our_programs(self.proc.pid)
+            if len(ids) >= 4:
+                return ids
             time.sleep(0.05)
         raise AssertionError("follow's BPF programs never showed up")
 
     def stop(self, sig: int = signal.SIGTERM) -> tuple[list[dict], dict, str]:
         time.sleep(0.3)  # let the last journeys end
         self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=20)
+        try:
+            out, err = self.proc.communicate(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
         assert self.proc.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines() if line.strip()]
         journeys = [x for x in lines if x.get("schema") == "tapttrace.journey/1"]
@@ -57,17 +67,24 @@ class Follow:
         return journeys, summary, err
 
 
-def our_programs(pid: int) -> list[dict]:
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return [p for p in json.loads(out) if pid in [x.get("pid") for x in p.get("pids", [])]]
+def our_programs(pid: int) -> set[int]:
+    """IDs of the BPF programs a process holds open (from /proc/PID/fdinfo)."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for entry in fdinfo.iterdir() if fdinfo.exists() else []:
+        try:
+            text = entry.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                ids.add(int(line.split()[1]))
+    return ids
 
 
-def tapttrace_programs() -> list[dict]:
+def loaded_programs() -> set[int]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return [p for p in json.loads(out)
-            if p.get("type") in ("raw_tracepoint", "tracepoint", "kprobe", "tracing")
-            and any(x.get("comm", "").startswith("python") for x in p.get("pids", []))
-            and p.get("name", "").startswith(("raw_tracepoint", "tt_", "kfunc"))]
+    return {p["id"] for p in json.loads(out)}
 
 
 def echoes(journeys: list[dict]) -> list[dict]:
@@ -170,19 +187,24 @@ def test_no_program_remains_after_any_ending(how):
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if how != "error":
             deadline = time.monotonic() + 20
-            while not our_programs(proc.pid) and time.monotonic() < deadline:
+            while len(our_programs(proc.pid)) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert our_programs(proc.pid), "follow never attached"
+            seen = our_programs(proc.pid)
+            assert seen, "follow never attached"
             lab.ping_guest_from_remote(count=2)
             if how in ("sigint", "sigterm"):
                 proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
         if how == "error":
             assert proc.returncode != 0 and err.count("\n") == 1 and err.startswith("tapttrace: ")
         else:
             assert proc.returncode == 0, err
             assert '"tapttrace.summary/1"' in out
-    assert our_programs(proc.pid) == []
+            assert not seen & loaded_programs()
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -264,10 +264,18 @@ def _libc_mount(target: Path) -> Optional[str]:
     return os.strerror(ctypes.get_errno())
 
 
+def _exists(path: Path, kind: str = "dir") -> bool:
+    """is_dir()/is_file() that says False where an unprivileged user may not even look."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError:
+        return False
+
+
 def probe_tracefs(roots: ProbeRoots, is_root: bool) -> tuple[Availability, Optional[Path], bool]:
     """Find a mounted tracefs; mount it at <sys>/kernel/tracing when live and root."""
     for candidate in roots.tracefs_candidates:
-        if (candidate / "events").is_dir():
+        if _exists(candidate / "events"):
             return Availability(True, f"mounted at {candidate}"), candidate, False
     target = roots.tracefs_candidates[0]
     if not (roots.live and is_root):
@@ -288,7 +296,7 @@ def probe_tracepoint(name: str, tracefs: Optional[Path], btf: Optional[Btf]) -> 
         except (BtfNotFound, BtfError):
             pass
     fmt_file = tracefs / "events" / category / event / "format" if tracefs else None
-    if fmt_file is None or not fmt_file.is_file():
+    if fmt_file is None or not _exists(fmt_file, "file"):
         # Without tracefs BTF is the only witness: a btf_trace_ typedef means the kernel has it.
         return Tracepoint(name, present=raw_args is not None and tracefs is None, raw_args=raw_args)
     fields, print_fmt = parse_format(fmt_file.read_text())
@@ -558,7 +566,7 @@ probe_features.cache_clear = _probe_cached.cache_clear  # type: ignore[attr-defi
 def require(features: Features) -> None:
     """Raise EnvironmentProblem naming the first missing must-have and its fix."""
     if not features.is_root:
-        raise EnvironmentProblem(f"tapttrace needs privileges: {ROOT_FIX}")
+        raise EnvironmentProblem(f"not running as root: {ROOT_FIX}")
     if not features.btf.ok:
         raise EnvironmentProblem(
             f"this kernel has no BTF at {features.btf_path or '/sys/kernel/btf/vmlinux'}: "

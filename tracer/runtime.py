@@ -49,9 +49,13 @@ class PcapJourneys:
     """--pcap: the frame of each journey as first seen."""
 
     def __init__(self, path: str, offset_ns: int):
+        from .errors import UsageError
         from .sinks.pcap import PcapSink
 
-        self._pcap = PcapSink(path)
+        try:
+            self._pcap = PcapSink(path)
+        except OSError as err:
+            raise UsageError(f"cannot write --pcap {path}: {err.strerror}") from None
         self._offset = offset_ns
 
     def journey(self, j: Journey) -> None:

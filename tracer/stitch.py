@@ -217,7 +217,10 @@ class Stitcher:
         sent = next((d for e, d in reversed(cs.events)
                      if e.hook == Hook.QUEUE and d and not d.is_tap and not d.is_bridge), None)
         ns = lambda d: self.devices.netns_name(d.netns) if d else ""  # noqa: E731
-        if cs.ended and last_ev.hook == Hook.DROP:
+        exit_port = next((d for e, d in cs.events if e.hook == Hook.QUEUE and d and d.master is not None
+                          and not d.is_tap), None)
+        beyond_bridge = exit_port is not None and last_ev.netns != exit_port.netns
+        if cs.ended and last_ev.hook == Hook.DROP and not beyond_bridge:
             name = last_dev.name if last_dev else last_ev.ifname
             return Copy(cs.index, Verdict.DROPPED.value, name, self.devices.netns_name(last_ev.netns)
                         if last_ev.netns else "", self.namer.reason(last_ev.reason),
