@@ -1,0 +1,1 @@
+"""tapttrace's cost, measured: `sudo .venv/bin/python -m bench` (see docs/benchmarks.md)."""

@@ -1,0 +1,70 @@
+"""A fast run of the benchmark harness (bench/), so it can't rot. Timings are never asserted here:
+only that the harness runs end to end, writes RESULTS.md and results.json with every figure for
+the configurations that ran, and leaves nothing behind."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PER_CONFIG = {
+    "baseline": ["delivered_fps", "ratio"],
+    "exporter": ["delivered_fps", "ratio", "tool_cpu_frac", "attach_s", "peak_rss_mb", "detach_s"],
+    "follow-nomatch": ["delivered_fps", "ratio", "tool_cpu_frac", "attach_s", "peak_rss_mb", "detach_s",
+                       "lost_events", "bpf_ns_per_frame"],
+    "follow-match": ["delivered_fps", "ratio", "tool_cpu_frac", "attach_s", "first_event_s", "peak_rss_mb",
+                     "detach_s", "lost_events", "journeys_per_s", "bpf_ns_per_frame"],
+    "diagnose": ["delivered_fps", "ratio", "tool_cpu_s", "command_s"],
+}
+
+
+def test_bench_harness_smoke(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "--repeats", "1", "--window", "0.5", "--bpf-window", "0.3",
+         "--sweep", "5000", "--sweep-seconds", "0.5", "--ceiling-seconds", "0.5", "--reader-queue", "5000",
+         "--out", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # the harness cleans up on SIGTERM
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert results["schema"] == "tapttrace.bench/1"
+    assert results["machine"]["kernel"] and results["command"].startswith("python -m bench")
+    for key in ("generator_ceiling", "reader_ceiling"):
+        assert results[key]["fps"] > 0
+    assert results["saturation_probe"]["delivered_fps"] > 0
+
+    ran = [c for c, ok in results["available"].items() if ok]
+    assert {"baseline", "follow-nomatch", "follow-match"} <= set(ran)
+    for config in results["available"]:
+        if config not in ran:
+            assert "not available" in md
+            continue
+        runs = [r for r in results["runs"] if r["config"] == config]
+        assert len(runs) == 1, config
+        for figure in PER_CONFIG[config]:
+            assert runs[0].get(figure) is not None, (config, figure)
+            assert results["summary"][config][figure]["n"] == 1, (config, figure)
+        if "programs_left_after_exit" in runs[0]:
+            assert runs[0]["programs_left_after_exit"] is False, config
+    (row,) = results["sweep"]
+    for figure in ("offered_fps", "delivered_fps", "journeys_per_s", "events", "lost_events"):
+        assert row[figure] is not None, figure
+    assert "| frames/s delivered to the tap reader |" in md
+
+    # nothing left behind: the harness's namespaces are gone
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"ttbench-{proc.pid}-" not in netns, netns
