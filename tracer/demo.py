@@ -45,7 +45,7 @@ def run_demo(console: Console, stop: threading.Event) -> int:
     from .lab import Lab, LabSpec, libvirt_tap_mac
 
     console.print(Rule("tapttrace demo: host can ping the VM, other hosts can't"))
-    console.print("Building a lab in throwaway namespaces: remote host ─ up0 ─ [br0] ─ vnet0 ─ guest.\n"
+    console.print("Building a lab in throwaway namespaces: remote host ─ up0 ─ \\[br0] ─ vnet0 ─ guest.\n"
                   "vnet0 was pre-created and carries the guest's own MAC, as a tap made by hand for "
                   "libvirt's <interface type='ethernet'> often does.")
     try:
@@ -55,7 +55,7 @@ def run_demo(console: Console, stop: threading.Event) -> int:
                           f"remote host {lab.remote_ip}; bridge host address {lab.host_ip}\n")
 
             def pings():
-                return lab.ping_guest_from_remote(count=3), lab.ping_guest_from_host(count=3)
+                return lab.ping_guest_from_remote(count=3), lab.ping_guest_from_host(count=2)
 
             journeys, summary, (remote, host) = trace_while(console, config, pings, stop)
             console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip}"))
@@ -79,7 +79,7 @@ def run_demo(console: Console, stop: threading.Event) -> int:
         console.print("[yellow]interrupted; the lab was torn down[/yellow]")
         return 130
     console.print(Rule())
-    ok = broken and fixed and any(j.verdict == "dropped" and j.toward_guest for j in journeys) is False
+    ok = broken and fixed
     console.print("[green]demo reproduced the failure and the fix; the lab was torn down[/green]" if ok else
                   "[red]demo did not behave as expected (see above); the lab was torn down[/red]")
     return 0 if ok else 1

@@ -255,6 +255,9 @@ class Stitcher:
             journey.verdict = Verdict.LOCAL.value
             return
         c = copies[0]
+        if c.outcome == Verdict.DROPPED.value and c.reason == "NO_SOCKET" and any(cs.side for cs in js.copies):
+            # ping_rcv() drops the original after a raw socket took its clone: delivered to the host.
+            c.outcome, c.reason, c.location = Verdict.LOCAL.value, "", ""
         journey.verdict = c.outcome
         if c.outcome == Verdict.DROPPED.value:
             journey.reason, journey.location, journey.drop_dev = c.reason, c.location, c.dev

@@ -82,6 +82,7 @@ class Lab:
     remote_ip = "198.51.100.1"
     host_ip = "198.51.100.254"
     guest_ip = "198.51.100.10"
+    uplink_mac = "02:00:00:00:01:01"
 
     def __init__(self, spec: LabSpec = LabSpec(), prefix: str = PREFIX):
         self.spec = spec
@@ -121,6 +122,9 @@ class Lab:
         sh("link", "add", self.remote_dev, "netns", self.remote_ns, "type", "veth",
            "peer", "name", self.uplink, "netns", self.hv_ns)
         hv = ("-n", self.hv_ns)
+        # A NIC-like uplink MAC, lower than any 52:54:00/fe:54:00 tap: the bridge takes the lowest
+        # port MAC, so br0's address is the same on every run, as on a real host with a NIC.
+        sh(*hv, "link", "set", self.uplink, "address", self.uplink_mac)
         sh(*hv, "link", "add", self.bridge, "type", "bridge")
         sh(*hv, "link", "set", self.uplink, "master", self.bridge)
         sh(*hv, "tuntap", "add", "dev", self.tap, "mode", "tap")
