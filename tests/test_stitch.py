@@ -98,3 +98,34 @@ def test_every_event_lands_in_exactly_one_hop(name):
     js = replay.journeys(rec)
     assert sum(len(j.hops) for j in js) == len(rec.events)
     assert [j.id for j in js] == sorted(j.id for j in js)
+
+
+# -- recordings of the lab (a guest process answering ARP and ping through the tap) -----------
+
+def test_lab_healthy_every_frame_toward_the_guest_reaches_it():
+    js = journeys_of("lab-healthy.jsonl")
+    toward = [j for j in js if j.toward_guest]
+    assert toward and all(any(c.outcome == "delivered" and c.dev == "vnet0" for c in j.copies) for j in toward)
+    replies = [j for j in js if j.summary.startswith("ICMP echo reply") and "198.51.100.1 " in j.summary + " "]
+    assert [j.verdict for j in replies] == ["forwarded", "forwarded"]
+    # the host's own ping: delivered, and the raw socket's copy of the reply makes it local, not a drop
+    host = [j for j in js if "198.51.100.254" in j.summary and j.summary.startswith("ICMP")]
+    assert [j.verdict for j in host] == ["delivered", "local"]
+
+
+def test_lab_local_mac_remote_echo_dropped_host_echo_delivered():
+    js = journeys_of("lab-local-mac.jsonl")
+    remote = [j for j in js if j.summary.startswith("ICMP echo 198.51.100.1 ")]
+    host = [j for j in js if j.summary.startswith("ICMP echo 198.51.100.254 ")]
+    assert remote and all(j.verdict == "dropped" and j.reason == "OTHERHOST" for j in remote)
+    assert all(j.location.startswith("ip_rcv_core") and j.note == "never reached vnet0" for j in remote)
+    assert host and all(j.verdict == "delivered" for j in host)
+
+
+def test_lab_guest_without_arp_leaves_flooded_requests_read_by_the_guest():
+    js = journeys_of("lab-no-arp.jsonl")
+    assert len(js) >= 2
+    for j in js:
+        assert j.summary == "ARP who-has 198.51.100.10 tell 198.51.100.1"
+        assert j.verdict == "flooded" and j.flood_ports == ["vnet0"] and j.toward_guest
+        assert {c.outcome for c in j.copies} == {"delivered", "local"}
