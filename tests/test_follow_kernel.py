@@ -231,3 +231,19 @@ def test_unknown_namespace_is_one_clear_line():
     p = subprocess.run(tapttrace("follow", "52:54:00:00:00:01", "--netns", "tt-no-such-ns"), cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "unknown network namespace" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_no_btf_names_the_kernel_option(tmp_path):
+    p = subprocess.run(tapttrace("follow", "52:54:00:00:00:01"), cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "TAPTTRACE_SYSFS": str(tmp_path)})
+    assert p.returncode == 3 and p.stderr.count("\n") == 1
+    assert "no BTF" in p.stderr and "CONFIG_DEBUG_INFO_BTF" in p.stderr
+
+
+def test_no_tracefs_names_the_mount_command(tmp_path):
+    (tmp_path / "kernel" / "btf").mkdir(parents=True)
+    (tmp_path / "kernel" / "btf" / "vmlinux").symlink_to("/sys/kernel/btf/vmlinux")
+    p = subprocess.run(tapttrace("follow", "52:54:00:00:00:01"), cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "TAPTTRACE_SYSFS": str(tmp_path)})
+    assert p.returncode == 3 and p.stderr.count("\n") == 1
+    assert "tracefs" in p.stderr and "mount -t tracefs" in p.stderr

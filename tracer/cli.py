@@ -82,10 +82,11 @@ def follow(mac: str, ips: tuple[str, ...], count: Optional[int], duration: Optio
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(as_json: bool) -> None:
     """Report what the running kernel offers and what tapttrace will use."""
-    from .features import doctor_lines, probe_features
+    from .features import doctor_lines
+    from .runtime import machine_features
 
     try:
-        lines = doctor_lines(probe_features())
+        lines = doctor_lines(machine_features())
     except TapttraceError as err:
         _fail(err)
         return

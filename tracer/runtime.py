@@ -1,6 +1,7 @@
 """Wiring of the kernel-facing pieces (features, BPF program, netlink, /proc) into a follow session."""
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -17,6 +18,15 @@ from .records import Journey
 from .sinks.jsonl import JsonLinesSink
 from .sinks.terminal import TerminalSink
 from .stitch import Namer
+
+
+def machine_features():
+    """The running kernel's features. TAPTTRACE_SYSFS points the probes at another sysfs root
+    (a container's view, or a test's tree without BTF or tracefs)."""
+    from .features import ProbeRoots, probe_features
+
+    sysfs = os.environ.get("TAPTTRACE_SYSFS")
+    return probe_features(ProbeRoots(sys=sysfs) if sysfs else None)
 
 
 def wall_offset_ns() -> int:
@@ -96,11 +106,11 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
                    stop: Optional[threading.Event] = None, sinks: Optional[list[Sink]] = None,
                    on_journey: Optional[Callable[[Journey], None]] = None) -> Iterator[FollowSession]:
     """Everything follow needs, loaded and attached; leaving the block detaches and closes it all."""
-    from .features import probe_features, require
+    from .features import require
     from .loader import FollowProgram
     from .snapshot import machine_devices
 
-    features = probe_features()
+    features = machine_features()
     require(features)
     offset = wall_offset_ns()
     if sinks is None:
