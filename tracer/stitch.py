@@ -214,7 +214,11 @@ class Stitcher:
         last_ev, last_dev = cs.events[-1]
         tap = _last_tap_queue(cs)
         up = next((d for e, d in reversed(cs.events) if e.hook == Hook.RECEIVE and d and d.is_bridge), None)
-        sent = next((d for e, d in reversed(cs.events)
+        # Only a send after the frame entered a bridge (or out of a bridge port) is the bridge
+        # forwarding it; the remote sender's own transmission is not.
+        entered = next((i for i, (e, d) in enumerate(cs.events) if d is not None and (
+            (e.hook == Hook.RECEIVE and d.master is not None) or d.is_bridge)), len(cs.events))
+        sent = next((d for e, d in reversed(cs.events[entered:])
                      if e.hook == Hook.QUEUE and d and not d.is_tap and not d.is_bridge), None)
         ns = lambda d: self.devices.netns_name(d.netns) if d else ""  # noqa: E731
         exit_port = next((d for e, d in cs.events if e.hook == Hook.QUEUE and d and d.master is not None

@@ -42,6 +42,9 @@ class LabSpec:
     guest_answers_arp: bool = True
     ipv6: bool = False
     tap_mtu: Optional[int] = None
+    # br_netfilter is built in here and on by default in every namespace; most hypervisors only
+    # have it once Docker or a firewall loads it. Off unless a scenario asks for it.
+    br_netfilter: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class Lab:
         # port MAC, so br0's address is the same on every run, as on a real host with a NIC.
         sh(*hv, "link", "set", self.uplink, "address", self.uplink_mac)
         sh(*hv, "link", "add", self.bridge, "type", "bridge")
+        self.set_br_netfilter(self.spec.br_netfilter)
         sh(*hv, "link", "set", self.uplink, "master", self.bridge)
         sh(*hv, "tuntap", "add", "dev", self.tap, "mode", "tap")
         sh(*hv, "link", "set", self.tap, "address", self.tap_mac)
@@ -204,6 +208,12 @@ class Lab:
     def set_tap_mac(self, mac: str) -> None:
         self._ip("-n", self.hv_ns, "link", "set", "dev", self.tap, "address", mac)
         self.tap_mac = mac
+
+    def set_br_netfilter(self, on: bool) -> None:
+        """bridge-nf-call-ip(6)tables in the hypervisor namespace (when br_netfilter is there)."""
+        if Path("/proc/sys/net/bridge").is_dir():
+            for family in ("iptables", "ip6tables", "arptables"):
+                self.run(self.hv_ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{family}={int(on)}")
 
     def pause_guest(self) -> None:
         if self.guest:
