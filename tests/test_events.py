@@ -1,5 +1,6 @@
 """The ring-buffer record layout and its decoding (pure)."""
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,7 @@ def raw_event(hook=1, cap_len=14, name=b"vnet0", size=None):
 
 
 def test_layout_matches_bpf_header():
-    header = (events.__file__.rsplit("/", 2)[0] + "/../bpf/tapttrace.h")
-    text = open(header).read()
+    text = (Path(__file__).resolve().parent.parent / "bpf" / "tapttrace.h").read_text()
     assert f"#define TT_SNAPLEN {events.SNAPLEN}" in text
     assert events.EVENT_SIZE == 192
 
