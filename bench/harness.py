@@ -121,13 +121,18 @@ def set_bpf_stats(on: bool) -> None:
     Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1" if on else "0")
 
 
+# Where `python -m tracer` runs from: this checkout, or another one given with --tracer-root (to
+# measure a proposed patch against the same topology and harness).
+TRACER_ROOT = ROOT
+
+
 def tapttrace_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tracer", *args]
 
 
 def command_available(name: str) -> Optional[str]:
     """The --help text of `tapttrace NAME`, or None where that command doesn't exist yet."""
-    r = subprocess.run(tapttrace_cmd(name, "--help"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(tapttrace_cmd(name, "--help"), cwd=TRACER_ROOT, capture_output=True, text=True, timeout=60)
     return r.stdout if r.returncode == 0 else None
 
 
@@ -271,7 +276,7 @@ class Tool:
     def start(self) -> None:
         self.started = time.monotonic()
         self._out = open(self.out_path, "w")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, stdout=self._out, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.argv, cwd=TRACER_ROOT, stdout=self._out, stderr=subprocess.PIPE, text=True)
 
     def wait_attached(self, timeout: float = 30.0) -> float:
         """Seconds from start until its BPF programs are loaded (the count steady over two looks)."""
@@ -539,7 +544,8 @@ def machine_info() -> dict:
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {"kernel": platform.release(), "machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(),
             "memory_gib": round(mem_kb / 2**20, 1), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
 
 
 def detect_commands(configs: list[str]) -> tuple[dict[str, bool], list[str], list[str]]:
@@ -574,7 +580,7 @@ def run_bench(p: Params, log: Callable[[str], None] = print) -> dict:
                      "params": {"repeats": p.repeats, "window_s": p.window, "bpf_window_s": p.bpf_window,
                                 "sweep_rates": p.sweep_rates, "sweep_seconds": p.sweep_seconds,
                                 "sender_cpu": SENDER_CPU, "reader_cpu": READER_CPU,
-                                "tapttrace_cpu": "unpinned"},
+                                "tapttrace_cpu": "unpinned", "tracer_root": str(TRACER_ROOT)},
                      "available": available, "runs": [], "descriptions": DESCRIPTIONS}
     with tempfile.TemporaryDirectory(prefix="ttbench-") as tmp, Topology() as topo:
         workdir = Path(tmp)
@@ -610,6 +616,7 @@ def run_bench(p: Params, log: Callable[[str], None] = print) -> dict:
         finally:
             reader.stop()
             Path("/proc/sys/kernel/bpf_stats_enabled").write_text(stats_before)
+    results["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
     results["summary"] = aggregate(results)
     return results
 
@@ -661,9 +668,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--reader-queue", type=int, default=50_000)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", type=Path, default=HERE, help="directory for RESULTS.md and results.json")
+    ap.add_argument("--tracer-root", type=Path, default=None,
+                    help="run `python -m tracer` from this checkout instead (A/B of a patch)")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite RESULTS.md from OUT/results.json (e.g. after editing OUT/FINDINGS.md)")
     a = ap.parse_args(argv)
     from .report import write_results
 
+    if a.render:
+        results = json.loads((a.out / "results.json").read_text())
+        results.pop("notes", None)
+        md, js = write_results(results, a.out)
+        print(f"wrote {md}")
+        return 0
+    if a.tracer_root is not None:
+        global TRACER_ROOT
+        TRACER_ROOT = a.tracer_root.resolve()
     p = Params(repeats=a.repeats, window=a.window, bpf_window=a.bpf_window,
                sweep_rates=[float(x) for x in a.sweep.split(",") if x.strip()], sweep_seconds=a.sweep_seconds,
                ceiling_seconds=a.ceiling_seconds, reader_queue=a.reader_queue,

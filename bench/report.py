@@ -14,6 +14,7 @@ TARGETS = [
     ("follow-match", "first_event_s", "<=", 1.0, "first event ≤ 1.0 s after start"),
     ("follow-nomatch", "detach_s", "<=", 0.5, "detach ≤ 0.5 s (no match)"),
     ("follow-match", "detach_s", "<=", 0.5, "detach ≤ 0.5 s (all match)"),
+    ("follow-nomatch", "peak_rss_mb", "<=", 150, "resident memory ≤ 150 MB (no match)"),
     ("follow-match", "peak_rss_mb", "<=", 150, "resident memory ≤ 150 MB (all match)"),
     ("exporter", "detach_s", "<=", 0.5, "detach ≤ 0.5 s (exporter)"),
     ("exporter", "peak_rss_mb", "<=", 150, "resident memory ≤ 150 MB (exporter)"),
@@ -95,7 +96,9 @@ def render(results: dict) -> str:
            f"Command: `{results['command']}` (as root, from the repository; `sudo make bench` runs it)  ",
            f"Date: {m['date']}  ",
            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['machine']}  ",
-           f"Kernel: {m['kernel']}; Python {m['python']}", "",
+           f"Kernel: {m['kernel']}; Python {m['python']}  ",
+           f"Load average at start / end: {' '.join(m.get('loadavg_at_start', []))} / "
+           f"{' '.join(m.get('loadavg_at_end', []))} (other work on the machine shows up here)", "",
            "Topology (bench/topology.py, two namespaces, nothing in the root namespace): C sender "
            "(AF_PACKET, sendmmsg, qdisc bypass, 64-byte UDP frames, pinned to CPU "
            f"{results['params']['sender_cpu']}) → veth eth0 → up0 → br0 (static FDB entry) → tap vnet0 → "
