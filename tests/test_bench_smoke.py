@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.kernel
-
 ROOT = Path(__file__).resolve().parent.parent
 
 PER_CONFIG = {
@@ -25,6 +23,7 @@ PER_CONFIG = {
 }
 
 
+@pytest.mark.kernel
 def test_bench_harness_smoke(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench", "--repeats", "1", "--window", "0.5", "--bpf-window", "0.3",
@@ -68,3 +67,18 @@ def test_bench_harness_smoke(tmp_path):
     # nothing left behind: the harness's namespaces are gone
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"ttbench-{proc.pid}-" not in netns, netns
+
+
+@pytest.mark.parametrize("recording", [None, ROOT / "tests" / "recordings" / "lab-healthy.jsonl"])
+def test_pipeline_budget_runs_without_root(recording):
+    """bench.pipeline replays a recording through follow's Python stages and times each one."""
+    if str(ROOT) not in sys.path:  # bench/ is a directory of the repository, not an installed package
+        sys.path.insert(0, str(ROOT))
+    from bench.pipeline import DEFAULTS, budget
+
+    path = recording or next(p for p in DEFAULTS if p.exists())
+    r = budget(path, journeys=300)
+    assert r["journeys"] >= 300
+    assert set(r["us_per_journey"]) == {"events.decode", "Stitcher.feed", "Stitcher.flush (build)", "Annotator",
+                                        "JSON-lines sink"}
+    assert r["total_us_per_journey"] > 0 and r["journeys_per_s_one_core"] > 0

@@ -1,0 +1,107 @@
+"""What follow's Python collector spends per journey, stage by stage, without root or a kernel.
+
+    python -m bench.pipeline [RECORDING] [--journeys N]
+
+Replays a recording made with `tapttrace follow --record` (default: the bench's own, or the lab's
+healthy one) many times over (each copy shifted in time and skb address so it stitches as new
+journeys) through the stages of tracer/follow.py's loop, timing each: the ring-buffer record
+decode, Stitcher.feed, Stitcher.flush (journey building), the Annotator and the JSON-lines sink.
+The sum is the collector's ceiling in journeys per second on one core, before bcc's per-event
+callback. Use it to see what a change to the pipeline buys.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULTS = [HERE / "recordings" / "bench-flow.jsonl", ROOT / "tests" / "recordings" / "lab-healthy.jsonl"]
+
+
+def budget(recording: Path, journeys: int) -> dict:
+    from tracer import events as ev_codec
+    from tracer import replay
+    from tracer.follow import Annotator
+    from tracer.sinks.jsonl import JsonLinesSink
+    from tracer.stitch import Stitcher
+
+    rec = replay.load(recording)
+    if not rec.events:
+        raise SystemExit(f"{recording}: no events")
+    per_copy = len(replay.journeys(rec))
+    copies = max(1, -(-journeys // max(per_copy, 1)))
+    first, last = rec.events[0].ts_ns, rec.events[-1].ts_ns
+    shift = (last - first) + 2_000_000_000  # each copy starts after the previous one has gone idle
+    raws, bounds = [], []
+    for k in range(copies):
+        for e in rec.events:
+            e2 = replace(e, ts_ns=e.ts_ns + k * shift, skb=e.skb + (k << 24))
+            raws.append(ev_codec._LAYOUT.pack(e2.ts_ns, e2.skb, e2.location, e2.netns, e2.ifindex, e2.frame_len,
+                                              e2.reason, int(e2.hook), len(e2.data), e2.cpu, e2.ifname.encode(),
+                                              e2.data.ljust(ev_codec.SNAPLEN, b"\0")))
+        bounds.append(len(raws))
+
+    t: dict[str, float] = {}
+
+    def timed(stage: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        t[stage] = t.get(stage, 0.0) + time.perf_counter() - t0
+        return out
+
+    decoded = timed("events.decode", lambda: [ev_codec.decode(r) for r in raws])
+    stitcher = Stitcher(rec.devices, rec.namer)
+    built = []
+    start = 0
+    for k, end in enumerate(bounds):
+        chunk = decoded[start:end]
+        start = end
+
+        def feed(chunk=chunk):
+            for e in chunk:
+                stitcher.feed(e)
+
+        timed("Stitcher.feed", feed)
+        built += timed("Stitcher.flush (build)", lambda: stitcher.flush(chunk[-1].ts_ns + shift // 2))
+    built += timed("Stitcher.flush (build)", lambda: stitcher.flush(decoded[-1].ts_ns + shift, final=True))
+    annotate = Annotator(rec.mac, set(rec.ips), rec.devices)
+    timed("Annotator", lambda: [annotate(j) for j in built])
+    sink = JsonLinesSink(io.StringIO(), 0)
+    timed("JSON-lines sink", lambda: [sink.journey(j) for j in built])
+    n = len(built)
+    stages = {k: v / n * 1e6 for k, v in t.items()}
+    total = sum(stages.values())
+    return {"recording": str(recording), "journeys": n, "events": len(raws), "events_per_journey": len(raws) / n,
+            "us_per_journey": stages, "total_us_per_journey": total, "journeys_per_s_one_core": 1e6 / total}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n")[0])
+    ap.add_argument("recording", nargs="?", type=Path)
+    ap.add_argument("--journeys", type=int, default=20_000)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    path = a.recording or next((p for p in DEFAULTS if p.exists()), None)
+    if path is None:
+        ap.error("no recording given and none of the defaults exists")
+    sys.path.insert(0, str(ROOT))
+    r = budget(path, a.journeys)
+    if a.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"{r['journeys']} journeys, {r['events_per_journey']:.2f} events each, from {r['recording']}")
+    for stage, us in r["us_per_journey"].items():
+        print(f"  {stage:26s} {us:8.2f} µs/journey")
+    print(f"  {'total':26s} {r['total_us_per_journey']:8.2f} µs/journey  "
+          f"→ {r['journeys_per_s_one_core']:,.0f} journeys/s on one core (before bcc's callbacks)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
