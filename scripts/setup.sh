@@ -1,12 +1,61 @@
 #!/usr/bin/env bash
-# Set up a fresh Debian machine for tapttrace: system packages (bcc comes from Debian, not PyPI),
-# tracefs, and a venv that sees Debian's bcc. Idempotent; a no-op when nothing changed.
+# Sets up a Debian 12 machine for tapttrace: system packages (bcc comes from Debian's
+# python3-bpfcc, not PyPI, whose "bcc" is unrelated), tracefs, and a venv that sees Debian's bcc.
+# Idempotent, and quick when nothing changed: the package check is one dpkg-query, and the slow
+# part (venv + pip) is skipped while .venv/.setup-stamp matches pyproject.toml and this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "setup: run as root (tapttrace loads BPF programs and builds network namespaces)" >&2
+  echo "setup: must run as root (tapttrace installs system packages, loads BPF programs and builds network namespaces); try: sudo $0" >&2
   exit 3
+fi
+
+# Two `make test` runs started together (CI and a developer, or two shells) must not both
+# rebuild the venv under each other.
+exec 9>"/tmp/tapttrace-setup.$(pwd | sha256sum | cut -c1-12).lock"
+flock 9
+
+installed() {  # prints the packages among "$@" that are fully installed (dpkg -s also says yes to "config-files")
+  { dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true; } | awk '$2 == "installed" {print $1}'
+}
+
+packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux)
+have=" $(installed "${packages[@]}" | tr '\n' ' ') "
+missing=()
+for p in "${packages[@]}"; do
+  [[ "$have" == *" $p "* ]] || missing+=("$p")
+done
+
+# Kernel headers: the running kernel's if the distro has them, else the distro's own (tapttrace
+# points bcc at those at run time; struct layouts come from BTF, so the version need not match).
+running_headers="linux-headers-$(uname -r)"
+distro_headers="linux-headers-$(dpkg --print-architecture)"
+if [ -z "$(installed "$running_headers" "$distro_headers")" ]; then
+  missing+=(HEADERS)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  pkgs=()
+  for p in "${missing[@]}"; do
+    if [ "$p" != HEADERS ]; then
+      pkgs+=("$p")
+    elif [ -n "$(apt-cache policy "$running_headers" 2>/dev/null | awk '/Candidate:/ && $2 != "(none)"')" ]; then
+      pkgs+=("$running_headers")
+    else
+      echo "setup: the distro has no $running_headers; using $distro_headers"
+      pkgs+=("$distro_headers")
+    fi
+  done
+  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# Kernel tracepoint formats are read from tracefs; some boots mount only debugfs, or nothing.
+if ! mountpoint -q /sys/kernel/tracing; then
+  mount -t tracefs nodev /sys/kernel/tracing
 fi
 
 stamp=.venv/.setup-stamp
@@ -15,38 +64,15 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/tapttrac
   exit 0
 fi
 
-# Kernel headers: the running kernel's if the distro has them, else the distro's own
-# (tapttrace wires those for bcc at run time; struct layouts come from BTF, not headers).
-headers="linux-headers-$(uname -r)"
-packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux make)
-missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if ! dpkg -s "$headers" >/dev/null 2>&1 && ! ls -d /usr/src/linux-headers-*-common >/dev/null 2>&1; then
-  missing+=("HEADERS")
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  pkgs=()
-  for p in "${missing[@]}"; do
-    if [ "$p" = HEADERS ]; then
-      if apt-cache show "$headers" >/dev/null 2>&1; then pkgs+=("$headers"); else pkgs+=(linux-headers-amd64); fi
-    else
-      pkgs+=("$p")
-    fi
-  done
-  apt-get install -y -qq "${pkgs[@]}" >/dev/null
-fi
-
-if ! mountpoint -q /sys/kernel/tracing; then
-  mount -t tracefs nodev /sys/kernel/tracing
-fi
-
-# Debian's python3 (the one python3-bpfcc is built for), never another python3 on PATH.
+# Debian's python3, the one python3-bpfcc is built for, never another python3 earlier on PATH
+# (pyenv and friends): a venv of that one would not see bcc.
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
   rm -rf .venv
   /usr/bin/python3 -m venv --system-site-packages .venv
+  if ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+    echo "setup: the venv cannot import bcc although python3-bpfcc is installed" >&2
+    exit 1
+  fi
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 echo "$want" > "$stamp"
