@@ -24,6 +24,8 @@ from typing import Optional
 
 import pytest
 
+from tracer.lab.topology import pid_alive
+
 pytest_plugins = ["pytester"]
 
 IN_CI = os.environ.get("CI") == "true"
@@ -97,21 +99,11 @@ def _netns_names() -> set[str]:
         return set()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _someone_elses(name: str) -> bool:
     """A name carrying a live pid other than ours belongs to a concurrent run (another shell's
     pytest or demo on the same machine), not to this session."""
     m = re.match(rf"^{NETNS_PREFIX}\w*-(\d+)-", name)
-    return bool(m) and int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1)))
+    return bool(m) and int(m.group(1)) != os.getpid() and pid_alive(int(m.group(1)))
 
 
 def _tracing_bpf_held_here() -> list[str]:

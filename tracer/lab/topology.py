@@ -53,7 +53,7 @@ class PingResult:
     received: int
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -69,7 +69,7 @@ def remove_stale(prefix: str = PREFIX) -> list[str]:
     pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-")
     for entry in RUN_NETNS.iterdir() if RUN_NETNS.is_dir() else []:
         m = pattern.match(entry.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             subprocess.run(["ip", "netns", "del", entry.name], capture_output=True)
             removed.append(entry.name)
     return removed
