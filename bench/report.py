@@ -57,7 +57,8 @@ ROWS = [
     ("start → programs attached", "attach_s", "s"),
     ("start → first event written", "first_event_s", "s"),
     ("peak resident memory (VmHWM)", "peak_rss_mb", "mb"),
-    ("SIGINT → exited, programs gone", "detach_s", "s"),
+    ("SIGINT → BPF programs detached", "detach_s", "s"),
+    ("SIGINT → process exited", "exit_s", "s"),
     ("diagnose: command run time", "command_s", "s"),
 ]
 
