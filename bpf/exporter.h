@@ -1,0 +1,74 @@
+/* Map layouts shared between bpf/exporter.c and tracer/exporter/program.py (which states them
+ * once more as ctypes structures and checks bcc's key/value sizes against them at load). */
+#ifndef TAPTTRACE_EXPORTER_H
+#define TAPTTRACE_EXPORTER_H
+
+/* Roles of an interesting device (bits of ttx_dev_val.role), set by user space from netlink. */
+#define TTX_ROLE_PORT 1   /* a port of a bridge (ttx_dev_val.bridge is the bridge's ifindex) */
+#define TTX_ROLE_TAP 2    /* a tun/tap device in tap mode */
+#define TTX_ROLE_BRIDGE 4 /* a bridge device itself (ttx_dev_val.bridge is its own ifindex) */
+
+/* Values of ttx_verdict_key.verdict: the same words as `tapttrace follow`. */
+#define TTX_V_FORWARDED 1
+#define TTX_V_FLOODED 2
+#define TTX_V_LOCAL 3
+#define TTX_V_DROPPED 4
+#define TTX_V_DELIVERED 5
+
+/* Values of ttx_tap_key.event */
+#define TTX_TAP_QUEUED 1    /* queued on the tap for the guest to read */
+#define TTX_TAP_DELIVERED 2 /* read by the process holding the tap fd */
+#define TTX_TAP_DROPPED 3   /* freed as a drop while queued on the tap (reason says why) */
+#define TTX_TAP_LOCAL 4     /* addressed to the tap's VM, but the bridge passed it up to the host */
+
+/* Values of ttx_fdb_key.event */
+#define TTX_FDB_LEARNED 1
+#define TTX_FDB_MOVED 2
+#define TTX_FDB_DELETED 3
+
+/* Indices of the health array */
+#define TTX_H_COUNTER_FULL 0 /* a counter map had no room for a new series: a count was lost */
+#define TTX_H_FRAME_TABLE_FULL 1 /* the per-frame table refused an entry: a verdict was lost */
+#define TTX_H_MAX 2
+
+struct ttx_dev_key {
+	__u32 netns;
+	__u32 ifindex;
+};
+
+struct ttx_dev_val {
+	__u32 role;
+	__u32 bridge;
+};
+
+struct ttx_verdict_key {
+	__u32 netns;
+	__u32 bridge;
+	__u32 in_port;
+	__u32 out_port; /* 0 when there is no single one (flooded, dropped) */
+	__u32 verdict;
+};
+
+struct ttx_drop_key {
+	__u64 location;
+	__u32 netns;
+	__u32 ifindex;
+	__u32 reason;
+	__u32 pad;
+};
+
+struct ttx_tap_key {
+	__u32 netns;
+	__u32 ifindex;
+	__u32 event;
+	__u32 reason; /* drop reason, for TTX_TAP_DROPPED */
+};
+
+struct ttx_fdb_key {
+	__u32 netns;
+	__u32 bridge;
+	__u32 port;
+	__u32 event;
+};
+
+#endif

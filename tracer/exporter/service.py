@@ -1,0 +1,82 @@
+"""Wiring: features -> BPF program -> collector -> HTTP server, with a refresher thread.
+Leaving the context detaches every program and stops the server, on every exit path."""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+from .. import __version__
+from .collector import ExporterCollector, Filters
+from .labels import Inventory, Namer, vm_name
+from .server import Listen, MetricsServer, Tls
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    listen: Listen = Listen("127.0.0.1", 9477)
+    filters: Filters = Filters()
+    tls: Optional[Tls] = None
+    refresh_seconds: float = 5.0
+    max_series: int = 2000  # per metric family
+    max_kernel_series: int = 16384  # per kernel counter map
+
+
+def machine_inventory() -> Inventory:
+    """Every namespace's devices from netlink, and VM names from the processes holding taps."""
+    from ..snapshot import machine_devices
+    from ..taps import find_tap_holders
+
+    names, devices = machine_devices()
+    vms = {}
+    for h in find_tap_holders():
+        name = vm_name(h.cmdline)
+        if name:
+            vms[(h.tap_netns, h.iff)] = name
+    return Inventory.build(names, devices, vms)
+
+
+def kernel_namer(features) -> Namer:
+    from ..kallsyms import Kallsyms
+
+    ksyms = Kallsyms.load()
+
+    def symbol(addr: int) -> str:
+        hit = ksyms.lookup(addr)
+        return hit[0].name if hit else ""
+
+    return Namer(reason=lambda r: features.drop_reasons.get(r, f"unknown:{r}") if r else "NOT_SPECIFIED",
+                 symbol=symbol)
+
+
+@dataclass
+class ExporterSession:
+    collector: ExporterCollector
+    server: Optional[MetricsServer]
+    program: object
+
+
+@contextmanager
+def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[ExporterSession]:
+    from ..features import require
+    from ..runtime import machine_features
+    from .program import ExporterProgram
+
+    features = machine_features()
+    require(features)
+    stop = threading.Event()
+    with ExitStack() as stack:
+        program = stack.enter_context(ExporterProgram(features, max_series=config.max_kernel_series))
+        collector = ExporterCollector(program, kernel_namer(features), machine_inventory,
+                                      filters=config.filters, max_series=config.max_series,
+                                      build={"version": __version__, "kernel": os.uname().release})
+        collector.refresh()
+        stack.callback(stop.set)
+        collector.run_refresher(stop, config.refresh_seconds)
+        server = None
+        if serve:
+            server = MetricsServer(collector, config.listen, config.tls)
+            stack.callback(server.close)
+        yield ExporterSession(collector, server, program)
