@@ -123,7 +123,7 @@ class ExporterProgram:
     def _check_layout(self) -> list[str]:
         bad = []
         for name, (key, val) in MAP_LAYOUT.items():
-            table = self._bpf[name]
+            table = self._bpf[name.encode()]
             if ctypes.sizeof(table.Key) != ctypes.sizeof(key):
                 bad.append(f"{name} key {ctypes.sizeof(table.Key)} != {ctypes.sizeof(key)}")
             leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the one-CPU value
@@ -134,14 +134,14 @@ class ExporterProgram:
     def set_devices(self, roles: Iterable[Role], vm_macs: dict[int, tuple[int, int]]) -> None:
         """Make the kernel's device and VM-MAC tables exactly these (adds, updates, removes)."""
         want = {(r.netns, r.ifindex): (r.role, r.bridge) for r in roles}
-        table = self._bpf["devs"]
+        table = self._bpf[b"devs"]
         have = {(k.netns, k.ifindex): (v.role, v.bridge) for k, v in table.items()}
         for key in have.keys() - want.keys():
             del table[DevKey(*key)]
         for key, val in want.items():
             if have.get(key) != val:
                 table[DevKey(*key)] = DevVal(*val)
-        macs = self._bpf["vm_macs"]
+        macs = self._bpf[b"vm_macs"]
         have_macs = {k.value: (v.netns, v.ifindex) for k, v in macs.items()}
         for mac in have_macs.keys() - vm_macs.keys():
             del macs[ctypes.c_uint64(mac)]
@@ -151,12 +151,12 @@ class ExporterProgram:
 
     def _sum(self, name: str, fields: tuple[str, ...]) -> dict[tuple, int]:
         out: dict[tuple, int] = {}
-        for k, per_cpu in self._bpf[name].items():
+        for k, per_cpu in self._bpf[name.encode()].items():
             out[tuple(getattr(k, f) for f in fields)] = sum(int(v) for v in per_cpu)
         return out
 
     def read(self) -> Counts:
-        health = self._bpf["health"]
+        health = self._bpf[b"health"]
         return Counts(
             verdicts=self._sum("verdicts", ("netns", "bridge", "in_port", "out_port", "verdict")),
             drops=self._sum("drops", ("netns", "ifindex", "reason", "location")),
@@ -167,7 +167,7 @@ class ExporterProgram:
 
     def delete(self, name: str, keys: Iterable[tuple]) -> None:
         """Remove counter series (of devices gone for good) so the kernel maps don't fill up."""
-        table = self._bpf[name]
+        table = self._bpf[name.encode()]
         for key in keys:
             try:
                 del table[table.Key(*key)]

@@ -18,9 +18,9 @@ class Listen:
 
     @classmethod
     def parse(cls, text: str) -> "Listen":
-        """ADDR:PORT, [V6ADDR]:PORT or :PORT (all addresses)."""
+        """ADDR:PORT, [V6ADDR]:PORT or :PORT (all addresses); port 0 picks a free one (tests)."""
         host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise UsageError(f"--listen {text!r}: expected ADDR:PORT, e.g. {DEFAULT_LISTEN}")
         host = host.strip("[]") or "0.0.0.0"
         return cls(host, int(port))
