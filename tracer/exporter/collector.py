@@ -22,6 +22,7 @@ DROP_LABELS = ("netns", "dev", "reason", "location")
 TAP_LABELS = ("netns", "tap", "vm", "event")
 TAP_DROP_LABELS = ("netns", "tap", "vm", "reason")
 FDB_LABELS = ("netns", "bridge", "port", "event")
+TAP_INFO_LABELS = ("netns", "tap", "vm", "bridge")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ExporterCollector:
         self.decode_errors = 0
         self.scrape_seconds = 0.0
         self.watched: dict[str, int] = {"bridge": 0, "port": 0, "tap": 0}
+        self._taps: list = []
 
     # -- refresh ------------------------------------------------------------------------------
 
@@ -88,6 +90,7 @@ class ExporterCollector:
             self.watched = {"bridge": sum(d.is_bridge for d in watched),
                             "port": sum(d.master is not None for d in watched),
                             "tap": sum(d.is_tap for d in watched)}
+            self._taps = sorted((d for d in watched if d.is_tap), key=lambda d: (d.netns, d.ifindex))
             self._prune(inv)
 
     def _prune(self, inv: Inventory) -> None:
@@ -162,10 +165,16 @@ class ExporterCollector:
                 self.decode_errors += 1
                 continue
             self.cap.add("fdb", fdb, (n.netns(ns), n.dev(ns, br), n.dev(ns, port), FDB_EVENTS[event]), value)
-        for name, series in (("frames", frames), ("drops", drops), ("tap_frames", taps),
+        info: dict[tuple[str, ...], float] = {}
+        for d in self._taps:
+            self.cap.add("tap_info", info, (n.netns(d.netns), d.name, n.inventory.vms.get((d.netns, d.name), ""),
+                                            d.master_name if d.master is not None else ""), 1)
+        for name, series in (("tap_info", info), ("frames", frames), ("drops", drops), ("tap_frames", taps),
                              ("tap_drops", tap_drops), ("fdb", fdb)):
             self.cap.keep_only(name, series)
         return [
+            _gauge("tapttrace_tap_info", "One series per watched tap: its VM (when the holder is a named qemu) "
+                   "and bridge (\"\" when outside any). For joins and dashboard variables.", TAP_INFO_LABELS, info),
             _counter("tapttrace_frames_total", "Frames a bridge received, by what became of them "
                      "(verdicts as in tapttrace follow).", FRAME_LABELS, frames),
             _counter("tapttrace_drops_total", "Frames freed as drops on bridge ports, taps and bridges, by "
@@ -209,6 +218,13 @@ class ExporterCollector:
 
 def _counter(name: str, doc: str, labels: tuple[str, ...], series: dict[tuple[str, ...], float]) -> Metric:
     fam = CounterMetricFamily(name, doc, labels=list(labels))
+    for values, value in sorted(series.items()):
+        fam.add_metric(list(values), value)
+    return fam
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...], series: dict[tuple[str, ...], float]) -> Metric:
+    fam = GaugeMetricFamily(name, doc, labels=list(labels))
     for values, value in sorted(series.items()):
         fam.add_metric(list(values), value)
     return fam
