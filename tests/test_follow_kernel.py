@@ -93,7 +93,7 @@ def echoes(journeys: list[dict]) -> list[dict]:
 
 def test_healthy_guest_frames_are_delivered_to_the_tap():
     with Lab(LabSpec()) as lab:
-        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         ping = lab.ping_guest_from_remote(count=3)
         journeys, summary, _ = f.stop()
     assert ping.received == 3
@@ -111,7 +111,7 @@ def test_healthy_guest_frames_are_delivered_to_the_tap():
 
 def test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap():
     with Lab(LabSpec(tap_mac="guest")) as lab:
-        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         remote = lab.ping_guest_from_remote(count=3)
         host = lab.ping_guest_from_host(count=2)
         journeys, _, _ = f.stop()
@@ -129,7 +129,7 @@ def test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap
 
 def test_guest_that_never_answers_arp_leaves_its_arp_requests_behind():
     with Lab(LabSpec(guest_answers_arp=False)) as lab:
-        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         ping = lab.ping_guest_from_remote(count=2)
         journeys, _, _ = f.stop()
     assert ping.received == 0
@@ -142,7 +142,7 @@ def test_guest_that_never_answers_arp_leaves_its_arp_requests_behind():
 
 def test_learned_address_pulls_in_arp_requests_without_ip_flag():
     with Lab(LabSpec()) as lab:
-        f = Follow(lab.guest_mac)
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns)
         lab.ping_guest_from_remote(count=1)  # the guest's ARP reply teaches its address
         lab.run(lab.remote_ns, "ip", "neigh", "flush", "dev", lab.remote_dev)
         lab.ping_guest_from_remote(count=1)
@@ -153,7 +153,7 @@ def test_learned_address_pulls_in_arp_requests_without_ip_flag():
 
 def test_veth_crossing_between_namespaces_is_one_journey():
     with Lab(LabSpec()) as lab:
-        f = Follow(lab.guest_mac, "--ip", lab.guest_ip)
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         lab.ping_guest_from_remote(count=2)
         journeys, _, _ = f.stop()
     for j in echoes(journeys):
@@ -165,7 +165,7 @@ def test_veth_crossing_between_namespaces_is_one_journey():
 def test_pcap_is_readable_by_tcpdump(tmp_path):
     pcap = tmp_path / "frames.pcap"
     with Lab(LabSpec()) as lab:
-        f = Follow(lab.guest_mac, "--ip", lab.guest_ip, "--pcap", str(pcap))
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip, "--pcap", str(pcap))
         lab.ping_guest_from_remote(count=2)
         journeys, _, _ = f.stop()
     out = subprocess.run(["tcpdump", "-nn", "-e", "-r", str(pcap)], capture_output=True, text=True, check=True)

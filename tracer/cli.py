@@ -79,6 +79,28 @@ def follow(mac: str, ips: tuple[str, ...], count: Optional[int], duration: Optio
 
 
 @main.command()
+@click.argument("mac")
+@click.option("--ip", "ips", multiple=True, metavar="ADDR",
+              help="An address of the guest, so ARP requests for it count. Repeatable; also learned.")
+@click.option("--tap", metavar="DEV", help="The guest's tap, when tapttrace can't find it by itself.")
+@click.option("--duration", type=float, default=5.0, show_default=True, metavar="S",
+              help="How long to watch live traffic.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/causes.md).")
+def diagnose(mac: str, ips: tuple[str, ...], tap: Optional[str], duration: float, as_json: bool) -> None:
+    """Name the cause of a VM's lost frames, with the evidence and the exact fix.
+
+    Exit code 0 when nothing is wrong, 1 when a cause was found."""
+    from .diagnose_run import run_diagnose
+
+    try:
+        with stop_on_signals() as stop:
+            code = run_diagnose(mac, ips, tap, duration, as_json, stop)
+    except TapttraceError as err:
+        _fail(err)
+    sys.exit(code)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(as_json: bool) -> None:
     """Report what the running kernel offers and what tapttrace will use."""

@@ -71,7 +71,7 @@ class Annotator:
     def __call__(self, j: Journey) -> Journey:
         info = frames.decode(j.frame)
         asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
-        j.toward_guest = (j.dst_mac == self.mac and j.src_mac != self.mac) or bool(asks)
+        j.toward_guest = j.src_mac != self.mac and (j.dst_mac == self.mac or bool(asks))
         if j.toward_guest and not any(c.outcome in ("delivered", "queued") for c in j.copies):
             taps = guest_taps(self.devices.all(), self.mac)
             j.note = f"never reached {' or '.join(t.name for t in taps)}" if taps else "never reached a tap"

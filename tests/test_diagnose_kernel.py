@@ -1,0 +1,155 @@
+"""diagnose on the real kernel: build each failure in the lab, diagnose it, apply the printed fix,
+and check the remote host's ping now reaches the guest."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tracer.lab import Lab, LabSpec
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).parent))
+from test_follow_kernel import our_programs  # noqa: E402
+
+
+def diagnose(lab: Lab, traffic, *extra: str, duration: float = 3.0) -> tuple[int, dict]:
+    """Run `tapttrace diagnose --json` while traffic(lab) runs inside its window."""
+    argv = [sys.executable, "-m", "tracer", "diagnose", lab.guest_mac, "--ip", lab.guest_ip,
+            "--duration", str(duration), "--json", *extra]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(our_programs(proc.pid)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if traffic is not None and proc.poll() is None:
+            traffic(lab)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 1), err
+    return proc.returncode, json.loads(out)
+
+
+def ping(lab: Lab):
+    return lab.ping_guest_from_remote(count=3, interval=0.2)
+
+
+def apply_fix(report: dict) -> None:
+    assert report["fix"], report
+    for command in report["fix"]:
+        subprocess.run(shlex.split(command), check=True, capture_output=True, text=True)
+
+
+def assert_fixed(lab: Lab) -> None:
+    time.sleep(0.2)
+    assert lab.ping_guest_from_remote(count=3, interval=0.2).received >= 2
+
+
+def test_healthy_guest_is_ok():
+    with Lab(LabSpec()) as lab:
+        code, report = diagnose(lab, ping)
+    assert code == 0 and report["cause"] == "ok", {k: v for k, v in report.items() if k != "journeys"}
+    assert report["mac"] == lab.guest_mac and report["journeys"]
+    assert any(j["verdict"] == "delivered" for j in report["journeys"])
+
+
+def test_tap_carrying_the_guest_mac_is_local_mac():
+    with Lab(LabSpec(tap_mac="guest")) as lab:
+        code, report = diagnose(lab, ping)
+        assert code == 1 and report["cause"] == "local-mac"
+        assert lab.tap in report["summary"] and lab.bridge in report["summary"]
+        assert any(lab.tap in e for e in report["evidence"])
+        assert any(f"fe{lab.guest_mac[2:]}" in c for c in report["fix"])
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_tap_outside_the_bridge_is_port_not_in_bridge():
+    with Lab(LabSpec(attach_tap=False)) as lab:
+        code, report = diagnose(lab, ping)
+        assert code == 1 and report["cause"] == "port-not-in-bridge"
+        assert lab.tap in report["summary"]
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_tap_admin_down_is_port_not_forwarding():
+    with Lab(LabSpec()) as lab:
+        lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.tap, "down")
+        code, report = diagnose(lab, ping)
+        assert code == 1 and report["cause"] == "port-not-forwarding"
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_stp_port_not_forwarding():
+    with Lab(LabSpec()) as lab:
+        # Kernel STP with the longest forward delay: ports sit in listening/learning for a minute.
+        lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.bridge, "type", "bridge", "forward_delay", "3000",
+                "stp_state", "1")
+        for state in ("down", "up"):  # a port (re)enabled under STP starts listening
+            lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.tap, state)
+        code, report = diagnose(lab, ping)
+        assert code == 1 and report["cause"] == "port-not-forwarding"
+        assert any(w in report["summary"] for w in ("listening", "learning", "blocking"))
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_iptables_forward_drop_through_br_netfilter_is_netfilter_drop():
+    with Lab(LabSpec()) as lab:
+        lab.set_br_netfilter(True)
+        lab.run(lab.hv_ns, "iptables", "-P", "FORWARD", "DROP")
+        code, report = diagnose(lab, ping)
+        assert code == 1 and report["cause"] == "netfilter-drop"
+        assert "FORWARD" in report["summary"]
+        assert any(j["verdict"] in ("dropped", "flooded") for j in report["journeys"])
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_stopped_guest_is_guest_not_reading():
+    with Lab(LabSpec()) as lab:
+        lab.ping_guest_from_remote(count=1)  # ARP resolved while the guest still reads
+        lab.pause_guest()
+
+        def flood(lab):
+            lab.ping(lab.remote_ns, lab.guest_ip, count=1200, interval=0.001, timeout=0.1)
+
+        code, report = diagnose(lab, flood, duration=5)
+        assert code == 1 and report["cause"] == "guest-not-reading"
+        assert str(lab.guest.pid) in report["summary"] or any(str(lab.guest.pid) in e for e in report["evidence"])
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_frames_larger_than_the_tap_mtu_is_mtu():
+    with Lab(LabSpec(tap_mtu=576)) as lab:
+        def big(lab):
+            lab.ping_guest_from_remote(count=3, size=1000)
+
+        code, report = diagnose(lab, big)
+        assert code == 1 and report["cause"] == "mtu"
+        apply_fix(report)
+        assert lab.ping_guest_from_remote(count=3, size=1000).received >= 2
+
+
+def test_config_cause_without_traffic_is_still_reported():
+    with Lab(LabSpec(tap_mac="guest")) as lab:
+        code, report = diagnose(lab, None, duration=1)
+    assert code == 1 and report["cause"] == "local-mac"
+
+
+def test_no_traffic_on_a_healthy_guest():
+    with Lab(LabSpec()) as lab:
+        code, report = diagnose(lab, None, duration=1)
+    assert report["cause"] in ("no-traffic", "ok"), {k: v for k, v in report.items() if k != "journeys"}
