@@ -383,6 +383,8 @@ RAW_TRACEPOINT_PROBE(br_fdb_update)
 	__u64 br = ctx->args[0];
 	struct ttx_dev_key bk;
 	br_key(br, &bk);
+	if (!devs.lookup(&bk)) /* not a bridge we watch */
+		return 0;
 	struct ttx_fdb_key fk = {};
 	fk.netns = bk.netns;
 	fk.bridge = bk.ifindex;
@@ -406,6 +408,8 @@ RAW_TRACEPOINT_PROBE(fdb_delete)
 	__u64 f = ctx->args[1];
 	struct ttx_dev_key bk;
 	br_key(br, &bk);
+	if (!devs.lookup(&bk)) /* not a bridge we watch */
+		return 0;
 	struct ttx_fdb_key fk = {};
 	fk.netns = bk.netns;
 	fk.bridge = bk.ifindex;
