@@ -1,0 +1,233 @@
+"""Exporter pieces that need no kernel: label decoding, the series cap, churn pruning, the HTTP(S)
+server, map layouts against bpf/exporter.h, and the Grafana/Prometheus files' structure."""
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+import shutil
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tracer.errors import UsageError
+from tracer.exporter import program as prog
+from tracer.exporter.collector import ExporterCollector, SeriesCap
+from tracer.exporter.labels import OVERFLOW, Inventory, Namer, roles, vm_mac_key, vm_name
+from tracer.exporter.program import Counts
+from tracer.exporter.server import Listen, MetricsServer, Tls
+from tracer.records import Device
+
+ROOT = Path(__file__).resolve().parent.parent
+NS = 4026531840
+
+
+def dev(ifindex, name, **kw) -> Device:
+    return Device(NS, "hv", ifindex, name, **kw)
+
+
+BR = dev(3, "br0", kind="bridge")
+UP = dev(4, "up0", kind="veth", master=3, master_name="br0")
+TAP = dev(5, "vnet0", kind="tun", is_tap=True, master=3, master_name="br0", mac="fe:54:00:12:34:56")
+
+
+class CountsProgram:
+    """A stand-in for ExporterProgram holding counts in dicts (the kernel path is in test_exporter_kernel)."""
+
+    attached = 6
+
+    def __init__(self):
+        self.verdicts, self.drops, self.taps, self.fdb = {}, {}, {}, {}
+        self.roles = []
+
+    def set_devices(self, roles, vm_macs):
+        self.roles = list(roles)
+
+    def read(self) -> Counts:
+        return Counts(dict(self.verdicts), dict(self.drops), dict(self.taps), dict(self.fdb),
+                      {"counter_map_full": 0, "frame_table_full": 0})
+
+    def delete(self, name, keys):
+        table = getattr(self, name)
+        for k in keys:
+            table.pop(k, None)
+
+
+def samples(collector) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in collector.collect() for s in f.samples}
+
+
+def make(inv_holder, **kw):
+    namer = Namer(reason=lambda r: {77: "NETFILTER_DROP"}.get(r, f"unknown:{r}"), symbol=lambda a: "nf_hook_slow+0x9a")
+    return ExporterCollector(CountsProgram(), namer, lambda: inv_holder[0], **kw)
+
+
+def test_roles_and_vm_mac_keys():
+    rs = {r.ifindex: r for r in roles([BR, UP, TAP, dev(9, "eth9")])}
+    assert rs[3].role == prog.ROLE_BRIDGE and rs[3].bridge == 3
+    assert rs[4].role == prog.ROLE_PORT and rs[4].bridge == 3
+    assert rs[5].role == prog.ROLE_PORT | prog.ROLE_TAP
+    assert 9 not in rs
+    assert vm_mac_key("fe:54:00:12:34:56") == vm_mac_key("52:54:00:12:34:56")
+
+
+@pytest.mark.parametrize("argv,name", [
+    (("qemu-system-x86_64", "-name", "guest=web1,debug-threads=on"), "web1"),
+    (("qemu", "-name", "db2"), "db2"),
+    (("python", "-m", "guest"), ""),
+])
+def test_vm_name_from_qemu_command_line(argv, name):
+    assert vm_name(argv) == name
+
+
+def test_labels_decode_and_self_health_starts_at_zero():
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv)
+    c.refresh()
+    c.program.verdicts[(NS, 3, 4, 5, 5)] = 7
+    c.program.drops[(NS, 5, 77, 0xffffffff81000000)] = 2
+    s = samples(c)
+    assert s[("tapttrace_frames_total", (("bridge", "br0"), ("in_port", "up0"), ("netns", "hv"),
+                                         ("out_port", "vnet0"), ("verdict", "delivered")))] == 7
+    assert s[("tapttrace_drops_total", (("dev", "vnet0"), ("location", "nf_hook_slow"), ("netns", "hv"),
+                                        ("reason", "NETFILTER_DROP")))] == 2
+    for name in ("tapttrace_decode_errors_total", "tapttrace_refresh_errors_total", "tapttrace_series_overflow_total"):
+        assert s[(name, ())] == 0
+    assert s[("tapttrace_lost_events_total", (("cause", "counter_map_full"),))] == 0
+    assert s[("tapttrace_programs_attached", ())] == 6
+
+
+def test_unknown_codes_are_decode_errors_not_exceptions():
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv)
+    c.program.verdicts[(NS, 3, 4, 5, 99)] = 1
+    assert samples(c)[("tapttrace_decode_errors_total", ())] == 1
+
+
+def test_vanished_port_keeps_its_name_then_its_series_go():
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv, grace_refreshes=1)
+    c.refresh()
+    c.program.verdicts[(NS, 3, 4, 5, 5)] = 3
+    inv[0] = Inventory.build({NS: "hv"}, [BR, UP])  # the VM stopped
+    c.refresh()
+    s = samples(c)
+    assert any(dict(k[1]).get("out_port") == "vnet0" for k in s)  # last known name, not a crash
+    c.refresh()
+    c.refresh()
+    assert c.program.verdicts == {}
+    assert not any(dict(k[1]).get("out_port") == "vnet0" for k in samples(c))
+
+
+def test_never_seen_device_is_a_stable_placeholder():
+    inv = [Inventory.build({NS: "hv"}, [BR])]
+    c = make(inv)
+    c.refresh()
+    c.program.verdicts[(NS, 3, 42, 0, 4)] = 1
+    labels = [dict(k[1]) for k in samples(c) if k[0] == "tapttrace_frames_total"]
+    assert labels == [{"netns": "hv", "bridge": "br0", "in_port": "ifindex:42", "out_port": "", "verdict": "dropped"}]
+
+
+def test_reused_ifindex_series_add_up():
+    inv = [Inventory.build({NS: "hv"}, [BR, UP])]
+    c = make(inv)
+    c.refresh()
+    # Two kernel keys that name the same label set (e.g. a device re-created under its name).
+    c.program.drops[(NS, 4, 77, 1)] = 2
+    c.program.drops[(NS, 4, 77, 2)] = 3
+    s = samples(c)
+    assert [v for k, v in s.items() if k[0] == "tapttrace_drops_total"] == [5]
+
+
+def test_series_cap_puts_the_rest_into_one_overflow_series():
+    cap = SeriesCap(2)
+    out: dict = {}
+    for i in range(5):
+        cap.add("f", out, (str(i),), 1)
+    assert out == {("0",): 1, ("1",): 1, (OVERFLOW,): 3}
+    assert cap.overflowed == 3
+    out2: dict = {}
+    cap.add("f", out2, ("1",), 1)  # admitted series stay themselves
+    assert out2 == {("1",): 1}
+
+
+def test_listen_parsing():
+    assert Listen.parse("127.0.0.1:9477") == Listen("127.0.0.1", 9477)
+    assert Listen.parse("[::1]:9477") == Listen("::1", 9477)
+    assert Listen.parse(":9477") == Listen("0.0.0.0", 9477)
+    for bad in ("9477", "host:", "h:70000"):
+        with pytest.raises(UsageError):
+            Listen.parse(bad)
+
+
+def test_tls_serves_metrics_over_https(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("needs openssl to make a test certificate")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    c = make([Inventory.build({NS: "hv"}, [BR])])
+    server = MetricsServer(c, Listen("127.0.0.1", 0), Tls(str(cert), str(key)))
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        body = urllib.request.urlopen(f"https://127.0.0.1:{server.port}/metrics", context=ctx, timeout=10).read()
+        assert b"tapttrace_build_info" in body
+    finally:
+        server.close()
+
+
+def _header_structs() -> dict[str, list[tuple[str, str]]]:
+    text = (ROOT / "bpf" / "exporter.h").read_text()
+    out = {}
+    for name, body in re.findall(r"struct (ttx_\w+) \{(.*?)\};", text, re.S):
+        out[name] = re.findall(r"(__u\d+) (\w+);", body)
+    return out
+
+
+@pytest.mark.parametrize("cname,ctype", [("ttx_dev_key", prog.DevKey), ("ttx_dev_val", prog.DevVal),
+                                         ("ttx_verdict_key", prog.VerdictKey), ("ttx_drop_key", prog.DropKey),
+                                         ("ttx_tap_key", prog.TapKey), ("ttx_fdb_key", prog.FdbKey)])
+def test_ctypes_mirror_the_header(cname, ctype):
+    sizes = {"__u32": ctypes.c_uint32, "__u64": ctypes.c_uint64}
+    fields = _header_structs()[cname]
+    assert [(n, sizes[t]) for t, n in fields] == [(n, t) for n, t in ctype._fields_]
+
+
+def test_header_codes_match_python():
+    text = (ROOT / "bpf" / "exporter.h").read_text()
+    defs = {k: int(v) for k, v in re.findall(r"#define (TTX_\w+) (\d+)", text)}
+    assert {defs[f"TTX_V_{v.upper()}"]: v for v in prog.VERDICTS.values()} == prog.VERDICTS
+    assert {defs[f"TTX_TAP_{v.upper()}"]: v for v in prog.TAP_EVENTS.values()} == prog.TAP_EVENTS
+    assert {defs[f"TTX_FDB_{v.upper()}"]: v for v in prog.FDB_EVENTS.values()} == prog.FDB_EVENTS
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "grafana" / "dashboards").glob("*.json")), ids=lambda p: p.name)
+def test_dashboards_are_provisionable_and_templated(path):
+    d = json.loads(path.read_text())
+    names = {v["name"] for v in d["templating"]["list"]}
+    assert {"datasource", "instance"} <= names and ({"bridge"} & names or {"tap"} & names)
+    assert d["uid"].startswith("tapttrace-") and d["panels"]
+    for p in d["panels"]:
+        assert p["datasource"]["uid"] == "${datasource}"
+        for t in p["targets"]:
+            assert 'instance=~"$instance"' in t["expr"]
+
+
+def test_dashboard_uids_are_unique_and_provisioning_parses():
+    uids = [json.loads(p.read_text())["uid"] for p in (ROOT / "grafana" / "dashboards").glob("*.json")]
+    assert len(uids) == len(set(uids)) == 3
+    for f in (ROOT / "grafana" / "provisioning").rglob("*.yml"):
+        assert yaml.safe_load(f.read_text())["apiVersion"] == 1
+
+
+def test_promtool_check_rules():
+    if not shutil.which("promtool"):
+        pytest.skip("needs Debian's prometheus package (promtool)")
+    res = subprocess.run(["promtool", "check", "rules", str(ROOT / "deploy/prometheus/tapttrace-rules.yml")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
