@@ -279,7 +279,8 @@ def rule_flood_blocked(t: Target, js: Sequence[Journey]) -> Optional[Diagnosis]:
         return None
     missed = [j for j in js if j.verdict == "flooded" and t.tap.name in j.flood_missed]
     known = any(not e.permanent and e.dev == t.tap.name for e in t.ns.fdb_of(t.bridge.name, t.mac))
-    if not missed and known and not p.isolated:
+    # Broadcast (ARP) and multicast (IPv6 ND) always need flooding; unknown unicast only until learned.
+    if not (missed or p.isolated or not p.bcast_flood or not p.mcast_flood or not known):
         return None
     what = (["isolated"] if p.isolated else []) + [f"{n} off" for n in off]
     args = [a for n in off for a in (n, "on")] + (["isolated", "off"] if p.isolated else [])

@@ -246,7 +246,8 @@ class Stitcher:
         ingress = _bridge_ingress(js)
         if ingress is not None:
             journey.bridge = ingress.master_name
-        if len(copies) > 1:
+        group = bool(js.first.data[:1]) and js.first.data[0] & 1 == 1  # broadcast/multicast destination
+        if len(copies) > 1 or (group and ingress is not None and copies):
             journey.verdict = Verdict.FLOODED.value
             got = [c.port for c in copies if c.port]
             journey.flood_ports = sorted(set(got))

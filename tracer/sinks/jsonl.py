@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import IO
 
-from ..records import Journey
+from ..records import Copy, Hop, Journey
 
 SCHEMA_ID = "tapttrace.journey/1"
 
@@ -36,11 +36,30 @@ def journey_to_dict(j: Journey, wall_offset_ns: int) -> dict:
             for h in j.hops
         ],
         "copies": [
-            {"copy": c.index, "outcome": c.outcome, "dev": c.dev, "netns": c.netns,
+            {"copy": c.index, "outcome": c.outcome, "dev": c.dev, "netns": c.netns, "port": c.port or None,
              "reason": c.reason or None, "location": c.location or None}
             for c in j.copies
         ],
     }
+
+
+def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
+    """The inverse of journey_to_dict (the frame bytes aren't in the JSON): for replaying diagnoses."""
+    start = d["start_ns"] - wall_offset_ns
+    drop = d.get("drop") or {}
+    flood = d.get("flood") or {}
+    return Journey(
+        id=d["id"], first_ns=start, last_ns=d["end_ns"] - wall_offset_ns, src_mac=d["src_mac"],
+        dst_mac=d["dst_mac"], ethertype=int(d["ethertype"], 16), summary=d["summary"], frame_len=d["frame_len"],
+        frame=b"", verdict=d["verdict"], reason=drop.get("reason", ""), location=drop.get("location", ""),
+        drop_dev=drop.get("dev", ""), flood_ports=list(flood.get("ports", [])),
+        flood_missed=list(flood.get("missed", [])), bridge=d.get("bridge") or "",
+        toward_guest=d["toward_guest"], note=d.get("note") or "",
+        hops=[Hop(start + round(h["t_us"] * 1000), h["copy"], h["event"], h["netns"], h["dev"], h["role"] or "",
+                  h["reason"] or "", h["location"] or "", h["reader"] or "") for h in d["hops"]],
+        copies=[Copy(c["copy"], c["outcome"], c["dev"], c["netns"], c["reason"] or "", c["location"] or "",
+                     c.get("port") or "") for c in d["copies"]],
+    )
 
 
 class JsonLinesSink:
