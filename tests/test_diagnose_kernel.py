@@ -153,3 +153,19 @@ def test_no_traffic_on_a_healthy_guest():
     with Lab(LabSpec()) as lab:
         code, report = diagnose(lab, None, duration=1)
     assert report["cause"] in ("no-traffic", "ok"), {k: v for k, v in report.items() if k != "journeys"}
+
+
+def test_flood_flags_off_is_flood_blocked():
+    with Lab(LabSpec()) as lab:
+        lab.run(lab.hv_ns, "bridge", "link", "set", "dev", lab.tap, "flood", "off", "mcast_flood", "off",
+                "bcast_flood", "off")
+        code, report = diagnose(lab, ping)
+        assert code == 1 and report["cause"] == "flood-blocked"
+        apply_fix(report)
+        assert_fixed(lab)
+
+
+def test_unknown_tap_is_a_usage_error():
+    p = subprocess.run([sys.executable, "-m", "tracer", "diagnose", "52:54:00:00:00:01", "--tap", "tt-nope0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no network interface named" in p.stderr and p.stderr.count("\n") == 1

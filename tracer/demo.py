@@ -41,6 +41,17 @@ def show(console: Console, journeys: list[Journey], summary: FollowSummary) -> N
     console.print(f"[bold]{summary.line()}[/bold]")
 
 
+def diagnosis_of(lab, journeys: list[Journey]):
+    """What `tapttrace diagnose` says about the journeys just traced (same rules, no second watch)."""
+    from .diagnose_run import render_text
+    from .diagnosis import diagnose, locate
+    from .netns import resolve_netns
+    from .snapshot import collect_snapshot
+
+    target = locate(collect_snapshot([resolve_netns(lab.hv_ns)]), lab.guest_mac)
+    return render_text(diagnose(target, journeys), target)
+
+
 def run_demo(console: Console, stop: threading.Event) -> int:
     from .lab import Lab, LabSpec, libvirt_tap_mac
 
@@ -63,6 +74,7 @@ def run_demo(console: Console, stop: threading.Event) -> int:
             console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies;  "
                           f"host → guest: {host.received}/{host.sent} replies")
             broken = remote.received == 0 and host.received > 0
+            console.print(diagnosis_of(lab, journeys))
 
             fix = libvirt_tap_mac(lab.guest_mac)
             console.print(Rule("the fix libvirt applies: the tap gets fe: + the guest MAC's last five bytes"))
