@@ -137,5 +137,13 @@ def demo(keep: bool) -> None:
         _fail(err)
 
 
+def _register_exporter() -> None:
+    from .exporter.cli import exporter_command
+
+    main.add_command(exporter_command)
+
+
+_register_exporter()
+
 if __name__ == "__main__":
     main()
