@@ -46,7 +46,7 @@ DESCRIPTIONS = {
     "exporter": "`tapttrace exporter` (in-kernel counters only)",
     "follow-nomatch": f"`tapttrace follow {OTHER_MAC} --json` (no frame matches)",
     "follow-match": f"`tapttrace follow {GUEST_MAC} --json` (every frame is a journey)",
-    "diagnose": "`tapttrace diagnose` while traffic flows",
+    "diagnose": f"`tapttrace diagnose {GUEST_MAC} --duration WINDOW` while traffic flows",
 }
 
 
@@ -478,7 +478,7 @@ class Bench:
         before = self.traffic.reader.frames
         sender = self.traffic.send(self.window, background=True)
         t0 = time.monotonic()
-        tool = Tool(tapttrace_cmd("diagnose", *self.diagnose_args), out)
+        tool = Tool(tapttrace_cmd("diagnose", *(a.format(window=self.window) for a in self.diagnose_args)), out)
         tool.start()
         peak, cpu = 0.0, 0.0
         try:
@@ -493,7 +493,8 @@ class Bench:
             return {"config": "diagnose", "offered_fps": sent["sent"] / sent["elapsed_s"],
                     "delivered_fps": got / sent["elapsed_s"], "sent": sent["sent"], "delivered": got,
                     "seconds": sent["elapsed_s"], "command_s": duration, "tool_cpu_s": cpu,
-                    "peak_rss_mb": peak or None, "exit_code": tool.proc.returncode}
+                    "peak_rss_mb": peak or None, "exit_code": tool.proc.returncode,
+                    "output_head": out.read_text(errors="replace")[:400] if out.exists() else ""}
         finally:
             if sender.poll() is None:
                 sender.kill()
@@ -576,6 +577,8 @@ def detect_commands(configs: list[str]) -> tuple[dict[str, bool], list[str], lis
         available["diagnose"] = text is not None
         if text:
             diagnose_args = [GUEST_MAC] if "MAC" in text.split("Options")[0] else []
+            if "--duration" in text:
+                diagnose_args += ["--duration", "{window}"]  # watches the traffic for the window
     return available, exporter_args, diagnose_args
 
 

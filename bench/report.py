@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .harness import CONFIGS
+from .harness import CONFIGS, DESCRIPTIONS
 
 TARGETS = [
     # (config, figure, comparison, value, text)
@@ -66,7 +66,10 @@ ROWS = [
 def target_lines(summary: dict, available: dict) -> list[str]:
     lines = []
     for config, fig, op, val, text in TARGETS:
-        if not available.get(config):
+        if config not in available:
+            lines.append(f"- {text}: not measured (`{config}` not run in this invocation)")
+            continue
+        if not available[config]:
             lines.append(f"- {text}: **not measured** (`{config}` not available)")
             continue
         st = (summary.get(config) or {}).get(fig)
@@ -124,7 +127,7 @@ def render(results: dict) -> str:
     for i, c in enumerate(cols):
         note = "" if avail.get(c) else " — **not available** (the command doesn't exist yet; picked up "\
                                        "automatically once `tapttrace " + c + " --help` works)"
-        out.append(f"{i + 1}. {c}: {results['descriptions'][c]}{note}")
+        out.append(f"{i + 1}. {c}: {DESCRIPTIONS.get(c, results['descriptions'][c])}{note}")
     gen, rd, sat = results.get("generator_ceiling"), results.get("reader_ceiling"), results.get("saturation_probe")
     if gen and rd and sat:
         out += ["", "## The harness's own ceilings", "",
@@ -146,6 +149,13 @@ def render(results: dict) -> str:
             out.append(f"| {_fmt(r['offered_fps'], 'fps')} | {_fmt(r['delivered_fps'], 'fps')} | "
                        f"{_fmt(r['journeys_per_s'], 'fps')} | {r['events']} | {r['lost_events']} | "
                        f"{_fmt(r['tool_cpu_frac'], 'pct')} |")
+    diag = [r for r in results["runs"] if r["config"] == "diagnose"]
+    if diag:
+        codes = ", ".join(str(r.get("exit_code")) for r in diag)
+        head = (diag[0].get("output_head") or "").strip()
+        out += ["", "## diagnose while traffic flows", "",
+                f"Exit codes of the {len(diag)} runs: {codes} (0: nothing wrong, 1: a cause found).",
+                "Its output in the first run began:", "", "```", head, "```"]
     bpf_rows = _bpf_table(results)
     if bpf_rows:
         out += ["", "## BPF programs (kernel.bpf_stats_enabled=1 window; stats add ≈ 45 ns a hit)", ""] + bpf_rows
