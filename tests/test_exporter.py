@@ -123,6 +123,19 @@ def test_vanished_port_keeps_its_name_then_its_series_go():
     assert not any(dict(k[1]).get("out_port") == "vnet0" for k in samples(c))
 
 
+def test_counts_of_a_reused_namespace_inode_are_not_inherited():
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv)
+    c.refresh()
+    c.program.verdicts[(NS, 3, 4, 5, 5)] = 3
+    inv[0] = Inventory.build({}, [])  # the namespace is gone...
+    c.refresh()
+    inv[0] = Inventory.build({NS: "new-vm-ns"}, [Device(NS, "new-vm-ns", 3, "br9", kind="bridge")])  # ...inode reused
+    c.refresh()
+    assert c.program.verdicts == {}
+    assert not [k for k in samples(c) if k[0] == "tapttrace_frames_total"]
+
+
 def test_never_seen_device_is_a_stable_placeholder():
     inv = [Inventory.build({NS: "hv"}, [BR])]
     c = make(inv)

@@ -73,6 +73,7 @@ class ExporterCollector:
         self.scrape_seconds = 0.0
         self.watched: dict[str, int] = {"bridge": 0, "port": 0, "tap": 0}
         self._taps: list = []
+        self._identity: dict[tuple[int, int], tuple[str, str]] = {}  # (netns, ifindex) -> (netns name, name)
 
     # -- refresh ------------------------------------------------------------------------------
 
@@ -84,6 +85,8 @@ class ExporterCollector:
             self.refresh_errors += 1
             return
         with self._lock:
+            # Prune first: counts under a key whose identity changed belong to the old device.
+            self._prune(inv)
             self.namer.update(inv)
             watched = inv.watched(set(self.filters.netns) or None, set(self.filters.bridges) or None)
             self.program.set_devices(roles(watched), vm_macs(d for d in watched if d.is_tap))
@@ -91,20 +94,30 @@ class ExporterCollector:
                             "port": sum(d.master is not None for d in watched),
                             "tap": sum(d.is_tap for d in watched)}
             self._taps = sorted((d for d in watched if d.is_tap), key=lambda d: (d.netns, d.ifindex))
-            self._prune(inv)
+            # Vanished devices keep their identity until pruned, to recognise a reuse of their key.
+            self._identity = {k: v for k, v in self._identity.items() if k in self._gone} | {
+                k: (inv.netns_names.get(k[0], ""), d.name) for k, d in inv.devices.items()}
 
     def _prune(self, inv: Inventory) -> None:
         counts = self.program.read()
         seen = {(ns, i) for key in counts.verdicts for ns, i in ((key[0], key[1]), (key[0], key[2]), (key[0], key[3]))}
         seen |= {(k[0], k[1]) for k in list(counts.drops) + list(counts.taps)}
         seen |= {(k[0], i) for k in counts.fdb for i in (k[1], k[2])}
+        reused = set()
         for key in seen:
-            if key[1] and key not in inv.devices:
+            if not key[1]:
+                continue
+            if key not in inv.devices:
                 self._gone[key] = self._gone.get(key, 0) + 1
+            elif key in self._identity and self._identity[key] != (inv.netns_names.get(key[0], ""),
+                                                                   inv.devices[key].name):
+                # A namespace inode or ifindex reused by another namespace/device: the old
+                # counts must not be reported under the new names.
+                reused.add(key)
         for key in list(self._gone):
-            if key in inv.devices:
+            if key in inv.devices and key not in reused:
                 del self._gone[key]
-        dead = {k for k, n in self._gone.items() if n > self.grace}
+        dead = {k for k, n in self._gone.items() if n > self.grace} | reused
         if not dead:
             return
         self.program.delete("verdicts", [k for k in counts.verdicts if {(k[0], k[1]), (k[0], k[2]), (k[0], k[3])} & dead])
@@ -112,7 +125,7 @@ class ExporterCollector:
         self.program.delete("taps", [k for k in counts.taps if (k[0], k[1]) in dead])
         self.program.delete("fdb", [k for k in counts.fdb if {(k[0], k[1]), (k[0], k[2])} & dead])
         for k in dead:
-            del self._gone[k]
+            self._gone.pop(k, None)
         self.namer.forget(dead, {ns for ns, _ in dead if ns not in inv.netns_names})
 
     def run_refresher(self, stop: threading.Event, interval: float) -> threading.Thread:
