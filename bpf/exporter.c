@@ -336,6 +336,12 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 RAW_TRACEPOINT_PROBE(consume_skb)
 {
 	__u64 skb = ctx->args[0];
+	struct ttx_dev_key k;
+	/* Filter first, as the other hooks: an skb we track is still on one of our devices here
+	 * (the tap it was queued on, or the port/bridge it was freed by). */
+	dev_key(skb_dev(skb), &k);
+	if (!devs.lookup(&k))
+		return 0;
 	tap_done(skb, TTX_TAP_DELIVERED, 0);
 	struct ttx_frame *f = frames.lookup(&skb);
 	if (!f)
