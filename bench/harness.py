@@ -560,6 +560,14 @@ def machine_info() -> dict:
             "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3]}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def detect_commands(configs: list[str]) -> tuple[dict[str, bool], list[str], list[str]]:
     available = {c: True for c in configs}
     exporter_args: list[str] = []
@@ -568,10 +576,11 @@ def detect_commands(configs: list[str]) -> tuple[dict[str, bool], list[str], lis
         text = command_available("exporter")
         available["exporter"] = text is not None
         if text:
+            port = _free_port()
             if "--listen" in text:
-                exporter_args = ["--listen", "127.0.0.1:0" if "127.0.0.1:0" in text else "127.0.0.1:19101"]
+                exporter_args = ["--listen", f"127.0.0.1:{port}"]
             elif "--port" in text:
-                exporter_args = ["--port", "19101"]
+                exporter_args = ["--port", str(port)]
     if "diagnose" in configs:
         text = command_available("diagnose")
         available["diagnose"] = text is not None
