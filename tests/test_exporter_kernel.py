@@ -13,7 +13,7 @@ import pytest
 
 from tracer.lab import Lab, LabSpec
 
-from exporter_helpers import exporter, scrape, total
+from test_exporter_common import exporter, scrape, total
 from test_follow_kernel import ROOT, Follow, our_programs
 
 pytestmark = pytest.mark.kernel

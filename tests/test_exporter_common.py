@@ -1,4 +1,4 @@
-"""Shared by the exporter tests: the in-process exporter (program + collector) and scrape readers."""
+"""Shared by the exporter tests (no tests here): the in-process exporter and scrape readers."""
 from __future__ import annotations
 
 from contextlib import contextmanager
