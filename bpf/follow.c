@@ -35,15 +35,25 @@ static __always_inline __u64 mac48(const __u8 *p)
  * was never set (a locally built frame before dev_queue_xmit resets it). */
 static __always_inline __u64 frame_start(__u64 skb)
 {
-	__u64 head = 0, data = 0;
 	__u16 mac_header = MAC_HEADER_UNSET;
-
+	__u64 head = 0, data = 0;
+#if OFF_SKB_MAC_HEADER < OFF_SKB_HEAD && OFF_SKB_HEAD < OFF_SKB_DATA && OFF_SKB_DATA + 8 - OFF_SKB_MAC_HEADER <= 64
+	/* mac_header, head and data sit within a few bytes of each other (6.x): one read for all
+	 * three, since each bpf_probe_read_kernel() costs about as much as the bytes it copies. */
+#define SPAN_LO OFF_SKB_MAC_HEADER
+#define SPAN_HI (OFF_SKB_DATA + 8)
+	__u8 span[SPAN_HI - SPAN_LO] __attribute__((aligned(8)));
+	if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + SPAN_LO)))
+		return 0;
+	__builtin_memcpy(&mac_header, span + (OFF_SKB_MAC_HEADER - SPAN_LO), sizeof(mac_header));
+	__builtin_memcpy(&head, span + (OFF_SKB_HEAD - SPAN_LO), sizeof(head));
+	__builtin_memcpy(&data, span + (OFF_SKB_DATA - SPAN_LO), sizeof(data));
+#else
 	bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
 	bpf_probe_read_kernel(&mac_header, sizeof(mac_header), (void *)(skb + OFF_SKB_MAC_HEADER));
-	if (mac_header != MAC_HEADER_UNSET)
-		return head + mac_header;
 	bpf_probe_read_kernel(&data, sizeof(data), (void *)(skb + OFF_SKB_DATA));
-	return data;
+#endif
+	return mac_header != MAC_HEADER_UNSET ? head + mac_header : data;
 }
 
 static __always_inline int watched_ip(const __u8 *addr, int v4)

@@ -88,13 +88,13 @@ def run_diagnose(mac: str, ips: tuple[str, ...], tap: Optional[str], duration: f
         ticker = threading.Thread(target=_countdown, args=(console, duration, done), daemon=True)
         ticker.start()
         try:
-            session.run()
+            summary = session.run()
         finally:
             done.set()
             ticker.join()
     # After the window: queues have filled and addresses have been learned meanwhile.
     target = locate(collect_snapshot(list_netns(True)), mac, tap)
-    result = diagnose(target, journeys)
+    result = diagnose(target, journeys, lost_events=summary.lost_events)
     if as_json:
         sys.stdout.write(json.dumps(to_json(result, target, journeys, wall_offset_ns()), indent=2) + "\n")
     else:

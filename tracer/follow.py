@@ -128,7 +128,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
         summary.events += 1
         if recorder:
             recorder.event(e)
-        if config.learn_ips and e.data[6:12] == mac_bytes:
+        if config.learn_ips and not detached and e.data[6:12] == mac_bytes:
             new = [ip for ip in frames.guest_addresses(frames.decode(e.data), config.mac) if ip not in known_ips]
             if new:
                 known_ips.update(new)
@@ -136,8 +136,14 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 source.watch_ips(new)
         stitcher.feed(e)
 
+    pending: list[Journey] = []
+    detached = False
+
     def emit(journeys: list[Journey]) -> bool:
-        for j in journeys:
+        for i, j in enumerate(journeys):
+            if not detached and stop.is_set():
+                pending.extend(journeys[i:])  # written once the hooks are off
+                return False
             if config.netns and not any(h.netns in config.netns for h in j.hops):
                 continue
             if config.count is not None and summary.journeys >= config.count:
@@ -160,14 +166,24 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 summary.stopped_by = "duration"
                 break
             source.poll(take, poll_ms)
-            if emit(stitcher.flush(time.monotonic_ns())):
+            if emit(stitcher.flush(time.monotonic_ns(), limit=256)):
                 summary.stopped_by = "count"
                 break
     finally:
-        source.drain(take)
+        # Detach first: take the ring buffer's raw records (a copy each) and the lost count, close
+        # the BPF program, and only then work through what user space still has to do.
+        backlog: list[bytes] = []
+        source.drain(backlog.append)
+        summary.lost_events = source.lost()
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+        detached = True
+        for raw in backlog:
+            take(raw)
+        emit(pending)
         if not (config.count is not None and summary.journeys >= config.count):
             emit(stitcher.flush(time.monotonic_ns(), final=True))
-        summary.lost_events = source.lost()
         summary.late_events = stitcher.stats.late_events
         for s in sinks:
             s.summary(summary)

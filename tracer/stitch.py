@@ -137,14 +137,17 @@ class Stitcher:
             if not js.live:
                 js.ended_ns = js.last_ns
 
-    def flush(self, now_ns: int, final: bool = False) -> list[Journey]:
-        """Journeys that are over: every copy ended (and no clone can still show up), or idle too long."""
+    def flush(self, now_ns: int, final: bool = False, limit: Optional[int] = None) -> list[Journey]:
+        """Journeys that are over: every copy ended (and no clone can still show up), or idle too long.
+        At most `limit` of them (the oldest), so a caller can look at its stop flag in between."""
         done = []
         for js in list(self._open.values()):
             finished = (not js.live and now_ns - js.ended_ns >= self.grace_ns)
             if final or finished or now_ns - js.last_ns >= self.idle_ns:
                 done.append(js)
         done.sort(key=lambda j: j.first.ts_ns)
+        if limit is not None:
+            done = done[:limit]
         out = []
         for js in done:
             del self._open[js.id]
