@@ -44,7 +44,7 @@ def show(console: Console, journeys: list[Journey], summary: FollowSummary) -> N
 def diagnosis_of(lab, journeys: list[Journey]):
     """What `tapttrace diagnose` says about the journeys just traced (same rules, no second watch)."""
     from .diagnose_run import render_text
-    from .diagnosis import diagnose, locate
+    from .causes import diagnose, locate
     from .netns import resolve_netns
     from .snapshot import collect_snapshot
 

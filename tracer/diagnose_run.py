@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from .config import FollowConfig, parse_mac
-from .diagnosis import Diagnosis, Target, diagnose, locate
+from .causes import Diagnosis, Target, diagnose, locate
 from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
 from .sinks.jsonl import journey_to_dict

@@ -1,4 +1,4 @@
-"""Why don't frames for this MAC reach the guest? Snapshot + journeys in, one cause out.
+"""Why don't frames for this MAC reach the guest? Snapshot + journeys in, one cause out (the rules of `diagnose`).
 
 Pure: it reads a Snapshot (tracer.snapshot) and the Journeys follow produced, and decides. The
 rules are small functions tried in order, most specific first; the first that fires is the

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer import diagnosis
-from tracer.diagnosis import Target, diagnose, in_ns, locate
+from tracer import causes
+from tracer.causes import Target, diagnose, in_ns, locate
 from tracer.errors import UsageError
 from tracer.sinks.jsonl import journey_from_dict
 from tracer.snapshot import Snapshot
@@ -108,18 +108,18 @@ def test_in_ns_wording():
 
 
 def test_rule_order_most_specific_first():
-    names = [r.__name__ for r in diagnosis.RULES]
+    names = [r.__name__ for r in causes.RULES]
     assert names.index("rule_local_mac") < names.index("rule_ok") < names.index("rule_no_traffic")
     assert names[0] == "rule_tap_not_found" and names[-1] == "rule_no_traffic"
     # every code the rules can give is in the documented vocabulary
     doc = (Path(__file__).parent.parent / "docs" / "causes.md").read_text()
-    for code in diagnosis.CAUSES:
+    for code in causes.CAUSES:
         assert f"`{code}`" in doc
 
 
 def test_a_target_without_bridge_facts_never_crashes_a_rule():
     d, snap, journeys = load("healthy")
     bare = dataclasses.replace(locate(snap, d["mac"]), bridge=None, port=None, ns=None)
-    for rule in diagnosis.RULES[2:]:
+    for rule in causes.RULES[2:]:
         rule(bare, journeys)
     assert isinstance(bare, Target)
