@@ -1,4 +1,6 @@
-"""Which netfilter chain or rule drops a bridged frame, read off `nft -j list ruleset` (iptables-nft and ebtables-nft included).
+"""Which netfilter chain or rule drops a bridged frame, read off `nft -j list ruleset`.
+
+The ruleset includes what iptables-nft and ebtables-nft made (iptables-legacy rules don't show).
 
 A small evaluator: it walks the base chains a bridged frame crosses, in hook and priority order,
 and matches each rule's expressions against what is known of the frame. Expressions it cannot

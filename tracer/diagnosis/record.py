@@ -83,7 +83,8 @@ SCENARIOS = (
     Scenario("tap-listening", "port-not-forwarding", breaks=_tap_listening),
     Scenario("forward-policy", "netfilter-drop", LabSpec(br_netfilter=True), breaks=lambda lab: _hv(
         lab, "iptables", "-P", "FORWARD", "DROP")),
-    Scenario("tap-mtu", "mtu", LabSpec(tap_mtu=576), traffic=lambda lab: lab.ping_guest_from_remote(count=3, size=1000)),
+    Scenario("tap-mtu", "mtu", LabSpec(tap_mtu=576),
+             traffic=lambda lab: lab.ping_guest_from_remote(count=3, size=1000)),
     Scenario("bcast-off", "flood-blocked", breaks=lambda lab: _hv(lab, "bridge", "link", "set", "dev", lab.tap,
                                                                   "bcast_flood", "off")),
     Scenario("admin-down", "port-not-forwarding", breaks=lambda lab: _hv(lab, "ip", "link", "set", "dev", lab.tap,

@@ -474,7 +474,8 @@ def _probes(ctx: Context, j) -> list[Probe]:
                   ether_type=pkt.family if pkt.family != "other" else None, saddr=pkt.src_ip, daddr=pkt.dst_ip,
                   l4proto=pkt.l4proto, bridge=br.name)
     iif = ingress or None
-    on_way_in = [Probe("netdev", "ingress", iifname=iif, **common), Probe("bridge", "prerouting", iifname=iif, **common)]
+    on_way_in = [Probe("netdev", "ingress", iifname=iif, **common),
+                 Probe("bridge", "prerouting", iifname=iif, **common)]
     on_way_out = [Probe("bridge", "forward", iifname=iif, oifname=ctx.tap, **common),
                   Probe("bridge", "postrouting", oifname=ctx.tap, **common)]
     if pkt.family in ("ip", "ip6") and _br_nf_on(ctx, pkt.family):
@@ -685,11 +686,10 @@ def rule_no_traffic(ctx: Context) -> Optional[Finding]:
         return None
     t = ctx.target
     where = ctx.bridge.name if ctx.bridge else "a bridge"
-    missing = f"no frame addressed to {t.mac}"
-    missing += (f" and no ARP/ND request for {', '.join(t.ips)}" if t.ips else
-                "; ARP requests for the guest's address only count with --ip ADDR")
+    asked = f" and no ARP/ND request for {', '.join(t.ips)}" if t.ips else ""
     window = f"the {ctx.window_s:g} s window" if ctx.window_s else "the window"
-    evidence = [missing + f" crossed {where}{ctx.where()} during {window}"]
+    evidence = [f"no frame addressed to {t.mac}{asked} crossed {where}{ctx.where()} during {window}"
+                + ("" if t.ips else "; ARP requests for the guest's address only count with --ip ADDR")]
     if ctx.from_guest:
         evidence.append(f"the guest itself sent {_n(len(ctx.from_guest), 'frame')}: it is alive and its tap works "
                         "outbound")
