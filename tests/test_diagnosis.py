@@ -645,3 +645,13 @@ def test_trimmed_keeps_a_few_of_each_kind():
 def test_fdb_entry_model_used_by_the_rules():
     e = FdbEntry("52:54:00:00:00:01", 4, "up0", "br0", None, "static", sticky=True)
     assert not e.permanent and not e.learned
+
+
+def test_a_tap_option_naming_a_veth_counts_frames_sent_out_of_it():
+    d, snap, _ = load("healthy")
+    t = locate(snap, d["mac"], tap="up0")
+    assert t.found_by == "--tap" and not t.tap.is_tap and t.port is not None
+    out = ping(1, t, copies=[Copy(0, "forwarded", "up0", t.netns, port="up0")])
+    ctx = Context(snap, dataclasses.replace(t, fdb=()), (out,))
+    assert ctx.got == [out]
+    assert R.rule_ok(ctx).cause == "ok"

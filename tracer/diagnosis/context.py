@@ -70,15 +70,20 @@ class Context:
         """Journeys toward the guest that went through its tap's namespace (others reuse its address)."""
         return [j for j in self.journeys if j.toward_guest and (not self.netns or jv.touches(j, self.netns))]
 
+    def reached(self, j: Journey) -> bool:
+        """Did the journey get to the guest's tap?"""
+        tap = self.target.tap
+        return tap is not None and jv.reached(j, tap.name, self.netns, tap.is_tap)
+
     @cached_property
     def got(self) -> list[Journey]:
         """Toward the guest, and into the tap's queue."""
-        return [j for j in self.toward if self.tap and jv.reached(j, self.tap, self.netns)]
+        return [j for j in self.toward if self.reached(j)]
 
     @cached_property
     def lost(self) -> list[Journey]:
         """Toward the guest, and never into the tap's queue."""
-        return [j for j in self.toward if not (self.tap and jv.reached(j, self.tap, self.netns))]
+        return [j for j in self.toward if not self.reached(j)]
 
     @cached_property
     def lost_dropped(self) -> list[Journey]:

@@ -41,9 +41,11 @@ def copies_on(j: Journey, dev: str, netns: str = "") -> list[Copy]:
     return [c for c in j.copies if c.dev == dev and (not netns or not c.netns or c.netns == netns)]
 
 
-def reached(j: Journey, tap: str, netns: str = "") -> bool:
-    """Did a copy get into the tap's queue?"""
-    return any(c.outcome in REACHED for c in copies_on(j, tap, netns))
+def reached(j: Journey, tap: str, netns: str = "", is_tap: bool = True) -> bool:
+    """Did a copy get into the tap's queue (or, for a --tap that is no tap, e.g. a veth, out through it)?"""
+    if any(c.outcome in REACHED for c in copies_on(j, tap, netns)):
+        return True
+    return not is_tap and any(c.outcome == "forwarded" and tap in (c.dev, c.port) for c in j.copies)
 
 
 def delivered(j: Journey, tap: str, netns: str = "") -> bool:

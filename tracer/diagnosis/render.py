@@ -40,6 +40,8 @@ def to_json(d: Diagnosis, journeys: Sequence[Journey] = (), wall_offset_ns: int 
         "holders": [{"pid": h.pid, "fd": h.fd, "comm": h.comm} for h in (t.holders if t else ())],
         "libvirt_domain": (t.domain or None) if t else None,
         "ips": list(t.ips) if t else [],
+        "fdb": [{"netns": h.netns, "bridge": h.entry.master or None, "dev": h.entry.dev, "state": h.entry.state,
+                 "vlan": h.entry.vlan} for h in (t.fdb if t else ())],
         "window_s": d.window_s,
         "lost_events": d.lost_events,
         "counts": dict(d.counts),

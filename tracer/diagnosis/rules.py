@@ -88,6 +88,9 @@ def rule_port_not_in_bridge(ctx: Context) -> Optional[Finding]:
                         + ": tapttrace can't tell which one the guest belongs on")
     else:
         evidence.append("there is no bridge in that namespace")
+    if tap.kind in ("macvtap", "macvlan", "ipvtap", "ipvlan"):
+        evidence.append(f"{tap.name} is a {tap.kind} device: it hangs off its lower device, no bridge is involved "
+                        "(libvirt type='direct'); tapttrace follows bridges")
     if tap.master is not None and tap.master_name:
         master = ns.device(tap.master) if ns else None
         evidence.append(f"{tap.name} is enslaved to {tap.master_name} ({master.kind if master else '?'}), "
@@ -665,9 +668,10 @@ def rule_unknown_drop(ctx: Context) -> Optional[Finding]:
 
 def rule_ok(ctx: Context) -> Optional[Finding]:
     """Frames for the guest reach its tap and are read: nothing to fix."""
-    if not ctx.tap:
+    t = ctx.target
+    if t.tap is None:
         return None
-    read = [j for j in ctx.got if jv.delivered(j, ctx.tap, ctx.netns)]
+    read = [j for j in ctx.got if jv.delivered(j, ctx.tap, ctx.netns) or not t.tap.is_tap]
     if not read or ctx.lost_dropped:
         return None
     who = jv.readers(read, ctx.tap)
