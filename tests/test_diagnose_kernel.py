@@ -168,4 +168,4 @@ def test_flood_flags_off_is_flood_blocked():
 def test_unknown_tap_is_a_usage_error():
     p = subprocess.run([sys.executable, "-m", "tracer", "diagnose", "52:54:00:00:00:01", "--tap", "tt-nope0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "no network interface named" in p.stderr and p.stderr.count("\n") == 1
+    assert p.returncode == 2 and "no network interface of that name" in p.stderr and p.stderr.count("\n") == 1

@@ -43,13 +43,15 @@ def show(console: Console, journeys: list[Journey], summary: FollowSummary) -> N
 
 def diagnosis_of(lab, journeys: list[Journey]):
     """What `tapttrace diagnose` says about the journeys just traced (same rules, no second watch)."""
-    from .diagnose_run import render_text
-    from .causes import diagnose, locate
+    from .diagnosis import diagnose, locate, read_process_states, render_text
     from .netns import resolve_netns
     from .snapshot import collect_snapshot
 
-    target = locate(collect_snapshot([resolve_netns(lab.hv_ns)]), lab.guest_mac)
-    return render_text(diagnose(target, journeys), target)
+    snapshot = collect_snapshot([resolve_netns(lab.hv_ns)])
+    target = locate(snapshot, lab.guest_mac, ips=(lab.guest_ip,))
+    window_s = (max(j.last_ns for j in journeys) - min(j.first_ns for j in journeys)) / 1e9 if journeys else 0.0
+    return render_text(diagnose(snapshot, target, journeys, round(window_s, 1),
+                                process_states=read_process_states(target.holders)), journeys)
 
 
 def run_demo(console: Console, stop: threading.Event) -> int:
