@@ -4,8 +4,9 @@
     [hv ns]                        br0 198.51.100.254 ─ vnet0 (tap) ══ guest process 198.51.100.10
 
 Used by the tests, `tapttrace demo` and the benchmarks. A Lab always tears down: on leaving its
-`with` block (normally or by exception), at interpreter exit as a backstop, and namespaces
-left behind by a process that died (SIGKILL) are removed by the next Lab that starts.
+`with` block (normally or by exception), on SIGTERM/SIGHUP when nobody else handles them, at
+interpreter exit as a backstop. After a SIGKILL the guest exits by itself (its stdin pipe closes)
+and the next Lab that starts removes the namespaces left behind.
 """
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ import itertools
 import os
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .guest import link_local
+
 PREFIX = "ttlab"
 RUN_NETNS = Path("/run/netns")
+GUEST_START_TIMEOUT = 10.0
 _serial = itertools.count()
 
 
@@ -32,25 +38,41 @@ def libvirt_tap_mac(guest_mac: str) -> str:
 
 
 def random_guest_mac() -> str:
+    """A libvirt-style guest MAC: qemu's 52:54:00 prefix (locally administered) + three random bytes."""
     return "52:54:00:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
 
 
 @dataclass(frozen=True)
 class LabSpec:
+    """How to build a Lab; the defaults make a healthy one."""
+
     tap_mac: str = "libvirt"  # "libvirt": fe:+guest MAC's last five bytes; "guest": the guest's own MAC
     attach_tap: bool = True  # add the tap to the bridge
     guest_answers_arp: bool = True
-    ipv6: bool = False
+    guest_reads: bool = True  # False: the guest holds the tap open but never reads it
+    guest_announces: bool = True  # a gratuitous ARP at guest start, as a booting VM sends
+    ipv6: bool = False  # False: IPv6 off in the lab namespaces, so traces hold only what a test sent
     tap_mtu: Optional[int] = None
     # br_netfilter is built in here and on by default in every namespace; most hypervisors only
     # have it once Docker or a firewall loads it. Off unless a scenario asks for it.
     br_netfilter: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tap_mac not in ("libvirt", "guest"):
+            raise ValueError(f"tap_mac must be 'libvirt' or 'guest', not {self.tap_mac!r}")
 
 
 @dataclass(frozen=True)
 class PingResult:
     sent: int
     received: int
+
+
+class LabCommandFailed(subprocess.CalledProcessError):
+    """A command of the lab failed; unlike its base class, says what the command printed."""
+
+    def __str__(self) -> str:
+        return f"{' '.join(self.cmd)}: exit {self.returncode}: {(self.stderr or self.stdout or '').strip()}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -67,12 +89,49 @@ def remove_stale(prefix: str = PREFIX) -> list[str]:
     """Delete namespaces a dead process of ours left behind (names carry the creator's pid)."""
     removed = []
     pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-")
-    for entry in RUN_NETNS.iterdir() if RUN_NETNS.is_dir() else []:
+    for entry in sorted(RUN_NETNS.iterdir()) if RUN_NETNS.is_dir() else []:
         m = pattern.match(entry.name)
         if m and not pid_alive(int(m.group(1))):
+            # A guest the dead lab had paused can't see its stdin close; it would pin the namespace.
+            pids = subprocess.run(["ip", "netns", "pids", entry.name], capture_output=True, text=True).stdout
+            for pid in pids.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             subprocess.run(["ip", "netns", "del", entry.name], capture_output=True)
             removed.append(entry.name)
     return removed
+
+
+# -- teardown on fatal signals ------------------------------------------------------------------
+# SIGTERM/SIGHUP kill a Python process without atexit handlers or `finally` blocks. While a Lab is
+# open and the program has no handler of its own, ours tears the open labs down and then dies of
+# the same signal, so the exit status still says what killed it.
+
+_open_labs: set["Lab"] = set()
+_open_lock = threading.Lock()
+_FATAL = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _on_fatal_signal(signum: int, frame: object) -> None:
+    for lab in list(_open_labs):
+        lab.close()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _track(lab: "Lab", open_: bool) -> None:
+    with _open_lock:
+        (_open_labs.add if open_ else _open_labs.discard)(lab)
+        last = not _open_labs
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread; atexit still covers us
+    for s in _FATAL:
+        if open_ and signal.getsignal(s) is signal.SIG_DFL:
+            signal.signal(s, _on_fatal_signal)
+        elif not open_ and last and signal.getsignal(s) is _on_fatal_signal:
+            signal.signal(s, signal.SIG_DFL)
 
 
 class Lab:
@@ -89,20 +148,30 @@ class Lab:
 
     def __init__(self, spec: LabSpec = LabSpec(), prefix: str = PREFIX):
         self.spec = spec
-        tag = f"{prefix}-{os.getpid()}-{next(_serial)}"
         self.prefix = prefix
-        self.remote_ns = f"{tag}-remote"
-        self.hv_ns = f"{tag}-hv"
+        self.remote_ns, self.hv_ns = self._free_names(prefix)
         self.guest_mac = random_guest_mac()
+        # Link-local only: the lab hands out no global IPv6 addresses, and fe80:: never routes anywhere.
+        self.guest_ip6 = link_local(self.guest_mac)
         self.tap_mac = self.guest_mac if spec.tap_mac == "guest" else libvirt_tap_mac(self.guest_mac)
         self.guest: Optional[subprocess.Popen] = None
-        self._closed = False
+
+    @staticmethod
+    def _free_names(prefix: str) -> tuple[str, str]:
+        # pid + serial is unique among live processes; a reused pid may still find a dead
+        # namespace of its predecessor's that remove_stale can't tell from ours, so skip those.
+        while True:
+            tag = f"{prefix}-{os.getpid()}-{next(_serial)}"
+            names = (f"{tag}-remote", f"{tag}-hv")
+            if not any((RUN_NETNS / n).exists() for n in names):
+                return names
 
     # -- life cycle -------------------------------------------------------------------------
 
     def __enter__(self) -> "Lab":
         remove_stale(self.prefix)
         atexit.register(self.close)
+        _track(self, True)
         try:
             self._build()
         except BaseException:
@@ -110,88 +179,128 @@ class Lab:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _build(self) -> None:
-        sh = self._ip
         for ns in (self.remote_ns, self.hv_ns):
-            sh("netns", "add", ns)
-            self.run(ns, "ip", "link", "set", "lo", "up")
-            if not self.spec.ipv6:
+            self._ip("netns", "add", ns)
+            self._ip("-n", ns, "link", "set", "lo", "up")
+            if self.spec.ipv6:
+                # DAD would hold every fe80:: address tentative for a second after link-up.
+                self.run(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+            else:
                 # No IPv6 autoconf/DAD/MLD chatter: traces show exactly what the test sends.
-                for scope in ("all", "default"):
-                    self.run(ns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
-        sh("link", "add", self.remote_dev, "netns", self.remote_ns, "type", "veth",
-           "peer", "name", self.uplink, "netns", self.hv_ns)
+                self.run(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                         "net.ipv6.conf.default.disable_ipv6=1")
+        self._ip("link", "add", self.remote_dev, "netns", self.remote_ns, "type", "veth",
+                 "peer", "name", self.uplink, "netns", self.hv_ns)
         hv = ("-n", self.hv_ns)
         # A NIC-like uplink MAC, lower than any 52:54:00/fe:54:00 tap: the bridge takes the lowest
         # port MAC, so br0's address is the same on every run, as on a real host with a NIC.
-        sh(*hv, "link", "set", self.uplink, "address", self.uplink_mac)
-        sh(*hv, "link", "add", self.bridge, "type", "bridge")
+        self._ip(*hv, "link", "set", self.uplink, "address", self.uplink_mac)
+        self._ip(*hv, "link", "add", self.bridge, "type", "bridge")
         self.set_br_netfilter(self.spec.br_netfilter)
-        sh(*hv, "link", "set", self.uplink, "master", self.bridge)
-        sh(*hv, "tuntap", "add", "dev", self.tap, "mode", "tap")
-        sh(*hv, "link", "set", self.tap, "address", self.tap_mac)
+        self._ip(*hv, "link", "set", self.uplink, "master", self.bridge)
+        # Persistent, made before the guest opens it: libvirt and hand-made setups both do this.
+        self._ip(*hv, "tuntap", "add", "dev", self.tap, "mode", "tap")
+        self._ip(*hv, "link", "set", self.tap, "address", self.tap_mac)
         if self.spec.tap_mtu:
-            sh(*hv, "link", "set", self.tap, "mtu", str(self.spec.tap_mtu))
+            self._ip(*hv, "link", "set", self.tap, "mtu", str(self.spec.tap_mtu))
         if self.spec.attach_tap:
-            sh(*hv, "link", "set", self.tap, "master", self.bridge)
+            self._ip(*hv, "link", "set", self.tap, "master", self.bridge)
         for dev in (self.bridge, self.uplink, self.tap):
-            sh(*hv, "link", "set", dev, "up")
-        sh(*hv, "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
-        sh("-n", self.remote_ns, "link", "set", self.remote_dev, "up")
-        sh("-n", self.remote_ns, "addr", "add", f"{self.remote_ip}/24", "dev", self.remote_dev)
+            self._ip(*hv, "link", "set", dev, "up")
+        self._ip(*hv, "addr", "add", f"{self.host_ip}/24", "dev", self.bridge)
+        self._ip("-n", self.remote_ns, "link", "set", self.remote_dev, "up")
+        self._ip("-n", self.remote_ns, "addr", "add", f"{self.remote_ip}/24", "dev", self.remote_dev)
         self.start_guest()
 
     def start_guest(self) -> None:
+        """Start the guest process on the tap; returns once it holds the tap open."""
         argv = ["ip", "netns", "exec", self.hv_ns, sys.executable, "-m", "tracer.lab.guest",
-                "--tap", self.tap, "--mac", self.guest_mac, "--ip", self.guest_ip]
-        if not self.spec.guest_answers_arp:
-            argv.append("--no-arp")
+                "--tap", self.tap, "--mac", self.guest_mac, "--ip", self.guest_ip, "--exit-on-stdin-eof"]
+        argv += [flag for on, flag in ((not self.spec.guest_answers_arp, "--no-arp"),
+                                       (not self.spec.guest_announces, "--no-announce"),
+                                       (not self.spec.guest_reads, "--no-read"),
+                                       (self.spec.ipv6, "--ipv6")) if on]
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.guest = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      start_new_session=True)
-        line = self.guest.stdout.readline() if self.guest.stdout else ""
+        # Its own session: a terminal's Ctrl-C reaches the lab, which then stops the guest in order.
+        # stdin is a pipe only we hold: when this process dies however it dies, the guest sees EOF.
+        g = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env, start_new_session=True)
+        self.guest = g
+        assert g.stdout is not None
+        line = g.stdout.readline() if select.select([g.stdout], [], [], GUEST_START_TIMEOUT)[0] else ""
         if line.strip() != "ready":
-            err = self.guest.stderr.read() if self.guest.stderr else ""
-            raise RuntimeError(f"lab guest did not start: {line!r} {err.strip()}")
+            status = "no answer" if g.poll() is None else f"exit {g.returncode}"
+            if g.poll() is None:
+                os.killpg(g.pid, signal.SIGKILL)
+                g.wait(timeout=3)
+            err = g.stderr.read().strip() if g.stderr else ""
+            self.stop_guest()
+            raise RuntimeError(f"lab guest did not start ({status}): {line.strip()} {err}".strip())
 
     def stop_guest(self) -> None:
-        g, self.guest = self.guest, None
-        if g is None or g.poll() is not None:
+        """Stop the guest (paused or not); the tap stays, with no one holding it."""
+        g = self.guest
+        if g is None:
             return
-        try:
-            os.killpg(g.pid, signal.SIGCONT)  # a paused guest can't act on SIGTERM
-            os.killpg(g.pid, signal.SIGTERM)
-            g.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(g.pid, signal.SIGKILL)
-            g.wait(timeout=3)
-        except ProcessLookupError:
-            pass
+        if g.poll() is None:
+            try:
+                os.killpg(g.pid, signal.SIGCONT)  # a paused guest can't act on SIGTERM
+                os.killpg(g.pid, signal.SIGTERM)
+                try:
+                    g.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    os.killpg(g.pid, signal.SIGKILL)
+                    g.wait(timeout=3)
+            except ProcessLookupError:
+                g.wait(timeout=3)
+        for pipe in (g.stdin, g.stdout, g.stderr):
+            if pipe:
+                pipe.close()
+        self.guest = None
 
     def close(self) -> None:
-        """Idempotent: the guest first (it pins the namespace), then the namespaces and all in them."""
-        if self._closed:
-            return
-        self._closed = True
-        self.stop_guest()
-        for ns in (self.hv_ns, self.remote_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        atexit.unregister(self.close)
+        """Tear everything down; safe to call again, also after an interrupted close."""
+        try:
+            self.stop_guest()  # first: it pins the hypervisor namespace
+        finally:
+            for ns in (self.hv_ns, self.remote_ns):
+                if (RUN_NETNS / ns).exists():
+                    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            atexit.unregister(self.close)
+            _track(self, False)
 
     # -- actions ----------------------------------------------------------------------------
 
     def _ip(self, *args: str) -> None:
-        subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+        self._check(subprocess.run(["ip", *args], capture_output=True, text=True))
+
+    @staticmethod
+    def _check(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+        if p.returncode:
+            raise LabCommandFailed(p.returncode, p.args, p.stdout, p.stderr)
+        return p
 
     def run(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", ns, *argv], check=check, capture_output=True, text=True)
+        """Run a command inside one of the lab's namespaces (output captured as text)."""
+        p = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+        return self._check(p) if check else p
+
+    def hv(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command in the hypervisor namespace: lab.hv("bridge", "link", "set", ...)."""
+        return self.run(self.hv_ns, *argv, check=check)
+
+    def remote(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command in the remote host's namespace."""
+        return self.run(self.remote_ns, *argv, check=check)
 
     def ping(self, from_ns: str, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
              size: Optional[int] = None) -> PingResult:
+        """iputils ping; dst may be IPv4 or IPv6 (fe80::…%dev). Never raises on loss."""
         argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout)]
         if size is not None:
             argv += ["-s", str(size), "-M", "dont"]
@@ -205,6 +314,14 @@ class Lab:
     def ping_guest_from_host(self, **kw) -> PingResult:
         return self.ping(self.hv_ns, self.guest_ip, **kw)
 
+    def ping6_guest_from_remote(self, **kw) -> PingResult:
+        """Needs LabSpec(ipv6=True): pings the guest's fe80:: address out of the remote's eth0."""
+        return self.ping(self.remote_ns, f"{self.guest_ip6}%{self.remote_dev}", **kw)
+
+    def ping6_guest_from_host(self, **kw) -> PingResult:
+        """Needs LabSpec(ipv6=True): pings the guest's fe80:: address out of br0."""
+        return self.ping(self.hv_ns, f"{self.guest_ip6}%{self.bridge}", **kw)
+
     def set_tap_mac(self, mac: str) -> None:
         self._ip("-n", self.hv_ns, "link", "set", "dev", self.tap, "address", mac)
         self.tap_mac = mac
@@ -216,6 +333,7 @@ class Lab:
                 self.run(self.hv_ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{family}={int(on)}")
 
     def pause_guest(self) -> None:
+        """SIGSTOP the guest: it holds the tap but reads nothing, like a hung VM."""
         if self.guest:
             os.killpg(self.guest.pid, signal.SIGSTOP)
 
@@ -224,4 +342,5 @@ class Lab:
             os.killpg(self.guest.pid, signal.SIGCONT)
 
     def netns_inode(self, ns: str) -> int:
+        """The namespace's inode, as BPF reads it from skb->dev->nd_net and /proc/PID/ns/net shows it."""
         return os.stat(RUN_NETNS / ns).st_ino
