@@ -12,7 +12,6 @@ from typing import Iterator, Optional
 
 import pytest
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 
 from tracer.errors import UsageError
 from tracer.netns import Netns, entered, iproute, list_netns, ns_inode, resolve_netns
@@ -26,6 +25,8 @@ from tracer.snapshot import (
     machine_devices,
     normalize_mac,
 )
+
+from netns_helpers import lab_namespaces
 
 RECORDING = Path(__file__).parent / "recordings" / "snapshot-lab.json"
 VM_MAC = "52:54:00:aa:bb:01"  # static FDB entry on vnet0, dropped by the nft bridge rule
@@ -257,24 +258,6 @@ def require_root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("kernel tests need root")
         pytest.skip("needs root")
-
-
-@contextmanager
-def lab_namespaces(*suffixes: str) -> Iterator[list[Netns]]:
-    """Named namespaces ttsnap-<pid>-<suffix>, removed on every exit path."""
-    made = []
-    try:
-        for suffix in suffixes:
-            name = f"ttsnap-{os.getpid()}-{suffix}"
-            pr_netns.create(name)
-            made.append(name)
-        yield [resolve_netns(n) for n in made]
-    finally:
-        for name in made:
-            try:
-                pr_netns.remove(name)
-            except OSError:
-                pass
 
 
 @contextmanager

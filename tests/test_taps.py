@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from pyroute2 import netns as pr_netns
 
-from tracer.netns import Netns, entered, iproute, resolve_netns
+from tracer.netns import Netns, entered, iproute
 from tracer.taps import TapHolder, find_tap_holders, parse_fdinfo_iff
+
+from netns_helpers import lab_namespaces
 
 # ------------------------------------------------------------------ fixture /proc trees
 
@@ -118,24 +119,6 @@ def require_root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("kernel tests need root")
         pytest.skip("needs root")
-
-
-@contextmanager
-def lab_namespaces(*suffixes: str) -> Iterator[list[Netns]]:
-    """Named namespaces ttsnap-<pid>-<suffix>, removed on every exit path."""
-    names = [f"ttsnap-{os.getpid()}-{s}" for s in suffixes]
-    made = []
-    try:
-        for name in names:
-            pr_netns.create(name)
-            made.append(name)
-        yield [resolve_netns(n) for n in names]
-    finally:
-        for name in made:
-            try:
-                pr_netns.remove(name)
-            except OSError:
-                pass
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from typing import Callable, Iterable
 
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError
-from .events import EVENT_SIZE
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
@@ -56,16 +55,14 @@ class FollowProgram:
             if features.bridge_hook == "kprobe":
                 self._bpf.attach_kprobe(event=b"br_flood", fn_name=b"tt_br_flood")
         except Exception as exc:  # bcc raises bare Exception for compile and attach failures
-            if getattr(self, "_bpf", None) is not None:
+            if self._bpf is not None:
                 self._bpf.cleanup()
             raise KernelError(f"could not load bpf/follow.c: {exc}") from None
         self._sink: Callable[[bytes], None] = lambda raw: None
-        self._bad_size = 0
 
         def _on_event(_ctx, data, size):
-            if size != EVENT_SIZE:
-                self._bad_size += 1
-                return
+            # Records of the wrong size go on too: events.decode refuses them and follow counts
+            # them as undecodable in its summary, rather than losing them here unseen.
             self._sink(ctypes.string_at(data, size))
 
         self._callback = _on_event  # keep a reference: bcc holds only a C pointer
@@ -83,10 +80,6 @@ class FollowProgram:
     def lost(self) -> int:
         """Events the kernel had no ring-buffer room for, since load."""
         return sum(int(v) for v in self._bpf["lost"][0]) if self._bpf else 0
-
-    @property
-    def size_errors(self) -> int:
-        return self._bad_size
 
     def watch_ips(self, addrs: Iterable[str]) -> None:
         table = self._bpf["watch_ips"]

@@ -180,7 +180,7 @@ class Stitcher:
         )
         events = sorted(((ev, dev, cs.index) for cs in js.copies for ev, dev in cs.events),
                         key=lambda t: (t[0].ts_ns, t[2]))
-        journey.hops = [self._hop(ev, dev, ci, cs_of(js, ci)) for ev, dev, ci in events]
+        journey.hops = [self._hop(ev, dev, ci, js.copies[ci]) for ev, dev, ci in events]
         journey.copies = [self._outcome(cs) for cs in js.copies if not cs.side]
         self._verdict(journey, js)
         return journey
@@ -272,10 +272,6 @@ class Stitcher:
 
 
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
-
-
-def cs_of(js: _JourneyState, index: int) -> _CopyState:
-    return js.copies[index]
 
 
 def _role(dev: Optional[Device]) -> str:
