@@ -3,6 +3,9 @@
     [remote ns]  eth0 198.51.100.1 ──veth── up0 ┐
     [hv ns]                        br0 198.51.100.254 ─ vnet0 (tap) ══ guest process 198.51.100.10
 
+The guest is a Python stand-in reading the tap (tracer.lab.guest; LabSpec(guest="stub"), the
+default) or a real Linux VM under qemu/TCG (LabSpec(guest="qemu"); tracer.lab.guest_image).
+
 Used by the tests, `tapttrace demo` and the benchmarks. A Lab always tears down: on leaving its
 `with` block (normally or by exception), on SIGTERM/SIGHUP when nobody else handles them, at
 interpreter exit as a backstop. After a SIGKILL the guest exits by itself (its stdin pipe closes)
@@ -16,19 +19,26 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..errors import EnvironmentProblem
 from .guest import link_local
 
 PREFIX = "ttlab"
 RUN_NETNS = Path("/run/netns")
 GUEST_START_TIMEOUT = 10.0
+# A qemu guest boots in ~4-5 s under TCG on an idle machine; a loaded CI box can take several times that.
+QEMU_BOOT_TIMEOUT = float(os.environ.get("TAPTTRACE_QEMU_BOOT_TIMEOUT", "90"))
+LAB_TMP = Path(tempfile.gettempdir())
 _serial = itertools.count()
 
 
@@ -56,10 +66,13 @@ class LabSpec:
     # br_netfilter is built in here and on by default in every namespace; most hypervisors only
     # have it once Docker or a firewall loads it. Off unless a scenario asks for it.
     br_netfilter: bool = False
+    guest: str = "stub"  # "stub": the Python stand-in; "qemu": a real Linux guest under qemu (TCG)
 
     def __post_init__(self) -> None:
         if self.tap_mac not in ("libvirt", "guest"):
             raise ValueError(f"tap_mac must be 'libvirt' or 'guest', not {self.tap_mac!r}")
+        if self.guest not in ("stub", "qemu"):
+            raise ValueError(f"guest must be 'stub' or 'qemu', not {self.guest!r}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,10 @@ def remove_stale(prefix: str = PREFIX) -> list[str]:
                     pass
             subprocess.run(["ip", "netns", "del", entry.name], capture_output=True)
             removed.append(entry.name)
+    for entry in sorted(LAB_TMP.glob(f"{prefix}-*")):  # a qemu guest's console log and qemu's output
+        m = pattern.match(entry.name)
+        if m and entry.is_dir() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
     return removed
 
 
@@ -155,6 +172,9 @@ class Lab:
         self.guest_ip6 = link_local(self.guest_mac)
         self.tap_mac = self.guest_mac if spec.tap_mac == "guest" else libvirt_tap_mac(self.guest_mac)
         self.guest: Optional[subprocess.Popen] = None
+        self.tmp: Optional[Path] = None  # qemu guest only: console.log and qemu.log
+        # qemu's -name guest=: what tapttrace's exporter names the VM by when libvirt is absent.
+        self.guest_name = self.hv_ns.removesuffix("-hv")
 
     @staticmethod
     def _free_names(prefix: str) -> tuple[str, str]:
@@ -220,7 +240,14 @@ class Lab:
         self.start_guest()
 
     def start_guest(self) -> None:
-        """Start the guest process on the tap; returns once it holds the tap open."""
+        """Start the guest on the tap; returns once it holds the tap open (stub) or has booted
+        and configured its address (qemu)."""
+        if self.spec.guest == "qemu":
+            self._start_qemu()
+        else:
+            self._start_stub()
+
+    def _start_stub(self) -> None:
         argv = ["ip", "netns", "exec", self.hv_ns, sys.executable, "-m", "tracer.lab.guest",
                 "--tap", self.tap, "--mac", self.guest_mac, "--ip", self.guest_ip, "--exit-on-stdin-eof"]
         argv += [flag for on, flag in ((not self.spec.guest_answers_arp, "--no-arp"),
@@ -244,6 +271,53 @@ class Lab:
             err = g.stderr.read().strip() if g.stderr else ""
             self.stop_guest()
             raise RuntimeError(f"lab guest did not start ({status}): {line.strip()} {err}".strip())
+
+    def _start_qemu(self) -> None:
+        from .guest_image import READY_MARKER, ensure_guest_image, guest_cmdline
+
+        qemu = shutil.which("qemu-system-x86_64")
+        if qemu is None:
+            raise EnvironmentProblem("the lab's qemu guest needs qemu-system-x86_64: apt-get install qemu-system-x86")
+        image = ensure_guest_image()
+        if self.tmp is None:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.guest_name}-", dir=LAB_TMP))
+        console, log = self.tmp / "console.log", self.tmp / "qemu.log"
+        console.write_text("")
+        cmdline = guest_cmdline(f"{self.guest_ip}/24", ipv6=self.spec.ipv6, arp=self.spec.guest_answers_arp,
+                                announce=self.spec.guest_announces)
+        # TCG, never KVM: nested KVM on the machines this runs on hangs at boot. qemu opens the
+        # persistent tap by name inside the hypervisor namespace, as libvirt's ethernet type does.
+        # setpriv --pdeathsig: if this process dies without tearing down, qemu dies with it.
+        argv = ["ip", "netns", "exec", self.hv_ns, "setpriv", "--pdeathsig", "KILL", qemu,
+                "-accel", "tcg", "-name", f"guest={self.guest_name}", "-nodefaults", "-no-user-config",
+                "-display", "none", "-monitor", "none", "-no-reboot", "-m", "128",
+                "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", cmdline,
+                "-serial", f"file:{console}",
+                "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n0,mac={self.guest_mac}"]
+        with open(log, "wb") as out:
+            self.guest = g = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)
+        deadline = time.monotonic() + QEMU_BOOT_TIMEOUT
+        while READY_MARKER not in (text := console.read_text(errors="replace")):
+            if g.poll() is not None or time.monotonic() > deadline:
+                status = f"qemu exit {g.returncode}" if g.poll() is not None else f"no {READY_MARKER} in {QEMU_BOOT_TIMEOUT:.0f} s"
+                self.stop_guest()
+                tail = " | ".join((text.strip().splitlines() or ["(console empty)"])[-8:])
+                qemu_said = log.read_text(errors="replace").strip()
+                raise RuntimeError(f"lab qemu guest did not boot ({status}); console: {tail}"
+                                   + (f"; qemu: {qemu_said[-500:]}" if qemu_said else ""))
+            time.sleep(0.05)
+        if "TAPTTRACE-GUEST-FAILED" in text:
+            self.stop_guest()
+            raise RuntimeError(f"lab qemu guest failed: {text.strip().splitlines()[-1]}")
+        if not self.spec.guest_reads:
+            self.pause_guest()  # holds the tap, reads nothing: what --no-read does for the stub
+
+    def console_log(self) -> str:
+        """What the qemu guest printed on its serial console ('' for the stub)."""
+        path = self.tmp / "console.log" if self.tmp else None
+        return path.read_text(errors="replace") if path and path.exists() else ""
 
     def stop_guest(self) -> None:
         """Stop the guest (paused or not); the tap stays, with no one holding it."""
@@ -274,6 +348,9 @@ class Lab:
             for ns in (self.hv_ns, self.remote_ns):
                 if (RUN_NETNS / ns).exists():
                     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
             atexit.unregister(self.close)
             _track(self, False)
 
