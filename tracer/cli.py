@@ -126,13 +126,15 @@ def doctor(as_json: bool) -> None:
 
 @main.command()
 @click.option("--keep", is_flag=True, hidden=True)
-def demo(keep: bool) -> None:
+@click.option("--guest", type=click.Choice(["stub", "qemu"]), default="stub", show_default=True,
+              help="The lab's guest: a Python stand-in on the tap, or a real Linux VM under qemu (docs/lab.md).")
+def demo(keep: bool, guest: str) -> None:
     """Build a throwaway lab with the classic tap-MAC failure, trace it, fix it, trace again, tear down."""
     from .demo import run_demo
 
     try:
         with stop_on_signals() as stop:
-            sys.exit(run_demo(Console(), stop))
+            sys.exit(run_demo(Console(), stop, guest=guest))
     except TapttraceError as err:
         _fail(err)
 

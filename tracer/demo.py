@@ -54,15 +54,18 @@ def diagnosis_of(lab, journeys: list[Journey]):
                                 process_states=read_process_states(target.holders)), journeys)
 
 
-def run_demo(console: Console, stop: threading.Event) -> int:
+def run_demo(console: Console, stop: threading.Event, guest: str = "stub") -> int:
     from .lab import Lab, LabSpec, libvirt_tap_mac
 
     console.print(Rule("tapttrace demo: host can ping the VM, other hosts can't"))
     console.print("Building a lab in throwaway namespaces: remote host ─ up0 ─ \\[br0] ─ vnet0 ─ guest.\n"
                   "vnet0 was pre-created and carries the guest's own MAC, as a tap made by hand for "
                   "libvirt's <interface type='ethernet'> often does.")
+    if guest == "qemu":
+        console.print("The guest is a real Linux VM under qemu (TCG): first run downloads Debian's cloud "
+                      "kernel (~27 MB); booting takes a few seconds.")
     try:
-        with Lab(LabSpec(tap_mac="guest")) as lab:
+        with Lab(LabSpec(tap_mac="guest", guest=guest)) as lab:
             config = FollowConfig(mac=lab.guest_mac, ips=(lab.guest_ip,))
             console.print(f"guest {lab.guest_mac} {lab.guest_ip} on tap {lab.tap} (tap MAC {lab.tap_mac}); "
                           f"remote host {lab.remote_ip}; bridge host address {lab.host_ip}\n")
