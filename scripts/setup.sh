@@ -20,7 +20,7 @@ installed() {  # prints the packages among "$@" that are fully installed (dpkg -
   { dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true; } | awk '$2 == "installed" {print $1}'
 }
 
-packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl)
+packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static)
 have=" $(installed "${packages[@]}" | tr '\n' ' ') "
 missing=()
 for p in "${packages[@]}"; do
