@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tracer.errors import EnvironmentProblem
 from tracer.lab import Lab, LabSpec, libvirt_tap_mac, remove_stale
-from tracer.lab.guest_image import (BUSYBOX, READY_MARKER, cpio_newc, guest_cmdline, modinfo, modules_in_load_order,
+from tracer.lab.guest_image import (BUSYBOX, READY_MARKER, _download, cpio_newc, guest_cmdline, modinfo, modules_in_load_order,
                                     read_cpio_newc)
 from tracer.lab.topology import RUN_NETNS
 
@@ -107,6 +108,13 @@ def test_guest_cmdline_carries_the_address_and_the_knobs():
     assert {"tt.gw=203.0.113.1", "tt.arp=0", "foo=bar"} <= set(line.split())
     with pytest.raises(ValueError):
         guest_cmdline("198.51.100.10")
+
+
+def test_a_package_apt_cannot_fetch_is_one_clear_line(tmp_path):
+    with pytest.raises(EnvironmentProblem) as err:
+        _download("linux-image-tapttrace-no-such-kernel", tmp_path / "debs")
+    assert "can't download linux-image-tapttrace-no-such-kernel" in err.value.message
+    assert "\n" not in err.value.message and not list((tmp_path / "debs").iterdir())
 
 
 def test_spec_rejects_an_unknown_guest_kind():
@@ -196,6 +204,7 @@ def test_diagnose_names_local_mac_for_a_qemu_guest():
 
 CHILD = """
 import json, sys, time
+from tracer.errors import EnvironmentProblem
 from tracer.lab import Lab, LabSpec
 with Lab(LabSpec(guest="qemu")) as lab:
     print(json.dumps({"ns": [lab.remote_ns, lab.hv_ns], "guest": lab.guest.pid, "tmp": str(lab.tmp)}), flush=True)

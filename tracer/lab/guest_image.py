@@ -330,12 +330,12 @@ def ensure_guest_image(cache_dir: Path = DEFAULT_CACHE_DIR) -> GuestImage:
     with _locked(cache_dir):
         try:
             package = kernel_package_name()
+            deb = _download(package, cache_dir / "debs")
         except EnvironmentProblem:
             cached = _cached_images(cache_dir)
             if cached:  # offline, or apt lists gone: the last image built is still good
                 return cached[-1]
             raise
-        deb = _download(package, cache_dir / "debs")
         key = _sha256("\0".join([deb.name, str(deb.stat().st_size), _sha256(BUSYBOX), _sha256(INIT_SCRIPT.encode()),
                                  ",".join(MODULE_ROOTS), BUILDER_VERSION]).encode())[:16]
         version = package.removeprefix("linux-image-")
