@@ -20,7 +20,7 @@ from tracer.diagnosis import (CAUSES, RULES, Target, diagnose, in_ns, journey_pa
                               parse_domain_xml, read_process_states, render_text, to_json)
 from tracer.diagnosis import rules as R
 from tracer.diagnosis.context import Context
-from tracer.diagnosis.model import qemu_guest_name
+from tracer.taps import qemu_guest_name
 from tracer.diagnosis.netfilter import Probe, Ruleset
 from tracer.diagnosis.record import trimmed
 from tracer.errors import UsageError

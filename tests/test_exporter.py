@@ -17,7 +17,7 @@ import yaml
 from tracer.errors import UsageError
 from tracer.exporter import program as prog
 from tracer.exporter.collector import ExporterCollector, SeriesCap
-from tracer.exporter.labels import OVERFLOW, Inventory, Namer, roles, vm_mac_key, vm_name
+from tracer.exporter.labels import OVERFLOW, Inventory, Namer, roles, vm_mac_key
 from tracer.exporter.program import Counts
 from tracer.exporter.server import Listen, MetricsServer, Tls
 from tracer.records import Device
@@ -73,15 +73,6 @@ def test_roles_and_vm_mac_keys():
     assert rs[5].role == prog.ROLE_PORT | prog.ROLE_TAP
     assert 9 not in rs
     assert vm_mac_key("fe:54:00:12:34:56") == vm_mac_key("52:54:00:12:34:56")
-
-
-@pytest.mark.parametrize("argv,name", [
-    (("qemu-system-x86_64", "-name", "guest=web1,debug-threads=on"), "web1"),
-    (("qemu", "-name", "db2"), "db2"),
-    (("python", "-m", "guest"), ""),
-])
-def test_vm_name_from_qemu_command_line(argv, name):
-    assert vm_name(argv) == name
 
 
 def test_labels_decode_and_self_health_starts_at_zero():

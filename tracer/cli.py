@@ -40,8 +40,18 @@ def main() -> None:
     """Follow frames through the Linux bridge to a VM's tap, and say why they stop."""
 
 
+def vm_options(f):
+    """--vm and --connect: name the guest the way libvirt does."""
+    f = click.option("--connect", "libvirt_uri", metavar="URI",
+                     help="libvirt URI for --vm and for naming VMs (default qemu:///system; read-only).")(f)
+    return click.option("--vm", metavar="NAME",
+                        help="The libvirt domain instead of a MAC (its only interface; give the MAC too when it "
+                             "has several).")(f)
+
+
 @main.command()
-@click.argument("mac")
+@click.argument("mac", required=False)
+@vm_options
 @click.option("--ip", "ips", multiple=True, metavar="ADDR",
               help="An address of the guest: ARP requests / IPv6 neighbour solicitations for it are followed too. "
                    "Repeatable. Addresses the guest uses are also learned while running.")
@@ -56,22 +66,27 @@ def main() -> None:
 @click.option("--no-learn", is_flag=True, help="Don't learn the guest's addresses from its own traffic.")
 @click.option("--record", type=click.Path(dir_okay=False, writable=True), hidden=True,
               help="Write raw events and names for replay in tests.")
-def follow(mac: str, ips: tuple[str, ...], count: Optional[int], duration: Optional[float], as_json: bool,
-           pcap: Optional[str], netns: tuple[str, ...], no_learn: bool, record: Optional[str]) -> None:
-    """Print, live, every journey of a frame that concerns MAC: where it was seen, and how it ended."""
+def follow(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ips: tuple[str, ...],
+           count: Optional[int], duration: Optional[float], as_json: bool, pcap: Optional[str],
+           netns: tuple[str, ...], no_learn: bool, record: Optional[str]) -> None:
+    """Print, live, every journey of a frame that concerns MAC (or --vm NAME's MAC): where it was seen,
+    and how it ended."""
     from .config import FollowConfig
     from .netns import resolve_netns
     from .runtime import follow_session
+    from .vms import guest_mac
 
     try:
+        mac, vms = guest_mac(mac, vm, libvirt_uri)
         config = FollowConfig(mac=mac, ips=ips, count=count, duration=duration, json=as_json, pcap=pcap,
                               record=record, learn_ips=not no_learn,
-                              netns=tuple(resolve_netns(n).name for n in netns))
+                              netns=tuple(resolve_netns(n).name for n in netns), vm=vm or "")
         console = Console(stderr=as_json)
         with stop_on_signals() as stop:
-            with follow_session(config, console=console, stop=stop) as session:
+            with follow_session(config, console=console, stop=stop, vms=vms) as session:
                 if not as_json:
-                    console.print(f"[dim]following {config.mac} on {session.describe()}; Ctrl-C to stop[/dim]")
+                    console.print(f"[dim]following {session.guest()} on {session.describe()}; "
+                                  "Ctrl-C to stop[/dim]")
                 session.run()
         sys.exit(0)
     except TapttraceError as err:
@@ -79,22 +94,24 @@ def follow(mac: str, ips: tuple[str, ...], count: Optional[int], duration: Optio
 
 
 @main.command()
-@click.argument("mac")
+@click.argument("mac", required=False)
+@vm_options
 @click.option("--ip", "ips", multiple=True, metavar="ADDR",
               help="An address of the guest, so ARP requests for it count. Repeatable; also learned.")
 @click.option("--tap", metavar="DEV", help="The guest's tap, when tapttrace can't find it by itself.")
 @click.option("--duration", type=float, default=5.0, show_default=True, metavar="S",
               help="How long to watch live traffic.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/causes.md).")
-def diagnose(mac: str, ips: tuple[str, ...], tap: Optional[str], duration: float, as_json: bool) -> None:
-    """Name the cause of a VM's lost frames, with the evidence and the exact fix.
+def diagnose(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ips: tuple[str, ...],
+             tap: Optional[str], duration: float, as_json: bool) -> None:
+    """Name the cause of a VM's lost frames (MAC, or --vm NAME), with the evidence and the exact fix.
 
     Exit code 0 when nothing is wrong, 1 when a cause was found."""
     from .diagnose_run import run_diagnose
 
     try:
         with stop_on_signals() as stop:
-            code = run_diagnose(mac, ips, tap, duration, as_json, stop)
+            code = run_diagnose(mac, ips, tap, duration, as_json, stop, vm=vm, libvirt_uri=libvirt_uri)
     except TapttraceError as err:
         _fail(err)
     sys.exit(code)

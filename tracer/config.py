@@ -49,6 +49,7 @@ class FollowConfig:
     learn_ips: bool = True
     netns: tuple[str, ...] = ()  # only journeys that touch these namespaces (validated by the runtime)
     ringbuf_pages: int = 256
+    vm: str = ""  # the guest's VM name, for the journeys (not a filter: the MAC is)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", parse_mac(self.mac))

@@ -9,8 +9,8 @@ from typing import Optional
 
 from rich.console import Console
 
-from .config import FollowConfig, parse_mac
-from .diagnosis import diagnose, locate, read_libvirt_domains, read_process_states, render_text, to_json
+from .config import FollowConfig
+from .diagnosis import diagnose, locate, read_process_states, render_text, to_json
 from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
 
@@ -23,17 +23,19 @@ def _countdown(console: Console, seconds: float, done: threading.Event) -> None:
                           "now (e.g. ping the VM from another host)")
 
 
-def run_diagnose(mac: str, ips: tuple[str, ...], tap: Optional[str], duration: float, as_json: bool,
-                 stop: threading.Event, console: Optional[Console] = None) -> int:
+def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], duration: float, as_json: bool,
+                 stop: threading.Event, console: Optional[Console] = None, *, vm: Optional[str] = None,
+                 libvirt_uri: Optional[str] = None) -> int:
     """Exit code: 0 when nothing is wrong, 1 when a cause was found."""
     from .features import require
     from .netns import list_netns
     from .snapshot import collect_snapshot
+    from .vms import guest_mac
 
-    mac = parse_mac(mac)
     console = console or Console(stderr=as_json)
+    mac, inventory = guest_mac(mac, vm, libvirt_uri)
     require(machine_features())
-    domains = read_libvirt_domains()
+    domains = inventory.interfaces
     before = locate(collect_snapshot(list_netns(True)), mac, tap, ips, domains=domains)  # bad --tap: fail now
     # Only journeys through the guest's namespace: another bridge elsewhere may reuse its address.
     config = FollowConfig(mac=mac, ips=ips, duration=duration, netns=(before.ns.name,) if before.ns else ())

@@ -63,12 +63,14 @@ def guest_taps(devices: Iterable[Device], mac: str) -> list[Device]:
 class Annotator:
     """Adds what only the watched MAC's point of view knows: is the frame for the guest, did it get there."""
 
-    def __init__(self, mac: str, ips: set[str], devices: DeviceTable):
+    def __init__(self, mac: str, ips: set[str], devices: DeviceTable, vm: str = ""):
         self.mac = mac
         self.ips = ips
         self.devices = devices
+        self.vm = vm
 
     def __call__(self, j: Journey) -> Journey:
+        j.vm = self.vm
         info = frames.decode(j.frame)
         asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
         j.toward_guest = j.src_mac != self.mac and (j.dst_mac == self.mac or bool(asks))
@@ -113,7 +115,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
     summary = FollowSummary()
     stitcher = Stitcher(devices, namer)
     known_ips = set(config.ips)
-    annotate = Annotator(config.mac, known_ips, devices)
+    annotate = Annotator(config.mac, known_ips, devices, config.vm)
     mac_bytes = bytes.fromhex(config.mac.replace(":", ""))
     deadline = time.monotonic() + config.duration if config.duration else None
     if known_ips:

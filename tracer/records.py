@@ -129,3 +129,4 @@ class Journey:
     bridge: str = ""  # the bridge it crossed, if any
     toward_guest: bool = False  # addressed to the watched MAC (or asking for its IP)
     note: str = ""  # e.g. "never reached vnet0"
+    vm: str = ""  # the watched guest's VM name (libvirt domain, or the tap holder's), when known

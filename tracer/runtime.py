@@ -6,8 +6,8 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from rich.console import Console
 
@@ -18,6 +18,9 @@ from .records import Journey
 from .sinks.jsonl import JsonLinesSink
 from .sinks.terminal import TerminalSink
 from .stitch import Namer
+
+if TYPE_CHECKING:
+    from .vms import VmInventory
 
 
 def machine_features():
@@ -34,9 +37,9 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def make_namer(features) -> Namer:
+def make_namer(features, vms: Optional[VmInventory] = None) -> Namer:
     from .kallsyms import Kallsyms
-    from .taps import find_tap_holders
+    from .taps import find_tap_holders, qemu_guest_name
 
     ksyms = Kallsyms.load()
     reasons = features.drop_reasons
@@ -47,7 +50,12 @@ def make_namer(features) -> Namer:
         if key not in cache:
             holders = [h for h in find_tap_holders() if h.iff == dev]
             same_ns = [h for h in holders if (h.dev_netns or h.netns) == netns] or holders
-            cache[key] = ", ".join(f"{h.comm} (pid {h.pid})" for h in same_ns)
+            domain = vms.by_tap(dev) if vms is not None else None
+            cache[key] = ", ".join(
+                f"{h.comm} (pid {h.pid}, fd {h.fd}"
+                + (f", vm {domain.domain}" if domain else
+                   f", vm {qemu_guest_name(h.cmdline)}" if qemu_guest_name(h.cmdline) else "") + ")"
+                for h in same_ns)
         return cache[key]
 
     return Namer(reason=lambda r: reasons.get(r, f"unknown:{r}"),
@@ -95,6 +103,10 @@ class FollowSession:
         n = len(self.devices.namespaces)
         return f"{n} network namespace{'s' if n != 1 else ''}"
 
+    def guest(self) -> str:
+        """'52:54:00:… (vm web1)' for the header."""
+        return self.config.mac + (f" (vm {self.config.vm})" if self.config.vm else "")
+
     def run(self) -> FollowSummary:
         self.summary = run_follow(self.config, self.program, self.devices, self.namer, self.sinks, self.stop,
                                   recorder=self.recorder, on_journey=self.on_journey)
@@ -104,21 +116,29 @@ class FollowSession:
 @contextmanager
 def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
                    stop: Optional[threading.Event] = None, sinks: Optional[list[Sink]] = None,
-                   on_journey: Optional[Callable[[Journey], None]] = None) -> Iterator[FollowSession]:
+                   on_journey: Optional[Callable[[Journey], None]] = None,
+                   vms: Optional[VmInventory] = None) -> Iterator[FollowSession]:
     """Everything follow needs, loaded and attached; leaving the block detaches and closes it all."""
     from .features import require
     from .loader import FollowProgram
     from .snapshot import machine_devices
 
+    from .taps import find_tap_holders
+    from .vms import read_domains, vm_of_mac
+
     features = machine_features()
     require(features)
+    vms = read_domains() if vms is None else vms
     offset = wall_offset_ns()
     if sinks is None:
         sinks = [JsonLinesSink(sys.stdout, offset) if config.json
                  else TerminalSink(console or Console(), offset)]
     with ExitStack() as stack:
         devices = DeviceTable(machine_devices)
-        namer = make_namer(features)
+        if not config.vm:
+            taps = [(d.netns, d.name, d.mac) for d in devices.all() if d.is_tap]
+            config = replace(config, vm=vm_of_mac(vms, config.mac, taps, find_tap_holders()))
+        namer = make_namer(features, vms)
         if config.pcap:
             sinks = sinks + [PcapJourneys(config.pcap, offset)]
         recorder = Recorder(open(config.record, "w"), config, devices) if config.record else None

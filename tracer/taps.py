@@ -30,9 +30,27 @@ class TapHolder:
     dev_netns: Optional[int] = None
 
     @property
+    def vm_name(self) -> str:
+        """The VM this process stands for without libvirt: qemu's -name guest=NAME, else its command name."""
+        return qemu_guest_name(self.cmdline) or self.comm
+
+    @property
     def tap_netns(self) -> int:
         """Best knowledge of the namespace the tap device lives in."""
         return self.dev_netns if self.dev_netns is not None else self.netns
+
+
+def qemu_guest_name(cmdline: tuple[str, ...]) -> str:
+    """The guest name from qemu's `-name guest=NAME,...` (or `-name NAME`), "" when absent."""
+    for i, arg in enumerate(cmdline[:-1]):
+        if arg == "-name":
+            value = cmdline[i + 1]
+            for part in value.split(","):
+                if part.startswith("guest="):
+                    return part[len("guest="):]
+            first = value.split(",")[0]
+            return first if "=" not in first else ""
+    return ""
 
 
 def _read(path: str) -> Optional[str]:

@@ -2,12 +2,12 @@
 
 Pure: locate() finds the guest's tap in a Snapshot, diagnose() runs the rules (rules.RULES, most
 specific first) over the snapshot and the journeys `follow` produced. Nothing here reads the
-system except read_libvirt_domains() and read_process_states(), which the caller runs.
+system except read_process_states(), which the caller runs (libvirt's domains come from tracer.vms).
 """
 from .commands import in_ns
 from .engine import diagnose, read_process_states, remarks
 from .journeys import load_journeys
-from .libvirt import LibvirtInterface, parse_domain_xml, read_libvirt_domains
+from ..libvirt_xml import LibvirtInterface, parse_domain_xml
 from .locate import libvirt_tap_mac, locate
 from .model import CAUSES, FOUND_BY, Diagnosis, Finding, Target
 from .render import SCHEMA_ID, journey_path, render_text, to_json
@@ -16,5 +16,5 @@ from .rules import RULES
 __all__ = [
     "CAUSES", "FOUND_BY", "RULES", "SCHEMA_ID", "Diagnosis", "Finding", "LibvirtInterface", "Target", "diagnose",
     "in_ns", "journey_path", "libvirt_tap_mac", "load_journeys", "locate", "parse_domain_xml",
-    "read_libvirt_domains", "read_process_states", "remarks", "render_text", "to_json",
+    "read_process_states", "remarks", "render_text", "to_json",
 ]

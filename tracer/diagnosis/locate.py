@@ -6,7 +6,7 @@ from typing import Iterable, Optional, Sequence
 from ..errors import UsageError
 from ..records import Device
 from ..snapshot import FdbHit, Snapshot, normalize_mac
-from .libvirt import LibvirtInterface, interfaces_for
+from ..libvirt_xml import LibvirtInterface, interfaces_for
 from .model import Target
 
 

@@ -6,8 +6,8 @@ from typing import Any, Mapping, Optional
 
 from ..records import Device
 from ..snapshot import Bridge, BridgePort, FdbHit, NetnsSnapshot
-from ..taps import TapHolder
-from .libvirt import LibvirtInterface
+from ..taps import TapHolder, qemu_guest_name
+from ..libvirt_xml import LibvirtInterface
 
 # The stable vocabulary of causes (docs/causes.md). Order: the order the rules try them in.
 CAUSES: dict[str, str] = {
@@ -59,11 +59,12 @@ class Target:
         """The libvirt domain (or qemu -name) the guest is, "" when unknown."""
         if self.libvirt is not None:
             return self.libvirt.domain
-        for h in self.holders:
-            name = qemu_guest_name(h.cmdline)
-            if name:
-                return name
-        return ""
+        return next((n for n in (qemu_guest_name(h.cmdline) for h in self.holders) if n), "")
+
+    @property
+    def vm(self) -> str:
+        """The VM's name as tapttrace shows it: the domain, else the command of the process holding the tap."""
+        return self.domain or next((h.comm for h in self.holders if h.comm), "")
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,3 @@ class Diagnosis:
     def exit_code(self) -> int:
         """0 when nothing is wrong, 1 when a cause was found (usage errors exit 2 before this)."""
         return 0 if self.cause == "ok" else 1
-
-
-def qemu_guest_name(cmdline: tuple[str, ...]) -> str:
-    """The guest name from qemu's `-name guest=NAME,...` (or `-name NAME`), "" when absent."""
-    for i, arg in enumerate(cmdline[:-1]):
-        if arg == "-name":
-            value = cmdline[i + 1]
-            for part in value.split(","):
-                if part.startswith("guest="):
-                    return part[len("guest="):]
-            return value.split(",")[0] if "=" not in value.split(",")[0] else ""
-    return ""

@@ -7,6 +7,7 @@ from rich.console import Group
 from rich.panel import Panel
 from rich.text import Text
 
+from ..libvirt_xml import LibvirtInterface
 from ..records import Journey
 from ..sinks.jsonl import journey_to_dict
 from .model import Diagnosis
@@ -38,7 +39,9 @@ def to_json(d: Diagnosis, journeys: Sequence[Journey] = (), wall_offset_ns: int 
         "bridge": t.bridge.name if t and t.bridge else None,
         "tap_found_by": t.found_by if t else "none",
         "holders": [{"pid": h.pid, "fd": h.fd, "comm": h.comm} for h in (t.holders if t else ())],
+        "vm": (t.vm or None) if t else None,
         "libvirt_domain": (t.domain or None) if t else None,
+        "libvirt_interface": _interface_json(t.libvirt) if t and t.libvirt else None,
         "ips": list(t.ips) if t else [],
         "fdb": [{"netns": h.netns, "bridge": h.entry.master or None, "dev": h.entry.dev, "state": h.entry.state,
                  "vlan": h.entry.vlan} for h in (t.fdb if t else ())],
@@ -65,6 +68,11 @@ def render_text(d: Diagnosis, journeys: Sequence[Journey] = ()) -> Group:
         if d.counts:
             parts.append(Text(f"  • frames toward the guest during the {d.window_s:g} s window: " + ", ".join(
                 f"{n} {v}" for v, n in sorted(d.counts.items(), key=lambda kv: -kv[1]))))
+    t = d.target
+    if t is not None and t.libvirt is not None:
+        lv = t.libvirt
+        parts.append(Text(f"\nvm {lv.domain}'s interface ({lv.state or 'defined'}; from {lv.path}):", style="bold"))
+        parts.append(Text("  " + lv.xml.replace("\n", "\n  "), style="dim"))
     sample = _journey(journeys, d.sample)
     if sample is not None:
         parts.append(Text(f"\nsample journey #{sample.id}: {sample.summary} ({sample.verdict})", style="bold"))
@@ -107,9 +115,16 @@ def _target_line(d: Diagnosis) -> str:
         return ""
     ns = "" if t.netns in ("", "root") else f" in namespace {t.netns}"
     port = f", port of {t.bridge.name}" if t.bridge else ", in no bridge"
-    held = ", ".join(f"{h.comm} (pid {h.pid})" for h in t.holders) or "no process"
-    guest = f", guest {t.domain}" if t.domain else ""
+    held = ", ".join(f"{h.comm} (pid {h.pid}, fd {h.fd})" for h in t.holders) or "no process"
+    kind = f" <interface type='{t.libvirt.type}'>" if t.libvirt is not None else ""
+    guest = f"; vm {t.vm}{kind}" if t.vm else ""
     return f"guest tap: {t.tap.name}{ns}{port} (found by {t.found_by}); held by {held}{guest}"
+
+
+def _interface_json(lv: LibvirtInterface) -> dict:
+    return {"domain": lv.domain, "type": lv.type, "mac": lv.mac, "target_dev": lv.target_dev or None,
+            "managed": lv.target_managed, "source_bridge": lv.source_bridge or None, "state": lv.state or None,
+            "running": lv.live, "from": lv.path, "xml": lv.xml}
 
 
 def _journey(journeys: Sequence[Journey], jid: Optional[int]) -> Optional[Journey]:

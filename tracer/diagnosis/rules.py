@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from . import journeys as jv
 from .context import Context
-from .libvirt import bridge_interface_xml
+from ..libvirt_xml import bridge_interface_xml
 from .locate import libvirt_tap_mac
 from .model import Finding
 from .netfilter import Culprit, Probe, Ruleset
@@ -168,6 +168,17 @@ def rule_local_mac(ctx: Context) -> Optional[Finding]:
     up = [j for j in ctx.lost if jv.passed_up(j)]
     evidence = [f"FDB of {br.name}{ctx.where()}: {t.mac} is a local (permanent) entry on {holder}",
                 f"{ctx.tap}'s MAC is {t.tap.mac}; libvirt gives the taps it creates {fe}, never the guest's own MAC"]
+    lv = t.libvirt
+    unmanaged = lv is not None and (lv.type == "ethernet" or not lv.target_managed)
+    if unmanaged and holder == ctx.tap:
+        why = f"because {ctx.tap}, the tap of vm {lv.domain}, carries the guest's MAC"
+        managed = "" if lv.target_managed else " managed='no'"
+        evidence += [
+            f"vm {lv.domain}'s <interface type='{lv.type}'> uses {ctx.tap} as it finds it (<target dev='{ctx.tap}'"
+            f"{managed}/>): libvirt opened it and handed the fd to "
+            f"{ctx.holders_text()}, but left its MAC as whoever created it set it",
+            f"with <interface type='bridge'> libvirt creates the tap itself, gives it {fe} and adds it to the "
+            f"bridge, so the bridge never holds the guest's MAC: that is why type='bridge' works and this doesn't"]
     if up:
         drop = jv.first_drop(up)
         how = f"; dropped there as {drop.reason} at {drop.location}" if drop else "; consumed there"
@@ -183,7 +194,8 @@ def rule_local_mac(ctx: Context) -> Optional[Finding]:
                f"stack instead of {ctx.tap}")
     return Finding("local-mac", summary, tuple(evidence), fix, advice, xml,
                    facts={"bridge": br.name, "tap": ctx.tap, "tap_mac": t.tap.mac, "local_entry_dev": holder,
-                          "passed_up": len(up)},
+                          "passed_up": len(up), "vm": t.vm or None,
+                          "interface_type": lv.type if lv is not None else None},
                    journeys=jv.ids_of(up), basis=_basis(True, bool(up)))
 
 

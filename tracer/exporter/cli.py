@@ -27,8 +27,12 @@ from .service import ExporterConfig, exporter_session
               help="Re-read devices (VMs starting and stopping) every S seconds.")
 @click.option("--max-series", type=int, default=2000, show_default=True, metavar="N",
               help="Series per metric family; more are added into one series labelled _overflow.")
+@click.option("--connect", "libvirt_uri", metavar="URI",
+              help="libvirt URI whose domains name the taps' `vm` label (default: qemu:///system when it "
+                   "answers; without libvirt, qemu's -name or the command holding the tap).")
 def exporter_command(listen: str, netns: tuple[str, ...], bridges: tuple[str, ...], tls_cert: Optional[str],
-                     tls_key: Optional[str], refresh_seconds: float, max_series: int) -> None:
+                     tls_key: Optional[str], refresh_seconds: float, max_series: int,
+                     libvirt_uri: Optional[str]) -> None:
     """Count every bridge's forwarding verdicts, drops, tap delivery and FDB changes in the kernel;
     serve them to Prometheus."""
     try:
@@ -36,7 +40,7 @@ def exporter_command(listen: str, netns: tuple[str, ...], bridges: tuple[str, ..
             raise UsageError("--tls-cert and --tls-key go together")
         config = ExporterConfig(listen=Listen.parse(listen), filters=Filters(frozenset(netns), frozenset(bridges)),
                                 tls=Tls(tls_cert, tls_key) if tls_cert else None,
-                                refresh_seconds=refresh_seconds, max_series=max_series)
+                                refresh_seconds=refresh_seconds, max_series=max_series, libvirt_uri=libvirt_uri)
         stop = threading.Event()
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, lambda *_: stop.set())

@@ -7,7 +7,6 @@ placeholder, "ifindex:N", when it was never seen), so decoding never fails.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -63,19 +62,6 @@ def vm_mac_key(mac: str) -> int:
 
 def vm_macs(taps: Iterable[Device]) -> dict[int, tuple[int, int]]:
     return {vm_mac_key(d.mac): (d.netns, d.ifindex) for d in taps if d.is_tap and d.mac}
-
-
-_QEMU_NAME = re.compile(r"(?:^|,)guest=([^,]+)")
-
-
-def vm_name(cmdline: tuple[str, ...]) -> str:
-    """The VM name from a qemu command line (-name guest=NAME,… or -name NAME); "" if none."""
-    for i, arg in enumerate(cmdline[:-1]):
-        if arg == "-name":
-            value = cmdline[i + 1]
-            m = _QEMU_NAME.search(value)
-            return m.group(1) if m else value.split(",")[0]
-    return ""
 
 
 class Namer:

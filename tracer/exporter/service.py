@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 from .. import __version__
 from .collector import ExporterCollector, Filters
-from .labels import Inventory, Namer, vm_name
+from .labels import Inventory, Namer
 from .server import Listen, MetricsServer, Tls
 
 
@@ -22,20 +22,17 @@ class ExporterConfig:
     refresh_seconds: float = 5.0
     max_series: int = 2000  # per metric family
     max_kernel_series: int = 16384  # per kernel counter map
+    libvirt_uri: Optional[str] = None  # None: the default URI when a daemon answers there
 
 
-def machine_inventory() -> Inventory:
-    """Every namespace's devices from netlink, and VM names from the processes holding taps."""
+def machine_inventory(libvirt_uri: Optional[str] = None) -> Inventory:
+    """Every namespace's devices from netlink, and VM names: libvirt's domains, else the taps' holders."""
     from ..snapshot import machine_devices
     from ..taps import find_tap_holders
+    from ..vms import read_domains, tap_vm_names
 
     names, devices = machine_devices()
-    vms = {}
-    for h in find_tap_holders():
-        name = vm_name(h.cmdline)
-        if name:
-            vms[(h.tap_netns, h.iff)] = name
-    return Inventory.build(names, devices, vms)
+    return Inventory.build(names, devices, tap_vm_names(read_domains(libvirt_uri), find_tap_holders()))
 
 
 def kernel_namer(features) -> Namer:
@@ -62,6 +59,7 @@ class ExporterSession:
 def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[ExporterSession]:
     from ..features import require
     from ..runtime import machine_features
+    from ..vms import read_domains
     from .program import ExporterProgram
 
     features = machine_features()
@@ -69,7 +67,10 @@ def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[
     stop = threading.Event()
     with ExitStack() as stack:
         program = stack.enter_context(ExporterProgram(features, max_series=config.max_kernel_series))
-        collector = ExporterCollector(program, kernel_namer(features), machine_inventory,
+        if config.libvirt_uri is not None:
+            read_domains(config.libvirt_uri)  # an explicit --connect must answer now, not at a later refresh
+        collector = ExporterCollector(program, kernel_namer(features),
+                                      lambda: machine_inventory(config.libvirt_uri),
                                       filters=config.filters, max_series=config.max_series,
                                       build={"version": __version__, "kernel": os.uname().release})
         collector.refresh()

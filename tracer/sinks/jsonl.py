@@ -25,6 +25,7 @@ def journey_to_dict(j: Journey, wall_offset_ns: int) -> dict:
         "verdict": j.verdict,
         "bridge": j.bridge or None,
         "toward_guest": j.toward_guest,
+        "vm": j.vm or None,
         "note": j.note or None,
         "drop": ({"reason": j.reason, "location": j.location, "dev": j.drop_dev}
                  if j.verdict == "dropped" else None),
@@ -54,7 +55,7 @@ def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
         frame=b"", verdict=d["verdict"], reason=drop.get("reason", ""), location=drop.get("location", ""),
         drop_dev=drop.get("dev", ""), flood_ports=list(flood.get("ports", [])),
         flood_missed=list(flood.get("missed", [])), bridge=d.get("bridge") or "",
-        toward_guest=d["toward_guest"], note=d.get("note") or "",
+        toward_guest=d["toward_guest"], note=d.get("note") or "", vm=d.get("vm") or "",
         hops=[Hop(start + round(h["t_us"] * 1000), h["copy"], h["event"], h["netns"], h["dev"], h["role"] or "",
                   h["reason"] or "", h["location"] or "", h["reader"] or "") for h in d["hops"]],
         copies=[Copy(c["copy"], c["outcome"], c["dev"], c["netns"], c["reason"] or "", c["location"] or "",
