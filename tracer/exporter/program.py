@@ -104,6 +104,7 @@ class ExporterProgram:
         except ImportError:
             raise EnvironmentProblem("bcc is not importable: install Debian's python3-bpfcc (scripts/setup.sh)") from None
         self._bpf = None
+        self._first_devices = True
         features.headers.apply()
         cflags = exporter_cflags(features, bridge_offsets(features.btf_path or "/sys/kernel/btf/vmlinux"),
                                  max_series, max_frames)
@@ -136,11 +137,21 @@ class ExporterProgram:
         want = {(r.netns, r.ifindex): (r.role, r.bridge) for r in roles}
         table = self._bpf[b"devs"]
         have = {(k.netns, k.ifindex): (v.role, v.bridge) for k, v in table.items()}
+        changed = False
         for key in have.keys() - want.keys():
             del table[DevKey(*key)]
+            changed = True
         for key, val in want.items():
             if have.get(key) != val:
                 table[DevKey(*key)] = DevVal(*val)
+                changed = True
+        if changed or self._first_devices:
+            # The hooks cache `devs`' answer per net_device pointer, tagged with this generation
+            # (bpf/exporter.c, devc): a new generation makes them ask again. Also bumped on the
+            # first call, so nothing cached before it outlives it.
+            gen = self._bpf[b"devgen"]
+            gen[ctypes.c_int(0)] = ctypes.c_uint64(gen[ctypes.c_int(0)].value + 1)
+            self._first_devices = False
         macs = self._bpf[b"vm_macs"]
         have_macs = {k.value: (v.netns, v.ifindex) for k, v in macs.items()}
         for mac in have_macs.keys() - vm_macs.keys():
