@@ -149,6 +149,11 @@ def pytest_sessionfinish(session, exitstatus):
             continue
         gone = subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0
         leftovers.append(f"network namespace {name} ({'removed now' if gone else 'could not remove it'})")
+    # The libvirt lab's devices live in the root namespace; their names carry our pid.
+    for dev in sorted(os.listdir("/sys/class/net")):
+        if re.match(rf"^tv{os.getpid()}x\d+[but]\d*$", dev):
+            subprocess.run(["ip", "link", "del", dev], capture_output=True)
+            leftovers.append(f"root-namespace device {dev} of the libvirt lab (removed now)")
     leftovers += _tracing_bpf_held_here()
     session.config.stash[_leftovers_key] = leftovers
     # An interrupted or broken run keeps its own, more telling, exit status.

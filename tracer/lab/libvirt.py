@@ -327,13 +327,14 @@ class LibvirtLab:
 
     # -- domains -------------------------------------------------------------------------------
 
-    def add_domain(self, kind: str, iface: str, tap_mac: str = "libvirt") -> LabDomain:
+    def add_domain(self, kind: str, iface: str, tap_mac: str = "libvirt", wait: bool = True) -> LabDomain:
         """Start a transient domain named <prefix>-<kind> with one NIC.
 
         iface='bridge': libvirt creates the tap (vnetN, fe: + the guest MAC) and adds it to the
         bridge. iface='ethernet': the lab creates a tap first (with the guest's own MAC when
         tap_mac='guest', as in the original report), adds it to the bridge, and the domain uses it
-        as it is (<target dev=… managed='no'/>). Returns once the guest has configured its address."""
+        as it is (<target dev=… managed='no'/>). Returns once the guest has configured its address
+        (wait=False: at once; call wait_ready, e.g. after starting the other guests)."""
         if iface not in ("bridge", "ethernet"):
             raise ValueError(f"iface must be 'bridge' or 'ethernet', not {iface!r}")
         libvirt = _libvirt()
@@ -387,10 +388,11 @@ class LibvirtLab:
             conn.close()
         if iface == "bridge" and domain.tap:
             _run("sysctl", "-qw", f"net.ipv6.conf.{domain.tap}.disable_ipv6=1", check=False)
-        self._wait_ready(domain)
+        if wait:
+            self.wait_ready(domain)
         return domain
 
-    def _wait_ready(self, d: LabDomain) -> None:
+    def wait_ready(self, d: LabDomain) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
             text = d.console.read_text(errors="replace") if d.console.exists() else ""
