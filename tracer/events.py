@@ -23,16 +23,23 @@ def decode(raw: bytes) -> Event:
                           "tracer/events.py disagree")
     ts, skb, location, netns, ifindex, frame_len, reason, hook, cap_len, cpu, name, data = \
         _LAYOUT.unpack(raw)
-    try:
-        hook_ = Hook(hook)
-    except ValueError:
-        raise DecodeError(f"unknown hook {hook}") from None
+    hook_ = _HOOKS.get(hook)
+    if hook_ is None:
+        raise DecodeError(f"unknown hook {hook}")
+    ifname = _NAMES.get(name)
+    if ifname is None:
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        ifname = _NAMES[name] = name.split(b"\0", 1)[0].decode("utf-8", "replace")
     return Event(
-        ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex,
-        ifname=name.split(b"\0", 1)[0].decode("utf-8", "replace"),
-        frame_len=frame_len, data=data[:min(cap_len, SNAPLEN)], reason=reason,
+        ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex, ifname=ifname,
+        frame_len=frame_len, data=data if cap_len >= SNAPLEN else data[:cap_len], reason=reason,
         location=location, cpu=cpu,
     )
+
+
+_HOOKS = {int(h): h for h in Hook}
+_NAMES: dict[bytes, str] = {}  # the 16 raw bytes of an ifname -> its name (few devices, many events)
 
 
 def to_dict(e: Event) -> dict:

@@ -23,7 +23,7 @@ _ICMP6_TYPES = {
 
 
 def mac_str(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
+    return b.hex(":") if b else ""
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,24 @@ class FrameInfo:
         return self.dst_mac == "ff:ff:ff:ff:ff:ff"
 
 
+_DECODED: dict[bytes, "FrameInfo"] = {}
+_DECODED_MAX = 4096
+
+
 def decode(frame: bytes) -> FrameInfo:
-    """Decode as much as the captured bytes allow; never raises on short or odd frames."""
+    """Decode as much as the captured bytes allow; never raises on short or odd frames.
+
+    Remembered for the last few thousand frames (FrameInfo is immutable): follow decodes each
+    journey's frame when it builds the journey and again when it annotates it."""
+    info = _DECODED.get(frame)
+    if info is None:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        info = _DECODED[frame] = _decode(bytes(frame))
+    return info
+
+
+def _decode(frame: bytes) -> FrameInfo:
     if len(frame) < 14:
         return FrameInfo("", "", 0, f"runt frame ({len(frame)} bytes captured)")
     dst, src = mac_str(frame[0:6]), mac_str(frame[6:12])
