@@ -20,7 +20,9 @@ installed() {  # prints the packages among "$@" that are fully installed (dpkg -
   { dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true; } | awk '$2 == "installed" {print $1}'
 }
 
-packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static)
+# qemu-system-x86, busybox-static: the lab's real guest (docs/lab.md); libvirt-*: a real libvirtd for the
+# tests of the original report's two interface types, and python3-libvirt for --vm (read-only).
+packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt)
 have=" $(installed "${packages[@]}" | tr '\n' ' ') "
 missing=()
 for p in "${packages[@]}"; do
