@@ -16,6 +16,9 @@ from .records import Device, Event, Journey
 from .stitch import Namer, Stitcher
 
 
+EXIT_BUDGET_S = 0.5  # after a signal: time allowed for the backlog once the BPF program is detached
+
+
 class EventSource(Protocol):
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None: ...
     def drain(self, sink: Callable[[bytes], None]) -> None: ...
@@ -39,6 +42,9 @@ class FollowSummary:
     events: int = 0
     learned_ips: list[str] = field(default_factory=list)
     stopped_by: str = ""
+    # Stopped by a signal with more backlog than EXIT_BUDGET_S allows: what was not decoded / written.
+    discarded_events: int = 0
+    discarded_journeys: int = 0
 
     def line(self) -> str:
         parts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items(), key=lambda kv: -kv[1]))
@@ -46,12 +52,16 @@ class FollowSummary:
         text += f"; {self.lost_events} events lost"
         if self.decode_errors:
             text += f"; {self.decode_errors} undecodable events"
+        if self.discarded_events or self.discarded_journeys:
+            text += (f"; at exit {self.discarded_events} events and {self.discarded_journeys} journeys "
+                     f"of the backlog discarded, not written (over the {EXIT_BUDGET_S} s exit budget)")
         return text
 
     def as_dict(self) -> dict:
         return {"journeys": self.journeys, "verdicts": dict(self.verdicts), "lost_events": self.lost_events,
                 "decode_errors": self.decode_errors, "late_events": self.late_events, "events": self.events,
-                "learned_ips": self.learned_ips, "stopped_by": self.stopped_by}
+                "learned_ips": self.learned_ips, "stopped_by": self.stopped_by,
+                "discarded_events": self.discarded_events, "discarded_journeys": self.discarded_journeys}
 
 
 def guest_taps(devices: Iterable[Device], mac: str) -> list[Device]:
@@ -181,11 +191,30 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
         if close is not None:
             close()
         detached = True
-        for raw in backlog:
-            take(raw)
-        emit(pending)
-        if not (config.count is not None and summary.journeys >= config.count):
-            emit(stitcher.flush(time.monotonic_ns(), final=True))
+        # Stopped by the user under load, the backlog can take many seconds to write: give it
+        # EXIT_BUDGET_S, then count what is left as discarded (shown in the summary), never silently.
+        budget_end = time.monotonic() + EXIT_BUDGET_S if summary.stopped_by == "signal" else None
+
+        def in_budget() -> bool:
+            return budget_end is None or time.monotonic() < budget_end
+
+        for i in range(0, len(backlog), 256):
+            if not in_budget():
+                summary.discarded_events = len(backlog) - i
+                break
+            for raw in backlog[i:i + 256]:
+                take(raw)
+        done = config.count is not None and summary.journeys >= config.count
+        while pending and not done and in_budget():
+            chunk, pending[:] = pending[:256], pending[256:]
+            done = emit(chunk)
+        while not done and in_budget():
+            out = stitcher.flush(time.monotonic_ns(), final=True, limit=256 if budget_end else None)
+            if not out:
+                break
+            done = emit(out)
+        if not done:
+            summary.discarded_journeys = len(pending) + stitcher.open_journeys
         summary.late_events = stitcher.stats.late_events
         for s in sinks:
             s.summary(summary)
