@@ -84,7 +84,8 @@ def render_text(d: Diagnosis, journeys: Sequence[Journey] = ()) -> Group:
         parts.append(Text("\nwhat to do:" if not d.fix else "\nalso:", style="bold"))
         parts += [Text(f"  • {a}") for a in d.advice]
     if d.libvirt_xml:
-        parts.append(Text("\nlibvirt domain XML (virsh edit DOMAIN):", style="bold"))
+        domain = d.target.domain if d.target is not None and d.target.libvirt is not None else "DOMAIN"
+        parts.append(Text(f"\nlibvirt domain XML (virsh edit {domain}):", style="bold"))
         parts.append(Text("  " + d.libvirt_xml.replace("\n", "\n  "), style="cyan"))
     if d.also:
         parts.append(Text("\nafter that, also: " + ", ".join(d.also), style="yellow"))

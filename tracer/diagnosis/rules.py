@@ -36,6 +36,10 @@ def _n(count: int, what: str) -> str:
     return f"{count} {what}" + ("" if count == 1 else "s")
 
 
+def _were(count: int) -> str:
+    return "was" if count == 1 else "were"
+
+
 def _basis(config: bool, traffic: bool) -> str:
     return "configuration+traffic" if config and traffic else ("traffic" if traffic else "configuration")
 
@@ -182,7 +186,7 @@ def rule_local_mac(ctx: Context) -> Optional[Finding]:
     if up:
         drop = jv.first_drop(up)
         how = f"; dropped there as {drop.reason} at {drop.location}" if drop else "; consumed there"
-        evidence.append(f"{_n(len(up), 'frame')} for the guest were passed up to {br.name}'s host stack "
+        evidence.append(f"{_n(len(up), 'frame')} for the guest {_were(len(up))} passed up to {br.name}'s host stack "
                         f"instead of {ctx.tap}{how}")
     elif not ctx.toward:
         evidence.append("found from the configuration alone: no frame for the guest was needed")
@@ -205,7 +209,7 @@ def rule_port_not_forwarding(ctx: Context) -> Optional[Finding]:
     if br is None or p is None or t.tap is None:
         return None
     skipped = [j for j in ctx.lost if not jv.dropped_copies(j)]
-    seen = (f"{_n(len(skipped), 'frame')} for the guest were never sent to {ctx.tap} (the bridge skips ports "
+    seen = (f"{_n(len(skipped), 'frame')} for the guest {_were(len(skipped))} never sent to {ctx.tap} (the bridge skips ports "
             "that don't forward; nothing is dropped)",) if skipped else ()
     facts = {"bridge": br.name, "port": p.name, "admin_up": p.admin_up, "carrier": p.carrier,
              "stp_state": p.stp_state, "stp_mode": br.stp_mode}
@@ -688,7 +692,7 @@ def rule_ok(ctx: Context) -> Optional[Finding]:
         return None
     who = jv.readers(read, ctx.tap)
     reader = ", ".join(who) if who else ctx.holders_text()
-    evidence = [f"{_n(len(read), 'frame')} for the guest were delivered to {ctx.tap} and read by {reader}"]
+    evidence = [f"{_n(len(read), 'frame')} for the guest {_were(len(read))} delivered to {ctx.tap} and read by {reader}"]
     if ctx.lost:
         evidence.append(f"{_n(len(ctx.lost), 'other frame')} for the guest didn't reach {ctx.tap} but weren't dropped "
                         "either (" + ", ".join(sorted({j.verdict for j in ctx.lost})) + ")")
