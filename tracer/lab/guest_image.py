@@ -276,13 +276,34 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def kernel_package_name() -> str:
-    """The versioned package the meta package points at, e.g. linux-image-6.1.0-56-cloud-amd64."""
+APT_LISTS = Path("/var/lib/apt/lists")
+
+
+def _apt_lists_stamp() -> str:
+    """Changes whenever apt-get update rewrites the package lists."""
+    try:
+        return str(max((p.stat().st_mtime_ns for p in APT_LISTS.glob("*_Packages*")), default=0))
+    except OSError:
+        return "0"
+
+
+def kernel_package_name(cache_dir: Optional[Path] = None) -> str:
+    """The versioned package the meta package points at, e.g. linux-image-6.1.0-56-cloud-amd64.
+
+    apt-cache takes a second; with cache_dir, the answer is kept there until the apt lists change."""
+    memo = cache_dir / "kernel-package" if cache_dir else None
+    stamp = _apt_lists_stamp()
+    if memo and memo.is_file():
+        saved_stamp, _, saved = memo.read_text().partition(" ")
+        if saved_stamp == stamp and saved.strip():
+            return saved.strip()
     p = _apt("apt-cache", "depends", KERNEL_META_PACKAGE)
     names = re.findall(r"Depends:\s*(linux-image-\S+)", p.stdout)
     if p.returncode or not names:
         raise EnvironmentProblem(f"guest image: can't find the kernel package: apt-cache depends {KERNEL_META_PACKAGE}: "
                                  f"{_last_line(p.stderr or p.stdout)} (run apt-get update?)")
+    if memo:
+        memo.write_text(f"{stamp} {names[0]}\n")
     return names[0]
 
 
@@ -329,7 +350,7 @@ def ensure_guest_image(cache_dir: Path = DEFAULT_CACHE_DIR) -> GuestImage:
         raise EnvironmentProblem(f"guest image: {BUSYBOX} is missing; install busybox-static (scripts/setup.sh)")
     with _locked(cache_dir):
         try:
-            package = kernel_package_name()
+            package = kernel_package_name(cache_dir)
             deb = _download(package, cache_dir / "debs")
         except EnvironmentProblem:
             cached = _cached_images(cache_dir)
