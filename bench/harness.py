@@ -454,6 +454,8 @@ class Bench:
                 result["journeys"] = s.get("journeys")
                 result["events"] = s.get("events")
                 result["lost_events"] = s.get("lost_events")
+                result["discarded_events"] = s.get("discarded_events")
+                result["discarded_journeys"] = s.get("discarded_journeys")
                 if config == "follow-match" and s:
                     # journeys handled in the window: all lines written after it began (the summary
                     # line excepted), over the window; the backlog drained at the end belongs to it
@@ -645,7 +647,8 @@ def run_bench(p: Params, log: Callable[[str], None] = print) -> dict:
 
 
 FIGURES = ["delivered_fps", "ratio", "tool_cpu_frac", "tool_cpu_s", "journeys_per_s", "lost_events",
-           "attach_s", "first_event_s", "peak_rss_mb", "detach_s", "exit_s", "bpf_ns_per_frame", "command_s"]
+           "attach_s", "first_event_s", "peak_rss_mb", "detach_s", "exit_s", "bpf_ns_per_frame", "command_s",
+           "discarded_events", "discarded_journeys"]
 
 
 def aggregate(results: dict) -> dict:

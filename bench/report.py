@@ -59,6 +59,8 @@ ROWS = [
     ("peak resident memory (VmHWM)", "peak_rss_mb", "mb"),
     ("SIGINT → BPF programs detached", "detach_s", "s"),
     ("SIGINT → process exited", "exit_s", "s"),
+    ("backlog events discarded at exit (follow's exit budget)", "discarded_events", "int"),
+    ("backlog journeys discarded at exit (follow's exit budget)", "discarded_journeys", "int"),
     ("diagnose: command run time", "command_s", "s"),
 ]
 
