@@ -39,28 +39,32 @@ def wall_offset_ns() -> int:
 
 def make_namer(features, vms: Optional[VmInventory] = None) -> Namer:
     from .kallsyms import Kallsyms
+    from .netns import root_netns
     from .taps import find_tap_holders, qemu_guest_name
 
     ksyms = Kallsyms.load()
     reasons = features.drop_reasons
     cache: dict[tuple[int, str], str] = {}
+    root = root_netns().inode  # libvirt's qemu driver keeps its taps here
 
     def tap_reader(netns: int, dev: str) -> str:
         key = (netns, dev)
         if key not in cache:
             holders = [h for h in find_tap_holders() if h.iff == dev]
             same_ns = [h for h in holders if (h.dev_netns or h.netns) == netns] or holders
-            domain = vms.by_tap(dev) if vms is not None else None
-            cache[key] = ", ".join(
-                f"{h.comm} (pid {h.pid}, fd {h.fd}"
-                + (f", vm {domain.domain}" if domain else
-                   f", vm {qemu_guest_name(h.cmdline)}" if qemu_guest_name(h.cmdline) else "") + ")"
-                for h in same_ns)
+            iface = vms.by_tap(dev) if vms is not None and netns == root else None
+            cache[key] = ", ".join(_reader(h, iface.domain if iface else qemu_guest_name(h.cmdline))
+                                   for h in same_ns)
         return cache[key]
 
     return Namer(reason=lambda r: reasons.get(r, f"unknown:{r}"),
                  symbol=lambda a: ksyms.symbolize(a) if a else "",
                  tap_reader=tap_reader)
+
+
+def _reader(h, vm: str) -> str:
+    """'qemu-system-x86 (pid 812, fd 31, vm web1)': who reads the tap, through which fd, for which VM."""
+    return f"{h.comm} (pid {h.pid}, fd {h.fd}" + (f", vm {vm})" if vm else ")")
 
 
 class PcapJourneys:

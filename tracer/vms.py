@@ -160,11 +160,12 @@ def vm_of_mac(inventory: VmInventory, mac: str, taps: Iterable[tuple[int, str, s
     return next((h.vm_name for h in holders if (h.tap_netns, h.iff) in ours and h.vm_name), "")
 
 
-def tap_vm_names(inventory: VmInventory, holders: Iterable[TapHolder]) -> dict[tuple[int, str], str]:
-    """(tap's netns inode, tap name) -> VM name: libvirt's domain where it has one, else the holder's name."""
+def tap_vm_names(inventory: VmInventory, holders: Iterable[TapHolder], root_netns: int) -> dict[tuple[int, str], str]:
+    """(tap's netns inode, tap name) -> VM name: libvirt's domain where it has one (libvirt's qemu
+    driver keeps taps in the root namespace), else the holder's name."""
     names: dict[tuple[int, str], str] = {}
     for h in holders:
-        iface = inventory.by_tap(h.iff)
+        iface = inventory.by_tap(h.iff) if h.tap_netns == root_netns else None
         name = iface.domain if iface is not None else h.vm_name
         if name:
             names.setdefault((h.tap_netns, h.iff), name)

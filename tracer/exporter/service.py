@@ -27,12 +27,14 @@ class ExporterConfig:
 
 def machine_inventory(libvirt_uri: Optional[str] = None) -> Inventory:
     """Every namespace's devices from netlink, and VM names: libvirt's domains, else the taps' holders."""
+    from ..netns import root_netns
     from ..snapshot import machine_devices
     from ..taps import find_tap_holders
     from ..vms import read_domains, tap_vm_names
 
     names, devices = machine_devices()
-    return Inventory.build(names, devices, tap_vm_names(read_domains(libvirt_uri), find_tap_holders()))
+    vms = tap_vm_names(read_domains(libvirt_uri), find_tap_holders(), root_netns().inode)
+    return Inventory.build(names, devices, vms)
 
 
 def kernel_namer(features) -> Namer:
