@@ -29,7 +29,7 @@ from typing import Optional
 from xml.sax.saxutils import quoteattr
 
 from .guest_image import READY_MARKER, ensure_guest_image, guest_cmdline
-from .topology import LabCommandFailed, PingResult, _track, libvirt_tap_mac, pid_alive, random_guest_mac
+from .topology import GuestFailed, LabCommandFailed, PingResult, _track, libvirt_tap_mac, pid_alive, random_guest_mac
 
 URI = "qemu:///system"
 DOMAIN_PREFIX = "ttlv"
@@ -399,8 +399,8 @@ class LibvirtLab:
             if READY_MARKER in text:
                 return
             time.sleep(0.2)
-        tail = "\n".join((d.console.read_text(errors="replace") if d.console.exists() else "").splitlines()[-15:])
-        raise RuntimeError(f"domain {d.name} did not boot within {BOOT_TIMEOUT:g} s; console:\n{tail}")
+        tail = " | ".join((d.console.read_text(errors="replace") if d.console.exists() else "").splitlines()[-15:])
+        raise GuestFailed(f"domain {d.name} did not boot within {BOOT_TIMEOUT:g} s; console: {tail}")
 
     # -- traffic -------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import EnvironmentProblem
+from ..errors import EnvironmentProblem, TapttraceError
 from .guest import link_local
 
 PREFIX = "ttlab"
@@ -79,6 +79,10 @@ class LabSpec:
 class PingResult:
     sent: int
     received: int
+
+
+class GuestFailed(TapttraceError):
+    """The lab's guest did not come up; one line for `tapttrace demo` (exit 1: the demo did not work)."""
 
 
 class LabCommandFailed(subprocess.CalledProcessError):
@@ -270,7 +274,7 @@ class Lab:
                 g.wait(timeout=3)
             err = g.stderr.read().strip() if g.stderr else ""
             self.stop_guest()
-            raise RuntimeError(f"lab guest did not start ({status}): {line.strip()} {err}".strip())
+            raise GuestFailed(f"lab guest did not start ({status}): {line.strip()} {err}".strip())
 
     def _start_qemu(self) -> None:
         from .guest_image import READY_MARKER, ensure_guest_image, guest_cmdline
@@ -305,12 +309,12 @@ class Lab:
                 self.stop_guest()
                 tail = " | ".join((text.strip().splitlines() or ["(console empty)"])[-8:])
                 qemu_said = log.read_text(errors="replace").strip()
-                raise RuntimeError(f"lab qemu guest did not boot ({status}); console: {tail}"
+                raise GuestFailed(f"lab qemu guest did not boot ({status}); console: {tail}"
                                    + (f"; qemu: {qemu_said[-500:]}" if qemu_said else ""))
             time.sleep(0.05)
         if "TAPTTRACE-GUEST-FAILED" in text:
             self.stop_guest()
-            raise RuntimeError(f"lab qemu guest failed: {text.strip().splitlines()[-1]}")
+            raise GuestFailed(f"lab qemu guest failed: {text.strip().splitlines()[-1]}")
         if not self.spec.guest_reads:
             self.pause_guest()  # holds the tap, reads nothing: what --no-read does for the stub
 
