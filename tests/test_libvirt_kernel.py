@@ -154,8 +154,11 @@ def test_vm_errors_are_one_line_with_meaningful_exit_codes(lv):
     assert code == 2 and "no such domain" in err and br.name in err and len(err.strip().splitlines()) == 1
     code, _, err = run_tapttrace("follow", "--vm", br.name, "02:00:00:00:00:09")
     assert code == 2 and "no interface with MAC" in err
-    code, _, err = run_tapttrace("follow", "--vm", br.name, "--connect", "qemu+unix:///system?socket=/nonexistent")
-    assert code == 3 and "cannot connect to libvirt" in err and len(err.strip().splitlines()) == 1
+    bad_uri = "qemu+unix:///system?socket=/nonexistent"
+    for command in ("follow", "diagnose", "exporter"):
+        args = (command, "--vm", br.name) if command != "exporter" else (command,)
+        code, _, err = run_tapttrace(*args, "--connect", bad_uri, timeout=30)
+        assert code == 3 and "cannot connect to libvirt" in err and len(err.strip().splitlines()) == 1, (command, err)
 
 
 def test_exporter_labels_taps_with_their_domains(lv, tmp_path):

@@ -64,13 +64,13 @@ def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[
     from ..vms import read_domains
     from .program import ExporterProgram
 
+    if config.libvirt_uri is not None:
+        read_domains(config.libvirt_uri)  # an explicit --connect must answer now, not at a later refresh
     features = machine_features()
     require(features)
     stop = threading.Event()
     with ExitStack() as stack:
         program = stack.enter_context(ExporterProgram(features, max_series=config.max_kernel_series))
-        if config.libvirt_uri is not None:
-            read_domains(config.libvirt_uri)  # an explicit --connect must answer now, not at a later refresh
         collector = ExporterCollector(program, kernel_namer(features),
                                       lambda: machine_inventory(config.libvirt_uri),
                                       filters=config.filters, max_series=config.max_series,
