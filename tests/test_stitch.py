@@ -129,3 +129,74 @@ def test_lab_guest_without_arp_leaves_flooded_requests_read_by_the_guest():
         assert j.summary == "ARP who-has 198.51.100.10 tell 198.51.100.1"
         assert j.verdict == "flooded" and j.flood_ports == ["vnet0"] and j.toward_guest
         assert {c.outcome for c in j.copies} == {"delivered", "local"}
+
+
+# -- flush: what is due, in order, without scanning what is not -----------------------------------
+
+def _single_copy_events(rec):
+    """The events of the first unicast echo of the healthy recording (one skb, ends with a read)."""
+    echo = [e for e in rec.events if e.data[12:14] == b"\x08\x00" and e.data[:6] != b"\xff" * 6]
+    return [e for e in echo if e.skb == echo[0].skb]
+
+
+def _shifted(evs, k, dt):
+    return [replace(e, ts_ns=e.ts_ns + dt, skb=e.skb + (k << 24), data=e.data[:20] + bytes([k]) + e.data[21:])
+            for e in evs]
+
+
+def test_flush_returns_ended_journeys_after_the_grace_period_and_idle_ones_after_the_idle_time():
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    mine = _single_copy_events(rec)
+    idle = 10 * (mine[-1].ts_ns - mine[0].ts_ns) + 10
+    st = Stitcher(rec.devices, rec.namer, grace_ns=100, idle_ns=idle)
+    t0 = mine[0].ts_ns
+    ended = _shifted(mine, 1, 0)
+    unfinished = _shifted(mine[:-1], 2, 0)
+    for e in ended + unfinished:
+        st.feed(e)
+    end = ended[-1].ts_ns
+    assert st.flush(end + 99) == []  # still within the grace period: a clone may show up
+    (j,) = st.flush(end + 100)
+    assert j.verdict == "delivered"
+    last = unfinished[-1].ts_ns
+    assert st.flush(last + idle - 1) == [] and st.open_journeys == 1
+    (j,) = st.flush(last + idle)
+    assert j.verdict == "queued" and st.open_journeys == 0
+    assert t0 <= j.first_ns
+
+
+def test_flush_of_many_due_journeys_is_by_first_event_and_limit_takes_the_earliest_due():
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    mine = _single_copy_events(rec)
+    span = mine[-1].ts_ns - mine[0].ts_ns
+    st = Stitcher(rec.devices, rec.namer, grace_ns=0, idle_ns=10 * span + 10)
+    evs = []
+    for k in range(1, 9):
+        evs += _shifted(mine if k % 2 else mine[:-1], k, k * (span + 1))
+    for e in evs:
+        st.feed(e)
+    now = evs[-1].ts_ns
+    first = st.flush(now, limit=3)  # the ended ones are due at once (no grace), the others not yet
+    assert [j.verdict for j in first] == ["delivered"] * 3
+    rest = st.flush(now)
+    assert [j.verdict for j in rest] == ["delivered"]
+    assert [j.first_ns for j in first] == sorted(j.first_ns for j in first)
+    assert st.open_journeys == 4
+    later = st.flush(now + 10 * span + 10)
+    assert [j.verdict for j in later] == ["queued"] * 4
+    assert [j.first_ns for j in later] == sorted(j.first_ns for j in later)
+    assert sorted(j.id for j in first + rest + later) == list(range(1, 9))
+
+
+def test_a_journey_that_sees_events_again_is_not_idle_and_a_shorter_idle_time_applies_at_once():
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    mine = _single_copy_events(rec)
+    st = Stitcher(rec.devices, rec.namer, idle_ns=1000)
+    for e in mine[:-2]:
+        st.feed(e)
+    late = replace(mine[-2], ts_ns=mine[-3].ts_ns + 900)
+    st.feed(late)
+    assert st.flush(mine[-3].ts_ns + 1000) == []  # its heap entry comes up, but it saw an event since
+    st.idle_ns = 100  # e.g. while events are being lost
+    (j,) = st.flush(late.ts_ns + 100)
+    assert j.verdict == "queued" and st.open_journeys == 0

@@ -17,6 +17,12 @@ from .stitch import Namer, Stitcher
 
 
 EXIT_BUDGET_S = 0.5  # after a signal: time allowed for the backlog once the BPF program is detached
+# While the kernel is losing events, a journey whose last event was lost would stay open for the
+# stitcher's whole idle time (1 s) and every open journey costs memory and time: give up on
+# unfinished ones after LOSSY_IDLE_NS instead, until no event was lost for LOSSY_QUIET_S.
+LOSSY_IDLE_NS = 100_000_000
+LOSSY_QUIET_S = 2.0
+LOST_CHECK_S = 0.25
 
 
 class EventSource(Protocol):
@@ -169,8 +175,19 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 on_journey(j)
         return config.count is not None and summary.journeys >= config.count
 
+    normal_idle_ns = stitcher.idle_ns
+    lost_seen, lost_check, lossy_until = 0, 0.0, 0.0
     try:
         while True:
+            now = time.monotonic()
+            if now >= lost_check:
+                lost_check = now + LOST_CHECK_S
+                lost = source.lost()
+                if lost > lost_seen:
+                    lost_seen, lossy_until = lost, now + LOSSY_QUIET_S
+                    stitcher.idle_ns = min(normal_idle_ns, LOSSY_IDLE_NS)
+                elif now >= lossy_until:
+                    stitcher.idle_ns = normal_idle_ns
             if stop.is_set():
                 summary.stopped_by = "signal"
                 break

@@ -8,7 +8,9 @@ from a device, or sent by a stack on a device that is not a bridge port).
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable, Optional, Protocol
 
 from . import frames
@@ -71,7 +73,14 @@ class StitchStats:
 
 
 class Stitcher:
-    """Feed events in ring-buffer order; collect finished journeys with flush()."""
+    """Feed events in ring-buffer order; collect finished journeys with flush().
+
+    flush() costs what is due, not what is open: journeys whose every copy ended wait in
+    `_ended` in the order they ended (a dict used as an ordered queue), and every open journey
+    has an entry (last event time when pushed, id) in the heap `_idle`; flush pops both from
+    the front only while the front is due. An entry whose journey saw events since it was
+    pushed is pushed again with its new last event time when it comes up.
+    """
 
     def __init__(self, devices: DeviceDirectory, namer: Namer = Namer(), *,
                  clone_window_ns: int = 10 * MS, grace_ns: int = 20 * MS, idle_ns: int = 1000 * MS):
@@ -79,11 +88,16 @@ class Stitcher:
         self.namer = namer
         self.clone_window_ns = clone_window_ns
         self.grace_ns = grace_ns
+        # An unfinished journey (a copy whose end was never seen) is given up after idle_ns without
+        # events. The caller may shorten it while events are being lost (see run_follow): a lost
+        # consume/kfree event otherwise keeps the journey in memory for the whole idle time.
         self.idle_ns = idle_ns
         self.stats = StitchStats()
         self._live: dict[int, tuple[_JourneyState, _CopyState]] = {}
         self._by_fp: dict[bytes, _JourneyState] = {}
         self._open: dict[int, _JourneyState] = {}
+        self._ended: dict[int, _JourneyState] = {}  # every copy ended, in the order they did
+        self._idle: list[tuple[int, int]] = []  # heap of (last_ns when pushed, journey id)
         self._retired: dict[int, bytes] = {}  # skb -> fingerprint of reported journeys' unfinished copies
         self._next_id = 1
 
@@ -111,6 +125,10 @@ class Stitcher:
             self._next_id += 1
             self._open[js.id] = js
             self._by_fp[fp] = js
+            heapq.heappush(self._idle, (ev.ts_ns, js.id))
+        elif js.id in self._ended:
+            del self._ended[js.id]  # a clone of an ended journey: it is live again
+            js.ended_ns = 0
         cs = _CopyState(len(js.copies), ev.skb)
         js.copies.append(cs)
         self._live[ev.skb] = (js, cs)
@@ -130,27 +148,53 @@ class Stitcher:
 
     def _add(self, js: _JourneyState, cs: _CopyState, ev: Event, dev: Optional[Device]) -> None:
         cs.events.append((ev, dev))
-        js.last_ns = max(js.last_ns, ev.ts_ns)
+        if ev.ts_ns > js.last_ns:
+            js.last_ns = ev.ts_ns
         if ev.hook in (Hook.DROP, Hook.CONSUME):
             cs.ended = True
             self._live.pop(ev.skb, None)
             if not js.live:
                 js.ended_ns = js.last_ns
+                ended = self._ended
+                ended.pop(js.id, None)  # ended again (a consume after the last copy's drop): to the back
+                ended[js.id] = js
 
     def flush(self, now_ns: int, final: bool = False, limit: Optional[int] = None) -> list[Journey]:
         """Journeys that are over: every copy ended (and no clone can still show up), or idle too long.
-        At most `limit` of them (the oldest), so a caller can look at its stop flag in between."""
-        done = []
-        for js in list(self._open.values()):
-            finished = (not js.live and now_ns - js.ended_ns >= self.grace_ns)
-            if final or finished or now_ns - js.last_ns >= self.idle_ns:
+        At most `limit` of them (the earliest due first), so a caller can look at its stop flag in
+        between; within one call they come in the order of their first event."""
+        cap = len(self._open) if limit is None else limit
+        done: list[_JourneyState] = []
+        ended = self._ended
+        if final:
+            done = list(islice(self._open.values(), cap))
+        else:
+            grace = self.grace_ns
+            taken = set()
+            while ended and len(done) < cap:
+                js = next(iter(ended.values()))
+                if now_ns - js.ended_ns < grace:
+                    break
+                del ended[js.id]
+                taken.add(js.id)
                 done.append(js)
-        done.sort(key=lambda j: j.first.ts_ns)
-        if limit is not None:
-            done = done[:limit]
+            heap, idle, open_ = self._idle, self.idle_ns, self._open
+            while heap and len(done) < cap and now_ns - heap[0][0] >= idle:
+                _, jid = heapq.heappop(heap)
+                js = open_.get(jid)
+                if js is None or jid in taken:
+                    continue  # reported already (its entry stays until it comes up)
+                if now_ns - js.last_ns < idle:
+                    heapq.heappush(heap, (js.last_ns, jid))  # it saw events since: not idle yet
+                    continue
+                ended.pop(jid, None)
+                done.append(js)
+        if len(done) > 1:
+            done.sort(key=_first_ts)
         out = []
         for js in done:
             del self._open[js.id]
+            ended.pop(js.id, None)
             if self._by_fp.get(js.fp) is js:
                 del self._by_fp[js.fp]
             for cs in js.copies:
@@ -158,9 +202,12 @@ class Stitcher:
                     self._live.pop(cs.skb, None)
                     self._retired[cs.skb] = js.fp
             out.append(self._build(js))
-        if len(self._retired) > 65536:  # bounded: the oldest unfinished copies are forgotten
-            for skb in list(self._retired)[: len(self._retired) - 65536]:
+        excess = len(self._retired) - 65536
+        if excess > 0:  # bounded: the oldest unfinished copies are forgotten
+            for skb in list(islice(self._retired, excess)):
                 del self._retired[skb]
+        if not self._open:
+            self._idle.clear()
         self.stats.journeys += len(out)
         return out
 
@@ -269,6 +316,10 @@ class Stitcher:
         journey.verdict = c.outcome
         if c.outcome == Verdict.DROPPED.value:
             journey.reason, journey.location, journey.drop_dev = c.reason, c.location, c.dev
+
+
+def _first_ts(js: _JourneyState) -> tuple[int, int]:
+    return js.first.ts_ns, js.id
 
 
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
