@@ -18,24 +18,50 @@ class DecodeError(ValueError):
 
 
 def decode(raw: bytes) -> Event:
+    """One ring-buffer record (bytes or a memoryview) into an Event; DecodeError if it isn't one."""
     if len(raw) != EVENT_SIZE:
         raise DecodeError(f"event of {len(raw)} bytes, expected {EVENT_SIZE}: bpf/tapttrace.h and "
                           "tracer/events.py disagree")
-    ts, skb, location, netns, ifindex, frame_len, reason, hook, cap_len, cpu, name, data = \
-        _LAYOUT.unpack(raw)
-    hook_ = _HOOKS.get(hook)
-    if hook_ is None:
-        raise DecodeError(f"unknown hook {hook}")
-    ifname = _NAMES.get(name)
-    if ifname is None:
-        if len(_NAMES) >= 4096:
-            _NAMES.clear()
-        ifname = _NAMES[name] = name.split(b"\0", 1)[0].decode("utf-8", "replace")
-    return Event(
-        ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex, ifname=ifname,
-        frame_len=frame_len, data=data if cap_len >= SNAPLEN else data[:cap_len], reason=reason,
-        location=location, cpu=cpu,
-    )
+    events, _ = decode_many((raw,), strict=True)
+    return events[0]
+
+
+def decode_many(raws, strict: bool = False) -> tuple[list[Event], int]:
+    """A batch of records: the Events, in order, and how many records could not be decoded
+    (wrong size, unknown hook; with strict=True those raise DecodeError instead).
+
+    The hot path of follow with every frame matching: one unpack_from per record, the hook and
+    the interface name looked up in dicts, and the Event made without the frozen dataclass's
+    per-field object.__setattr__ (it stays immutable to everyone else)."""
+    out: list[Event] = []
+    append = out.append
+    errors = 0
+    unpack = _LAYOUT.unpack_from
+    hooks, names, new = _HOOKS, _NAMES, object.__new__
+    for raw in raws:
+        if len(raw) != EVENT_SIZE:
+            if strict:
+                raise DecodeError(f"event of {len(raw)} bytes, expected {EVENT_SIZE}")
+            errors += 1
+            continue
+        ts, skb, location, netns, ifindex, frame_len, reason, hook, cap_len, cpu, name, data = unpack(raw)
+        hook_ = hooks.get(hook)
+        if hook_ is None:
+            if strict:
+                raise DecodeError(f"unknown hook {hook}")
+            errors += 1
+            continue
+        ifname = names.get(name)
+        if ifname is None:
+            if len(names) >= 4096:
+                names.clear()
+            ifname = names[name] = name.split(b"\0", 1)[0].decode("utf-8", "replace")
+        e = new(Event)
+        e.__dict__.update(ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex, ifname=ifname,
+                          frame_len=frame_len, data=data if cap_len >= SNAPLEN else data[:cap_len],
+                          reason=reason, location=location, cpu=cpu)
+        append(e)
+    return out, errors
 
 
 _HOOKS = {int(h): h for h in Hook}

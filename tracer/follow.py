@@ -26,6 +26,9 @@ LOST_CHECK_S = 0.25
 
 
 class EventSource(Protocol):
+    """Raw ring-buffer records. A source may also have poll_batch(timeout_ms) -> list of records
+    (what poll would hand to sink one by one): run_follow then decodes the batch in one go."""
+
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None: ...
     def drain(self, sink: Callable[[bytes], None]) -> None: ...
     def lost(self) -> int: ...
@@ -33,6 +36,9 @@ class EventSource(Protocol):
 
 
 class Sink(Protocol):
+    """A sink may also have flush(): run_follow calls it after every batch of journeys (so a
+    sink can write a batch in one system call) and before it waits for events."""
+
     def journey(self, j: Journey) -> None: ...
     def summary(self, s: "FollowSummary") -> None: ...
     def close(self) -> None: ...
@@ -138,21 +144,29 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
         source.watch_ips(known_ips)
 
     def take(raw: bytes) -> None:
-        try:
-            e = ev_codec.decode(raw)
-        except ev_codec.DecodeError:
-            summary.decode_errors += 1
-            return
-        summary.events += 1
-        if recorder:
-            recorder.event(e)
-        if config.learn_ips and not detached and e.data[6:12] == mac_bytes:
-            new = [ip for ip in frames.guest_addresses(frames.decode(e.data), config.mac) if ip not in known_ips]
-            if new:
-                known_ips.update(new)
-                summary.learned_ips.extend(new)
-                source.watch_ips(new)
-        stitcher.feed(e)
+        take_all((raw,))
+
+    feed = stitcher.feed
+    learn = config.learn_ips
+
+    def take_all(raws) -> None:
+        events, errors = ev_codec.decode_many(raws)
+        summary.decode_errors += errors
+        summary.events += len(events)
+        for e in events:
+            if recorder:
+                recorder.event(e)
+            if learn and not detached and e.data[6:12] == mac_bytes:
+                new = [ip for ip in frames.guest_addresses(frames.decode(e.data), config.mac)
+                       if ip not in known_ips]
+                if new:
+                    known_ips.update(new)
+                    summary.learned_ips.extend(new)
+                    source.watch_ips(new)
+            feed(e)
+
+    flushers = [f for f in (getattr(s, "flush", None) for s in sinks) if f is not None]
+    poll_batch = getattr(source, "poll_batch", None)
 
     pending: list[Journey] = []
     detached = False
@@ -194,8 +208,19 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             if deadline is not None and time.monotonic() >= deadline:
                 summary.stopped_by = "duration"
                 break
-            source.poll(take, poll_ms)
-            if emit(stitcher.flush(time.monotonic_ns(), limit=256)):
+            if poll_batch is not None:
+                take_all(poll_batch(poll_ms))
+            else:
+                source.poll(take, poll_ms)
+            done = False
+            while not done and not stop.is_set():  # all that is due, 256 at a time
+                out = stitcher.flush(time.monotonic_ns(), limit=256)
+                if not out:
+                    break
+                done = emit(out)
+            for f in flushers:
+                f()
+            if done:
                 summary.stopped_by = "count"
                 break
     finally:
@@ -219,8 +244,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             if not in_budget():
                 summary.discarded_events = len(backlog) - i
                 break
-            for raw in backlog[i:i + 256]:
-                take(raw)
+            take_all(backlog[i:i + 256])
         done = config.count is not None and summary.journeys >= config.count
         while pending and not done and in_budget():
             chunk, pending[:] = pending[:256], pending[256:]

@@ -1,5 +1,8 @@
 """Compile and attach bpf/follow.c with bcc; hand its ring-buffer records over as raw bytes.
 
+The ring buffer is read through its mmap by tracer/ringbuf.py (many records a call, no ctypes
+callback per record); bcc only compiles, attaches and gives the map's fd.
+
 The only module of the follow pipeline that imports bcc. Everything kernel-specific arrives
 through the Features record as -D integer constants.
 """
@@ -11,6 +14,7 @@ from typing import Callable, Iterable
 
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError
+from .ringbuf import RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
@@ -58,24 +62,32 @@ class FollowProgram:
             if self._bpf is not None:
                 self._bpf.cleanup()
             raise KernelError(f"could not load bpf/follow.c: {exc}") from None
-        self._sink: Callable[[bytes], None] = lambda raw: None
+        try:
+            table = self._bpf["events"]
+            self._ring = RingBuffer(table.map_fd, table.max_entries)
+        except Exception as exc:
+            self._bpf.cleanup()
+            self._bpf = None
+            raise KernelError(f"could not map the ring buffer of bpf/follow.c: {exc}") from None
 
-        def _on_event(_ctx, data, size):
-            # Records of the wrong size go on too: events.decode refuses them and follow counts
-            # them as undecodable in its summary, rather than losing them here unseen.
-            self._sink(ctypes.string_at(data, size))
-
-        self._callback = _on_event  # keep a reference: bcc holds only a C pointer
-        self._bpf["events"].open_ring_buffer(self._callback)
+    def poll_batch(self, timeout_ms: int) -> list:
+        """The records now in the ring buffer (waiting up to timeout_ms when there are none),
+        as memoryviews. Records of the wrong size go on too: events.decode refuses them and
+        follow counts them as undecodable in its summary, rather than losing them here unseen."""
+        return self._ring.poll(timeout_ms)
 
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
         """Wait up to timeout_ms for events and hand each raw record to sink."""
-        self._sink = sink
-        self._bpf.ring_buffer_poll(timeout_ms)
+        for raw in self._ring.poll(timeout_ms):
+            sink(raw)
 
     def drain(self, sink: Callable[[bytes], None]) -> None:
-        self._sink = sink
-        self._bpf.ring_buffer_consume()
+        while True:
+            records = self._ring.read()
+            if not records:
+                return
+            for raw in records:
+                sink(raw)
 
     def lost(self) -> int:
         """Events the kernel had no ring-buffer room for, since load."""
@@ -89,6 +101,9 @@ class FollowProgram:
             table[key] = ctypes.c_uint8(1)
 
     def close(self) -> None:
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()  # the mappings hold the map: unmapped, bcc's cleanup frees it
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

@@ -64,12 +64,17 @@ def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
 
 
 class JsonLinesSink:
+    """Journeys are buffered until flush() (run_follow calls it after every batch and before it
+    waits for events) or the summary: one write for many lines under load."""
+
     def __init__(self, out: IO[str], wall_offset_ns: int):
         self.out = out
         self.wall_offset_ns = wall_offset_ns
 
     def journey(self, j: Journey) -> None:
         self.out.write(json.dumps(journey_to_dict(j, self.wall_offset_ns), separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
         self.out.flush()
 
     def summary(self, s: "FollowSummary") -> None:  # noqa: F821 - defined in tracer.follow
