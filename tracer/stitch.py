@@ -100,6 +100,7 @@ class Stitcher:
         self._idle: list[tuple[int, int]] = []  # heap of (last_ns when pushed, journey id)
         self._retired: dict[int, bytes] = {}  # skb -> fingerprint of reported journeys' unfinished copies
         self._next_id = 1
+        self._hop_words: dict[tuple, tuple] = {}  # (hook, netns, ifindex, ifname) -> (dev, words...)
 
     def feed(self, ev: Event) -> None:
         self.stats.events += 1
@@ -225,14 +226,32 @@ class Stitcher:
             dst_mac=info.dst_mac, ethertype=info.ethertype, summary=info.summary,
             frame_len=first.frame_len, frame=first.data,
         )
-        events = sorted(((ev, dev, cs.index) for cs in js.copies for ev, dev in cs.events),
-                        key=lambda t: (t[0].ts_ns, t[2]))
-        journey.hops = [self._hop(ev, dev, ci, js.copies[ci]) for ev, dev, ci in events]
+        if len(js.copies) == 1:  # the common case: no clone, the hops in time order
+            cs = js.copies[0]
+            hop = self._hop
+            journey.hops = [hop(ev, dev, 0, cs) for ev, dev in sorted(cs.events, key=_ts_of_pair)]
+        else:
+            events = sorted(((ev, dev, cs.index) for cs in js.copies for ev, dev in cs.events),
+                            key=lambda t: (t[0].ts_ns, t[2]))
+            journey.hops = [self._hop(ev, dev, ci, js.copies[ci]) for ev, dev, ci in events]
         journey.copies = [self._outcome(cs) for cs in js.copies if not cs.side]
         self._verdict(journey, js)
         return journey
 
     def _hop(self, ev: Event, dev: Optional[Device], copy: int, cs: _CopyState) -> Hop:
+        hook = ev.hook
+        if hook == Hook.RECEIVE or hook == Hook.QUEUE:
+            # The words of a receive or a send depend on the device only: remembered per device
+            # (and checked to be the same Device object, so a refreshed table is seen).
+            key = (hook, ev.netns, ev.ifindex, ev.ifname)
+            hit = self._hop_words.get(key)
+            if hit is None or hit[0] is not dev:
+                if len(self._hop_words) >= 4096:
+                    self._hop_words.clear()
+                ns = self.devices.netns_name(ev.netns) if ev.netns else ""
+                kind = ("passed-up" if dev and dev.is_bridge else "received") if hook == Hook.RECEIVE else "sent"
+                hit = self._hop_words[key] = (dev, kind, ns, dev.name if dev else ev.ifname, _role(dev))
+            return _new_hop(ev.ts_ns, copy, hit[1], hit[2], hit[3], hit[4])
         ns = self.devices.netns_name(ev.netns) if ev.netns else ""
         name = dev.name if dev else ev.ifname
         role = _role(dev)
@@ -316,6 +335,22 @@ class Stitcher:
         journey.verdict = c.outcome
         if c.outcome == Verdict.DROPPED.value:
             journey.reason, journey.location, journey.drop_dev = c.reason, c.location, c.dev
+
+
+def _ts_of_pair(pair: tuple[Event, Optional[Device]]) -> int:
+    return pair[0].ts_ns
+
+
+_HOP_DEFAULTS = {"reason": "", "location": "", "reader": ""}
+
+
+def _new_hop(ts_ns: int, copy: int, event: str, netns: str, dev: str, role: str) -> Hop:
+    """Hop(ts_ns, copy, event, netns, dev, role) without the frozen dataclass's per-field setattr."""
+    h = object.__new__(Hop)
+    d = h.__dict__
+    d.update(_HOP_DEFAULTS)
+    d["ts_ns"], d["copy"], d["event"], d["netns"], d["dev"], d["role"] = ts_ns, copy, event, netns, dev, role
+    return h
 
 
 def _first_ts(js: _JourneyState) -> tuple[int, int]:
