@@ -21,15 +21,10 @@ BPF_PERCPU_ARRAY(lost, __u64, 1);
 /* The guest's addresses, given with --ip or learned by user space from the guest's own frames. */
 BPF_HASH(watch_ips, struct tt_ip, __u8, 64);
 
-#define ETH_P_ARP 0x0806
-#define ETH_P_IPV6 0x86DD
-#define MAC_HEADER_UNSET 0xffff
-
-static __always_inline __u64 mac48(const __u8 *p)
-{
-	return ((__u64)p[0] << 40) | ((__u64)p[1] << 32) | ((__u64)p[2] << 24) |
-	       ((__u64)p[3] << 16) | ((__u64)p[4] << 8) | (__u64)p[5];
-}
+#define ETH_P_ARP TT_ETH_P_ARP
+#define ETH_P_IPV6 TT_ETH_P_IPV6
+#define MAC_HEADER_UNSET TT_MAC_HEADER_UNSET
+#define mac48 tt_mac48
 
 /* Where the frame's Ethernet header starts: head + mac_header, or data when the MAC header
  * was never set (a locally built frame before dev_queue_xmit resets it). */

@@ -20,9 +20,10 @@ installed() {  # prints the packages among "$@" that are fully installed (dpkg -
   { dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true; } | awk '$2 == "installed" {print $1}'
 }
 
+# clang-14, libbpf-dev: build bpf/follow_btf.c, the precompiled tp_btf object follow loads with libbpf.
 # qemu-system-x86, busybox-static: the lab's real guest (docs/lab.md); libvirt-*: a real libvirtd for the
 # tests of the original report's two interface types, and python3-libvirt for --vm (read-only).
-packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt)
+packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt clang-14 libbpf-dev)
 have=" $(installed "${packages[@]}" | tr '\n' ' ') "
 missing=()
 for p in "${packages[@]}"; do
@@ -60,9 +61,15 @@ if ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing
 fi
 
+# follow's CO-RE object for this kernel, into /var/cache/tapttrace/bpf (quick when already built).
+prebuild() {
+  .venv/bin/python -m tracer.libbpf_loader >/dev/null || echo "setup: bpf/follow_btf.c not built; follow will build it at first use or use bcc" >&2
+}
+
 stamp=.venv/.setup-stamp
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/tapttrace ]; then
+  prebuild
   exit 0
 fi
 
@@ -78,4 +85,5 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; 
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
 echo "$want" > "$stamp"
+prebuild
 echo "setup: done (.venv/bin/tapttrace)"

@@ -17,12 +17,13 @@ import functools
 import json
 import os
 import re
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .btf import Btf, BtfError, BtfNotFound, TracepointArg
+from .btf import Btf, BtfError, BtfNotFound, Kind, TracepointArg
 from .errors import EnvironmentProblem
 from .kheaders import KernelHeaders, find_headers
 
@@ -202,6 +203,9 @@ class Features:
     hook: str  # "raw_tracepoint" | "tracepoint" | "none": for the core tracepoints
     bridge_hook: str  # "fentry" | "kprobe" | "none": for bridge-internal functions
     btf_path: str = field(default="", compare=False)
+    tp_btf: Availability = Availability(False, "not probed")  # tp_btf (BTF-typed raw tracepoint) programs
+    follow_loader: str = "bcc"  # "libbpf" (bpf/follow_btf.c, tracer/libbpf_loader.py) | "bcc" (bpf/follow.c)
+    follow_loader_why: str = ""
 
     def drop_reason(self, value: int) -> str:
         """The name of drop reason `value`, or "unknown:<n>"."""
@@ -436,6 +440,89 @@ def probe_fentry(can_load: bool, headers: Optional[KernelHeaders], btf_ok: bool)
     return Availability(True, f"an fentry program on {_FENTRY_TARGET} loaded and attached")
 
 
+_SYS_BPF = 321  # x86-64
+_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP = 26, 23
+_TP_BTF_TARGET = "netif_receive_skb"
+FOLLOW_LOADER_ENV = "TAPTTRACE_FOLLOW_LOADER"  # "libbpf" | "bcc" | unset/"auto": force follow's loader
+
+
+def _sys_bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    return int(fd), ctypes.get_errno()
+
+
+def probe_tp_btf(can_load: bool, btf: Optional[Btf]) -> Availability:
+    """tp_btf: load a two-instruction BPF_PROG_TYPE_TRACING program on btf_trace_netif_receive_skb
+    straight through bpf(2) (no compiler, no libbpf), attach it, and close both at once."""
+    if btf is None:
+        return Availability(False, "needs BTF")
+    if not can_load:
+        return Availability(False, "not probed (needs root and live probes)")
+    try:
+        (btf_id,) = btf.find(f"btf_trace_{_TP_BTF_TARGET}", Kind.TYPEDEF)
+    except (ValueError, BtfNotFound, BtfError):
+        return Availability(False, f"BTF has no btf_trace_{_TP_BTF_TARGET}")
+    insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"), 16)
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_TRACING, 2, ctypes.addressof(insns), ctypes.addressof(license))
+    struct.pack_into("<16s", attr, 48, b"tt_probe_tpbtf")
+    struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)  # expected_attach_type
+    struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
+    prog, err = _sys_bpf(_BPF_PROG_LOAD, attr)
+    if prog < 0:
+        return Availability(False, f"loading a tp_btf program on {_TP_BTF_TARGET} failed: {errno.errorcode.get(err, err)}")
+    try:
+        open_attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<QI", open_attr, 0, 0, prog)  # name NULL: the program's own attach_btf_id
+        link, err = _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, open_attr)
+        if link < 0:
+            return Availability(False, f"a tp_btf program loaded but attaching it to {_TP_BTF_TARGET} failed: "
+                                       f"{errno.errorcode.get(err, err)}")
+        os.close(link)
+    finally:
+        os.close(prog)
+    return Availability(True, f"a tp_btf program on {_TP_BTF_TARGET} loaded and attached")
+
+
+def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str, hook: str,
+                         forced: str = "") -> tuple[str, str]:
+    """("libbpf" | "bcc", why). libbpf (bpf/follow_btf.c: plain loads of skb fields, no LLVM in the
+    process) where tp_btf programs load and the CO-RE object is built or can be; bcc where the
+    kernel lets us hook br_flood (that hook exists only in bpf/follow.c), or as the fallback."""
+    forced = forced.strip().lower()
+    if forced in ("bcc", "libbpf"):
+        return forced, f"forced by {FOLLOW_LOADER_ENV}={forced}"
+    if forced not in ("", "auto"):
+        return "bcc", f"{FOLLOW_LOADER_ENV}={forced!r} is not libbpf, bcc or auto: using bcc"
+    if not tp_btf.ok:
+        return "bcc", f"no tp_btf programs ({tp_btf.detail})"
+    if hook != "raw_tracepoint":
+        return "bcc", "the core tracepoints are not all in BTF"
+    if bridge_hook != "none":
+        return "bcc", (f"{bridge_hook} on br_flood is available and only the bcc program has that hook "
+                       f"(set {FOLLOW_LOADER_ENV}=libbpf to trade flood hops for speed)")
+    from . import libbpf_loader
+
+    try:
+        ctypes.CDLL(libbpf_loader.LIBBPF)
+    except OSError as e:
+        return "bcc", f"cannot load {libbpf_loader.LIBBPF}: {e}"
+    try:
+        obj = libbpf_loader.object_path(btf_path)
+    except OSError as e:
+        return "bcc", f"cannot hash the sources and BTF for the object: {e}"
+    if obj.is_file():
+        return "libbpf", f"tp_btf programs load and {obj} is built"
+    _, _, problem = libbpf_loader.build_tools()
+    if problem:
+        return "bcc", problem
+    return "libbpf", f"tp_btf programs load; the object will be built into {obj.parent} at first use"
+
+
 def _boot_id(roots: ProbeRoots) -> str:
     try:
         return Path(roots.proc, "sys/kernel/random/boot_id").read_text().strip()
@@ -511,6 +598,7 @@ def _probe(roots: ProbeRoots) -> Features:
         fentry = cached_fentry(roots, release, lambda: probe_fentry(True, headers, True))
     else:
         fentry = probe_fentry(can_load, headers, btf is not None)
+    tp_btf = probe_tp_btf(roots.live and is_root, btf)
     core = [tracepoints[name] for name in CORE_TRACEPOINTS]
     if all(tp.present and tp.raw_args is not None for tp in core) and offsets is not None:
         hook = "raw_tracepoint"
@@ -518,6 +606,9 @@ def _probe(roots: ProbeRoots) -> Features:
         hook = "tracepoint"
     else:
         hook = "none"
+    bridge_hook = "fentry" if fentry.ok else "kprobe" if kprobes.ok else "none"
+    follow_loader, follow_loader_why = choose_follow_loader(tp_btf, roots.btf, bridge_hook, hook,
+                                                            os.environ.get(FOLLOW_LOADER_ENV, ""))
     return Features(
         kernel_release=release,
         is_root=is_root,
@@ -542,8 +633,11 @@ def _probe(roots: ProbeRoots) -> Features:
         offsets=offsets,
         offsets_problem=offsets_problem,
         hook=hook,
-        bridge_hook="fentry" if fentry.ok else "kprobe" if kprobes.ok else "none",
+        bridge_hook=bridge_hook,
         btf_path=str(roots.btf),
+        tp_btf=tp_btf,
+        follow_loader=follow_loader,
+        follow_loader_why=follow_loader_why,
     )
 
 
@@ -658,5 +752,9 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
     bridge = {"fentry": "fentry on bridge functions", "kprobe": "kprobes on bridge functions",
               "none": "none: bridge-internal decisions (floods) are not shown; tracepoints still are"}
     lines.append(DoctorLine("bridge-internal hooks", f.bridge_hook != "none", bridge[f.bridge_hook]))
+    lines.append(DoctorLine("tp_btf", f.tp_btf.ok, f.tp_btf.detail))
+    loaders = {"libbpf": "libbpf, precompiled bpf/follow_btf.c (tp_btf)", "bcc": "bcc, bpf/follow.c compiled at start"}
+    lines.append(DoctorLine("follow loader", True, f"{loaders.get(f.follow_loader, f.follow_loader)}: "
+                                                   f"{f.follow_loader_why}"))
     # A fix is advice for what is missing; on a line that is fine it would only be noise.
     return [line if not line.ok else dataclasses.replace(line, fix="") for line in lines]

@@ -1,0 +1,315 @@
+"""Load bpf/follow_btf.c's precompiled CO-RE object with libbpf (through ctypes); the libbpf
+twin of loader.FollowProgram, with the same EventSource interface (poll_batch, poll, drain,
+lost, watch_ips, close, context manager).
+
+No compiler in the process: the object is built once per (sources, kernel BTF) into
+/var/cache/tapttrace/bpf/ by clang (`build_object`, called by scripts/setup.sh and, under a
+lock, at first use), and loaded here by libbpf.so.1, which applies the CO-RE relocations
+against the running kernel's BTF. The watched MAC and the tracepoint argument layout go into
+.rodata before load, so one object serves every MAC and every run.
+
+`python -m tracer.libbpf_loader` builds the object and prints its path.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from .config import ip_key, mac_to_int
+from .errors import EnvironmentProblem, KernelError
+from .ringbuf import RingBuffer
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+SOURCES = ("follow_btf.c", "tapttrace.h")
+CACHE_DIR = Path(os.environ.get("TAPTTRACE_BPF_CACHE", "/var/cache/tapttrace/bpf"))
+VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
+LIBBPF = "libbpf.so.1"
+LIBBPF_HEADER = Path("/usr/include/bpf/bpf_helpers.h")
+CLANGS = ("clang-14", "clang", "clang-15", "clang-16", "clang-13")
+BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)"
+PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
+# struct tt_follow_config in bpf/follow_btf.c: watch_mac, kfree_reason_arg, consume_location_arg
+CONFIG = struct.Struct("<Qii")
+BATCH_MIN = 256  # as loader.FollowProgram: a poll woken for fewer records lingers for more
+BATCH_LINGER_S = 0.005
+
+
+# -- building the object --------------------------------------------------------------
+
+
+def _which(*names: str) -> Optional[str]:
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin"
+    return next((found for n in names if (found := shutil.which(n, path=path))), None)
+
+
+def build_tools() -> tuple[Optional[str], Optional[str], str]:
+    """(clang, bpftool, problem): what building the object needs, and what is missing ("" if nothing)."""
+    clang, bpftool = _which(*CLANGS), _which("bpftool")
+    missing = [what for what, ok in (("clang", clang), ("bpftool", bpftool),
+                                     ("libbpf's headers", LIBBPF_HEADER.is_file())) if not ok]
+    return clang, bpftool, (f"no {', '.join(missing)} to build bpf/follow_btf.c: {BUILD_FIX}" if missing else "")
+
+
+def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
+    """Where the object for these sources and this kernel's BTF lives (built or not)."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((BPF_DIR / name).read_bytes())
+    h.update(btf.read_bytes())  # vmlinux.h is generated from it
+    return (cache or CACHE_DIR) / f"follow_btf-{h.hexdigest()[:16]}.o"
+
+
+def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
+    """The compiled object, built now if it isn't yet (one builder at a time: a lock file)."""
+    try:
+        target = object_path(btf, cache)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot read {e.filename} to build bpf/follow_btf.c: {e.strerror}") from None
+    if target.is_file():
+        return target
+    clang, bpftool, problem = build_tools()
+    if problem:
+        raise EnvironmentProblem(problem)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(target.parent / ".build.lock", "w")
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write the BPF object cache {target.parent}: {e.strerror}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():  # another process built it while we waited
+            return target
+        with tempfile.TemporaryDirectory(prefix="tapttrace-bpf-") as tmp:
+            vmlinux_h = Path(tmp, "vmlinux.h")
+            out = Path(tmp, "follow_btf.o")
+            steps = [
+                ([bpftool, "btf", "dump", "file", str(btf), "format", "c"], vmlinux_h),
+                ([clang, "-target", "bpf", "-O2", "-g", "-D__TARGET_ARCH_x86", f"-I{tmp}", f"-I{BPF_DIR}",
+                  "-c", str(BPF_DIR / "follow_btf.c"), "-o", str(out)], None),
+            ]
+            for argv, stdout_to in steps:
+                with open(stdout_to, "wb") if stdout_to else open(os.devnull, "wb") as sink:
+                    r = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True)
+                if r.returncode != 0:
+                    said = " ".join(r.stderr.split())[:300]
+                    raise KernelError(f"building bpf/follow_btf.c failed at {Path(argv[0]).name}: {said}")
+            partial = target.with_suffix(f".{os.getpid()}.tmp")
+            shutil.copyfile(out, partial)
+            os.replace(partial, target)  # readers see the whole object or none
+    return target
+
+
+# -- libbpf through ctypes ----------------------------------------------------------------
+
+_lib: Optional[ctypes.CDLL] = None
+_messages: list[str] = []
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_print_cb = None  # kept alive as long as libbpf may call it
+
+
+def _on_print(level: int, fmt: bytes, args) -> int:
+    buf = ctypes.create_string_buffer(1024)
+    _libc.vsnprintf(buf, len(buf), fmt, args)
+    if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO; not DEBUG
+        _messages.append(buf.value.decode(errors="replace").strip())
+        del _messages[:-20]
+    return 0
+
+
+_libc = ctypes.CDLL(None)
+_libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def libbpf() -> ctypes.CDLL:
+    """libbpf.so.1 with the prototypes used here; EnvironmentProblem if it can't be loaded."""
+    global _lib, _print_cb
+    if _lib is not None:
+        return _lib
+    try:
+        lib = ctypes.CDLL(LIBBPF, use_errno=True)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot load {LIBBPF} ({e}): apt-get install libbpf1") from None
+    P, I, U, S = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
+    for name, res, args in (
+        ("bpf_object__open_file", P, [ctypes.c_char_p, P]),
+        ("bpf_object__load", I, [P]),
+        ("bpf_object__close", None, [P]),
+        ("bpf_object__find_map_by_name", P, [P, ctypes.c_char_p]),
+        ("bpf_object__next_program", P, [P, P]),
+        ("bpf_program__name", ctypes.c_char_p, [P]),
+        ("bpf_program__attach", P, [P]),
+        ("bpf_link__destroy", I, [P]),
+        ("bpf_map__fd", I, [P]),
+        ("bpf_map__set_max_entries", I, [P, U]),
+        ("bpf_map__set_initial_value", I, [P, P, S]),
+        ("bpf_map__initial_value", P, [P, ctypes.POINTER(S)]),
+        ("bpf_map_update_elem", I, [I, P, P, ctypes.c_uint64]),
+        ("bpf_map_lookup_elem", I, [I, P, P]),
+        ("libbpf_num_possible_cpus", I, []),
+        ("libbpf_set_print", P, [_PRINT_FN]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, args
+    _print_cb = _PRINT_FN(_on_print)
+    lib.libbpf_set_print(_print_cb)
+    _lib = lib
+    return lib
+
+
+def _why(err: int) -> str:
+    """errno's name, and libbpf's last words about it."""
+    said = "; ".join(m for m in _messages[-3:] if m)[-300:]
+    name = errno.errorcode.get(abs(err), str(err))
+    return f"{name}" + (f" ({said})" if said else "")
+
+
+class LibbpfFollowProgram:
+    """bpf/follow_btf.c loaded and attached by libbpf. Leaving the context detaches everything."""
+
+    loader = "libbpf"
+
+    def __init__(self, features, mac: str, ringbuf_pages: int = 256, obj_path: Optional[Path] = None):
+        lib = libbpf()
+        self._lib = lib
+        self._obj = None
+        self._links: list[int] = []
+        self._ring = None
+        mac_int = mac_to_int(mac)
+        path = obj_path or build_object()
+        del _messages[:]
+        obj = lib.bpf_object__open_file(str(path).encode(), None)
+        if not obj:
+            raise KernelError(f"libbpf could not open {path}: {_why(ctypes.get_errno())}")
+        self._obj = obj
+        try:
+            self._load(features, mac_int, int(ringbuf_pages))
+        except BaseException:
+            self.close()
+            raise
+
+    def _map(self, name: str) -> int:
+        m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise KernelError(f"bpf/follow_btf.c's object has no map {name}: rebuild it (scripts/setup.sh)")
+        return m
+
+    def _load(self, features, mac_int: int, ringbuf_pages: int) -> None:
+        lib = self._lib
+        rodata = self._map(".rodata")
+        size = ctypes.c_size_t(0)
+        lib.bpf_map__initial_value(rodata, ctypes.byref(size))
+        if size.value != CONFIG.size:
+            raise KernelError(f"bpf/follow_btf.c's .rodata is {size.value} bytes, not the {CONFIG.size} of "
+                              "struct tt_follow_config: rebuild the object (scripts/setup.sh)")
+        reason = features.kfree_skb_reason_arg
+        location = features.consume_skb_location_arg
+        config = ctypes.create_string_buffer(CONFIG.pack(
+            mac_int, 2 if reason == 2 else -1, 1 if location == 1 else -1), CONFIG.size)
+        if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
+            raise KernelError("libbpf refused follow's configuration (.rodata)")
+        events = self._map("events")
+        ring_bytes = ringbuf_pages * os.sysconf("SC_PAGE_SIZE")
+        if lib.bpf_map__set_max_entries(events, ring_bytes):
+            raise KernelError(f"libbpf refused a ring buffer of {ringbuf_pages} pages (a power of 2 is needed)")
+        err = lib.bpf_object__load(self._obj)
+        if err:
+            raise KernelError(f"could not load bpf/follow_btf.c: {_why(err)}")
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            link = lib.bpf_program__attach(prog)
+            if not link:
+                name = lib.bpf_program__name(prog).decode()
+                raise KernelError(f"could not attach {name} of bpf/follow_btf.c: {_why(ctypes.get_errno())}")
+            self._links.append(link)
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        self._lost_fd = lib.bpf_map__fd(self._map("lost"))
+        self._ips_fd = lib.bpf_map__fd(self._map("watch_ips"))
+        self._ncpus = max(1, lib.libbpf_num_possible_cpus())
+        try:
+            self._ring = RingBuffer(lib.bpf_map__fd(events), ring_bytes)
+        except (OSError, ValueError) as exc:
+            raise KernelError(f"could not map the ring buffer of bpf/follow_btf.c: {exc}") from None
+
+    @property
+    def attached(self) -> int:
+        return len(self._links)
+
+    def poll_batch(self, timeout_ms: int) -> list:
+        """As loader.FollowProgram.poll_batch: the records now in the ring buffer, as memoryviews."""
+        records = self._ring.poll(timeout_ms)
+        if 0 < len(records) < BATCH_MIN:
+            time.sleep(BATCH_LINGER_S)
+            records += self._ring.read()
+        return records
+
+    def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
+        for raw in self._ring.poll(timeout_ms):
+            sink(raw)
+
+    def drain(self, sink: Callable[[bytes], None]) -> None:
+        while True:
+            records = self._ring.read()
+            if not records:
+                return
+            for raw in records:
+                sink(raw)
+
+    def lost(self) -> int:
+        """Events the kernel had no ring-buffer room for, since load (summed over CPUs)."""
+        if self._obj is None or not self._links:
+            return 0
+        key = ctypes.c_uint32(0)
+        values = (ctypes.c_uint64 * self._ncpus)()
+        if self._lib.bpf_map_lookup_elem(self._lost_fd, ctypes.byref(key), values):
+            return 0
+        return sum(values)
+
+    def watch_ips(self, addrs: Iterable[str]) -> None:
+        one = ctypes.c_uint8(1)
+        for addr in addrs:
+            key = ctypes.create_string_buffer(ip_key(addr), 16)
+            err = self._lib.bpf_map_update_elem(self._ips_fd, key, ctypes.byref(one), 0)
+            if err:
+                raise KernelError(f"could not add {addr} to follow's watched addresses: "
+                                  f"{errno.errorcode.get(abs(err), err)}")
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        while self._links:
+            self._lib.bpf_link__destroy(self._links.pop())
+        if self._obj is not None:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "LibbpfFollowProgram":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main() -> int:
+    from .errors import TapttraceError
+
+    try:
+        print(build_object())
+    except TapttraceError as e:
+        print(f"tapttrace: {e.message}")
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
