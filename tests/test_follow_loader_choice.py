@@ -1,0 +1,53 @@
+"""features.choose_follow_loader: which program follow loads, and the reason doctor shows."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracer import libbpf_loader
+from tracer.features import Availability, choose_follow_loader
+
+OK = Availability(True, "loaded")
+NO = Availability(False, "loading a tp_btf program on netif_receive_skb failed: EINVAL")
+
+
+def test_forced_either_way_wins(tmp_path):
+    assert choose_follow_loader(NO, tmp_path / "btf", "none", "raw_tracepoint", "libbpf")[0] == "libbpf"
+    loader, why = choose_follow_loader(OK, tmp_path / "btf", "none", "raw_tracepoint", "bcc")
+    assert loader == "bcc" and "forced" in why
+
+
+def test_nonsense_falls_back_to_bcc_and_says_so(tmp_path):
+    loader, why = choose_follow_loader(OK, tmp_path / "btf", "none", "raw_tracepoint", "llvm")
+    assert loader == "bcc" and "'llvm'" in why
+
+
+def test_no_tp_btf_means_bcc_with_the_probe_s_reason(tmp_path):
+    loader, why = choose_follow_loader(NO, tmp_path / "btf", "none", "raw_tracepoint")
+    assert loader == "bcc" and "EINVAL" in why
+
+
+def test_a_bridge_hook_keeps_bcc_which_alone_has_br_flood(tmp_path):
+    loader, why = choose_follow_loader(OK, tmp_path / "btf", "kprobe", "raw_tracepoint")
+    assert loader == "bcc" and "br_flood" in why
+
+
+def test_libbpf_when_the_object_is_built_or_buildable(tmp_path, monkeypatch):
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"fake btf")
+    monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda: ("clang", "bpftool", ""))
+    loader, why = choose_follow_loader(OK, btf, "none", "raw_tracepoint")
+    assert loader == "libbpf" and "first use" in why
+    obj = libbpf_loader.object_path(btf)
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"")
+    assert choose_follow_loader(OK, btf, "none", "raw_tracepoint") == ("libbpf", f"tp_btf programs load and {obj} is built")
+
+
+def test_nothing_to_build_with_means_bcc(tmp_path, monkeypatch):
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"fake btf")
+    monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda: (None, None, "no clang to build bpf/follow_btf.c"))
+    loader, why = choose_follow_loader(OK, Path(btf), "none", "raw_tracepoint")
+    assert loader == "bcc" and "no clang" in why

@@ -1,0 +1,135 @@
+"""follow's libbpf path (bpf/follow_btf.c, tracer/libbpf_loader.py) on the real kernel: it loads,
+attaches and detaches, fails in one clear line, and follows the lab's traffic exactly as the bcc
+path does (both run side by side on the same frames)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tracer.errors import EnvironmentProblem, KernelError
+from tracer.features import FOLLOW_LOADER_ENV, probe_features
+from tracer.lab import Lab, LabSpec
+from tracer import libbpf_loader
+from tracer.libbpf_loader import LibbpfFollowProgram, build_object
+
+from test_follow_kernel import Follow, loaded_programs, our_programs  # noqa: E402
+
+pytestmark = pytest.mark.kernel
+
+MAC = "52:54:00:00:00:01"
+
+
+def _gone(ids: set[int], timeout: float = 5.0) -> bool:
+    """Programs are freed after an RCU grace period, a moment after the last fd closes."""
+    deadline = time.monotonic() + timeout
+    while ids & loaded_programs():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_this_machine_chooses_libbpf():
+    f = probe_features()
+    assert f.tp_btf.ok, f.tp_btf.detail
+    if os.environ.get(FOLLOW_LOADER_ENV, "auto") in ("", "auto", "libbpf") and f.bridge_hook == "none":
+        assert f.follow_loader == "libbpf", f.follow_loader_why
+
+
+def test_programs_load_attach_and_detach_on_close():
+    before = our_programs(os.getpid())
+    with LibbpfFollowProgram(probe_features(), MAC, 8) as prog:
+        assert prog.attached == 4
+        ours = our_programs(os.getpid()) - before
+        assert len(ours) == 4
+        prog.watch_ips(["198.51.100.7", "2001:db8::7"])
+        assert prog.lost() == 0
+        assert prog.poll_batch(10) == []  # nothing concerns this MAC
+    assert our_programs(os.getpid()) == before
+    assert _gone(ours)
+
+
+def test_kernels_without_drop_reason_or_consume_location_still_load():
+    """.rodata says which ctx[] indexes exist; the others must be ruled out before the verifier looks."""
+    f = dataclasses.replace(probe_features(), kfree_skb_reason_arg=None, consume_skb_location_arg=None)
+    with LibbpfFollowProgram(f, MAC, 8) as prog:
+        assert prog.attached == 4
+
+
+def test_an_error_after_load_leaves_nothing_behind(monkeypatch):
+    before = our_programs(os.getpid())
+
+    def refuse(*_):
+        raise OSError("no mmap for you")
+
+    monkeypatch.setattr(libbpf_loader, "RingBuffer", refuse)
+    with pytest.raises(KernelError, match="could not map the ring buffer"):
+        LibbpfFollowProgram(probe_features(), MAC, 8)
+    assert our_programs(os.getpid()) == before
+
+
+def test_bad_object_and_bad_ring_size_are_one_clear_line(tmp_path):
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"not an ELF file")
+    with pytest.raises(KernelError) as e:
+        LibbpfFollowProgram(probe_features(), MAC, 8, obj_path=junk)
+    assert "libbpf could not open" in e.value.message and "\n" not in e.value.message
+    with pytest.raises(KernelError) as e:
+        LibbpfFollowProgram(probe_features(), MAC, 8, obj_path=tmp_path / "missing.o")
+    assert "ENOENT" in e.value.message
+    with pytest.raises(KernelError) as e:
+        LibbpfFollowProgram(probe_features(), MAC, 3)  # not a power of 2
+    assert "\n" not in e.value.message
+
+
+def test_build_without_clang_names_the_packages(tmp_path, monkeypatch):
+    monkeypatch.setattr(libbpf_loader, "CLANGS", ("tt-no-such-clang",))
+    with pytest.raises(EnvironmentProblem, match="apt-get install clang-14"):
+        build_object(cache=tmp_path)
+
+
+def test_object_is_built_once_into_the_cache_not_the_repo(tmp_path):
+    obj = build_object(cache=tmp_path)
+    assert obj.parent == tmp_path and obj.is_file()
+    mtime = obj.stat().st_mtime_ns
+    assert build_object(cache=tmp_path) == obj and obj.stat().st_mtime_ns == mtime
+    assert not list(Path(libbpf_loader.BPF_DIR).glob("*.o"))
+    with LibbpfFollowProgram(probe_features(), MAC, 8, obj_path=obj) as prog:
+        assert prog.attached == 4
+
+
+def _journeys(follow: Follow) -> list[tuple]:
+    journeys, summary, _ = follow.stop()
+    assert summary["lost_events"] == 0
+    return sorted((j["summary"], j["verdict"], tuple((h["event"], h["dev"]) for h in j["hops"]),
+                   (j.get("drop") or {}).get("reason"), (j.get("drop") or {}).get("location", "").split("+")[0])
+                  for j in journeys)
+
+
+@pytest.mark.parametrize("spec", [LabSpec(), LabSpec(tap_mac="guest"), LabSpec(ipv6=True)],
+                         ids=["healthy", "tap-with-guest-mac", "ipv6"])
+def test_bcc_and_libbpf_follow_the_same_journeys(spec, monkeypatch):
+    with Lab(spec) as lab:
+        args = (lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
+        monkeypatch.setenv(FOLLOW_LOADER_ENV, "bcc")
+        with_bcc = Follow(*args)
+        monkeypatch.setenv(FOLLOW_LOADER_ENV, "libbpf")
+        try:
+            with_libbpf = Follow(*args)
+        except BaseException:
+            with_bcc.proc.kill()
+            raise
+        assert not with_bcc.programs & with_libbpf.programs
+        lab.ping_guest_from_remote(count=3)
+        lab.ping_guest_from_host(count=2)
+        if spec.ipv6:  # neighbour solicitations for the guest's address
+            lab.ping6_guest_from_remote(count=2)
+        bcc_journeys, libbpf_journeys = _journeys(with_bcc), _journeys(with_libbpf)
+    assert len(bcc_journeys) >= 5
+    assert libbpf_journeys == bcc_journeys
+    if spec.tap_mac == "guest":
+        assert any(j[1] == "dropped" and j[3] for j in libbpf_journeys)  # drop reasons came through
