@@ -40,7 +40,11 @@ SENDER_CPU, READER_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "diagnose"]
+DEFAULT_CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "diagnose"]
+# follow with its loader forced (TAPTTRACE_FOLLOW_LOADER): bcc (bpf/follow.c) or libbpf (bpf/follow_btf.c).
+# The plain follow-* configurations take whatever tapttrace chooses (`tapttrace doctor` says which).
+LOADERS = ("bcc", "libbpf")
+CONFIGS = DEFAULT_CONFIGS + [f"{c}-{loader}" for c in ("follow-nomatch", "follow-match") for loader in LOADERS]
 DESCRIPTIONS = {
     "baseline": "no tracer",
     "exporter": "`tapttrace exporter` (in-kernel counters only)",
@@ -48,6 +52,15 @@ DESCRIPTIONS = {
     "follow-match": f"`tapttrace follow {GUEST_MAC} --json` (every frame is a journey)",
     "diagnose": f"`tapttrace diagnose {GUEST_MAC} --duration WINDOW` while traffic flows",
 }
+for _c in CONFIGS[len(DEFAULT_CONFIGS):]:
+    _base, _loader = _c.rsplit("-", 1)
+    DESCRIPTIONS[_c] = f"{DESCRIPTIONS[_base]}, TAPTTRACE_FOLLOW_LOADER={_loader}"
+
+
+def split_config(config: str) -> tuple[str, Optional[str]]:
+    """("follow-match", "bcc") for "follow-match-bcc"; (config, None) when no loader is forced."""
+    base, _, loader = config.rpartition("-")
+    return (base, loader) if loader in LOADERS and base.startswith("follow") else (config, None)
 
 
 # -- small helpers --------------------------------------------------------------------------
@@ -269,6 +282,7 @@ class Tool:
 
     argv: list[str]
     out_path: Path
+    env: Optional[dict] = None  # None: the bench's own environment
     proc: Optional[subprocess.Popen] = None
     started: float = 0.0
     programs_left: bool = False
@@ -277,7 +291,8 @@ class Tool:
     def start(self) -> None:
         self.started = time.monotonic()
         self._out = open(self.out_path, "w")
-        self.proc = subprocess.Popen(self.argv, cwd=TRACER_ROOT, stdout=self._out, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(self.argv, cwd=TRACER_ROOT, stdout=self._out, stderr=subprocess.PIPE, text=True,
+                                     env=self.env)
 
     def wait_attached(self, timeout: float = 30.0) -> float:
         """Seconds from start until its BPF programs are loaded (the count steady over two looks)."""
@@ -403,10 +418,12 @@ class Bench:
 
     def tool_for(self, config: str, run_id: str) -> Optional[Tool]:
         out = self.workdir / f"{run_id}.out"
+        config, loader = split_config(config)
+        env = {**os.environ, "TAPTTRACE_FOLLOW_LOADER": loader} if loader else None
         if config == "follow-nomatch":
-            return Tool(tapttrace_cmd("follow", OTHER_MAC, "--json", "--no-learn"), out)
+            return Tool(tapttrace_cmd("follow", OTHER_MAC, "--json", "--no-learn"), out, env)
         if config == "follow-match":
-            return Tool(tapttrace_cmd("follow", GUEST_MAC, "--json", "--no-learn"), out)
+            return Tool(tapttrace_cmd("follow", GUEST_MAC, "--json", "--no-learn"), out, env)
         if config == "exporter":
             return Tool(tapttrace_cmd("exporter", *self.exporter_args), out)
         return None
@@ -420,6 +437,7 @@ class Bench:
         tool = self.tool_for(config, run_id)
         assert tool is not None
         result: dict = {"config": config}
+        config = split_config(config)[0]  # what to measure depends on the kind, not the loader
         warm = None
         try:
             if config == "follow-match":
@@ -544,7 +562,7 @@ class Params:
     sweep_seconds: float = 3.0
     ceiling_seconds: float = 3.0
     reader_queue: int = 50_000
-    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
+    configs: list[str] = field(default_factory=lambda: list(DEFAULT_CONFIGS))
     out_dir: Path = HERE
     command: str = ""
 
@@ -692,7 +710,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--sweep-seconds", type=float, default=3.0)
     ap.add_argument("--ceiling-seconds", type=float, default=3.0)
     ap.add_argument("--reader-queue", type=int, default=50_000)
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                    help=f"comma-separated, from {', '.join(CONFIGS)}")
     ap.add_argument("--out", type=Path, default=HERE, help="directory for RESULTS.md and results.json")
     ap.add_argument("--tracer-root", type=Path, default=None,
                     help="run `python -m tracer` from this checkout instead (A/B of a patch)")
