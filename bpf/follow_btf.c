@@ -106,13 +106,25 @@ static __always_inline int asks_for_guest(unsigned char *eth, __u16 proto)
 	return 0;
 }
 
+#ifdef TT_RDONLY_CAST
+/* 6.2+ (the builder defines TT_RDONLY_CAST when the kernel's BTF has this kfunc). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#endif
+
 static __always_inline int concerns_watched_mac(unsigned char *eth)
 {
 	__u8 h[14];
 
+#ifdef TT_RDONLY_CAST
+	/* The header through an untrusted, read-only BTF pointer: plain loads that the JIT guards
+	 * with an exception-table entry (a fault reads 0), no helper call at all. */
+	struct ethhdr *hdr = bpf_rdonly_cast(eth, bpf_core_type_id_kernel(struct ethhdr));
+	__builtin_memcpy(h, hdr, sizeof(h));
+#else
 	/* The one helper call of a frame that doesn't concern us: the header is packet data. */
 	if (bpf_probe_read_kernel(h, sizeof(h), eth))
 		return 0;
+#endif
 	if (tt_mac48(h) == tt_config.watch_mac || tt_mac48(h + 6) == tt_config.watch_mac)
 		return 1;
 	if (!(h[0] & 1)) /* unicast to someone else */

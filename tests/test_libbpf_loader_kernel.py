@@ -133,3 +133,11 @@ def test_bcc_and_libbpf_follow_the_same_journeys(spec, monkeypatch):
     assert libbpf_journeys == bcc_journeys
     if spec.tap_mac == "guest":
         assert any(j[1] == "dropped" and j[3] for j in libbpf_journeys)  # drop reasons came through
+
+
+def test_object_for_kernels_without_bpf_rdonly_cast_loads(tmp_path, monkeypatch):
+    """Before 6.2 the Ethernet header is read with bpf_probe_read_kernel: that build must load too."""
+    monkeypatch.setattr(libbpf_loader, "kernel_defines", lambda btf=None: [])
+    obj = build_object(cache=tmp_path)
+    with LibbpfFollowProgram(probe_features(), MAC, 8, obj_path=obj) as prog:
+        assert prog.attached == 4

@@ -69,6 +69,18 @@ def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
     return (cache or CACHE_DIR) / f"follow_btf-{h.hexdigest()[:16]}.o"
 
 
+def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
+    """-D flags for what this kernel's BTF offers (the object's name hashes the BTF, so they
+    always match it): TT_RDONLY_CAST where the bpf_rdonly_cast kfunc exists (6.2+), which lets the
+    Ethernet header be read with plain guarded loads instead of a bpf_probe_read_kernel call."""
+    from .btf import Btf, BtfError, Kind
+
+    try:
+        return ["-DTT_RDONLY_CAST"] if Btf.load(btf).find("bpf_rdonly_cast", Kind.FUNC) else []
+    except (OSError, BtfError):
+        return []
+
+
 def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
     """The compiled object, built now if it isn't yet (one builder at a time: a lock file)."""
     try:
@@ -94,8 +106,8 @@ def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
             out = Path(tmp, "follow_btf.o")
             steps = [
                 ([bpftool, "btf", "dump", "file", str(btf), "format", "c"], vmlinux_h),
-                ([clang, "-target", "bpf", "-O2", "-g", "-D__TARGET_ARCH_x86", f"-I{tmp}", f"-I{BPF_DIR}",
-                  "-c", str(BPF_DIR / "follow_btf.c"), "-o", str(out)], None),
+                ([clang, "-target", "bpf", "-O2", "-g", "-D__TARGET_ARCH_x86", *kernel_defines(btf),
+                  f"-I{tmp}", f"-I{BPF_DIR}", "-c", str(BPF_DIR / "follow_btf.c"), "-o", str(out)], None),
             ]
             for argv, stdout_to in steps:
                 with open(stdout_to, "wb") if stdout_to else open(os.devnull, "wb") as sink:
