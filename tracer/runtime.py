@@ -146,8 +146,9 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
         if config.pcap:
             sinks = sinks + [PcapJourneys(config.pcap, offset)]
         recorder = Recorder(open(config.record, "w"), config, devices) if config.record else None
+        program_class = FollowProgram
         if features.follow_loader == "libbpf":  # tp_btf, precompiled: see features.choose_follow_loader
-            from .libbpf_loader import LibbpfFollowProgram as FollowProgram  # noqa: F811
-        program = stack.enter_context(FollowProgram(features, config.mac, config.ringbuf_pages))
+            from .libbpf_loader import LibbpfFollowProgram as program_class
+        program = stack.enter_context(program_class(features, config.mac, config.ringbuf_pages))
         yield FollowSession(config, program, devices, namer, sinks, stop or threading.Event(), recorder,
                             on_journey, features)
