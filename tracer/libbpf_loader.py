@@ -118,6 +118,9 @@ def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
             partial = target.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(out, partial)
             os.replace(partial, target)  # readers see the whole object or none
+        for old in target.parent.glob("follow_btf-*.o"):  # older sources' or kernels': rebuilt if needed
+            if old != target:
+                old.unlink(missing_ok=True)
     return target
 
 
