@@ -129,7 +129,7 @@ def bpf_ring():
     find_headers().apply()
     b = bcc.BPF(text=BPF_TEXT.encode(), cflags=[f"-DTGID={os.getpid()}", "-DSIZE=100", "-DNR_GETPPID=110"])
     try:
-        table = b["rb"]
+        table = b[b"rb"]
         yield table.map_fd, table.max_entries
     finally:
         b.cleanup()
