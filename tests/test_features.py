@@ -181,6 +181,16 @@ def test_require_names_the_first_missing_thing_in_order(tmp_path):
         require(broken)
 
 
+def test_follow_on_libbpf_needs_neither_bcc_nor_headers(tmp_path):
+    f = dataclasses.replace(probe_features(roots(NEW, tmp_path)), bcc=Availability(False, "cannot import bcc"),
+                            headers=None, headers_problem="no kernel headers found: apt-get install linux-headers-x")
+    require(f, "libbpf")  # the precompiled tp_btf object: no compiler in the process, no headers
+    with pytest.raises(EnvironmentProblem, match="python3-bpfcc"):
+        require(f, "bcc")
+    with pytest.raises(EnvironmentProblem, match="CONFIG_DEBUG_INFO_BTF"):
+        require(dataclasses.replace(f, btf=Availability(False, "no BTF")), "libbpf")
+
+
 def test_require_refuses_a_non_root_probe(tmp_path):
     with pytest.raises(EnvironmentProblem, match="run as root"):
         require(probe_features(roots(NEW, tmp_path, euid=1000)))

@@ -34,7 +34,8 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
 
     console = console or Console(stderr=as_json)
     mac, inventory = guest_mac(mac, vm, libvirt_uri)
-    require(machine_features())
+    features = machine_features()
+    require(features, features.follow_loader)
     domains = inventory.interfaces
     before = locate(collect_snapshot(list_netns(True)), mac, tap, ips, domains=domains)  # bad --tap: fail now
     # Only journeys through the guest's namespace: another bridge elsewhere may reuse its address.

@@ -666,8 +666,11 @@ probe_features.cache_clear = _probe_cached.cache_clear  # type: ignore[attr-defi
 # -- verdicts -------------------------------------------------------------------------
 
 
-def require(features: Features) -> None:
-    """Raise EnvironmentProblem naming the first missing must-have and its fix."""
+def require(features: Features, loader: str = "bcc") -> None:
+    """Raise EnvironmentProblem naming the first missing must-have and its fix.
+
+    loader="libbpf" (follow's precompiled tp_btf object) needs neither bcc nor kernel headers:
+    common on hypervisors, whose distro rarely ships headers for the running kernel."""
     if not features.is_root:
         raise EnvironmentProblem(f"not running as root: {ROOT_FIX}")
     if not features.btf.ok:
@@ -677,9 +680,9 @@ def require(features: Features) -> None:
         )
     if not features.tracefs.ok:
         raise EnvironmentProblem(f"tracefs is not mounted ({features.tracefs.detail}): run `{MOUNT_TRACEFS}`")
-    if not features.bcc.ok:
+    if loader == "bcc" and not features.bcc.ok:
         raise EnvironmentProblem(f"bcc is not importable ({features.bcc.detail}): {BCC_FIX}")
-    if features.headers is None:
+    if loader == "bcc" and features.headers is None:
         raise EnvironmentProblem(features.headers_problem)
     if features.offsets is None:
         raise EnvironmentProblem(

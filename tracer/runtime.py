@@ -131,7 +131,7 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
     from .vms import read_domains, vm_of_mac
 
     features = machine_features()
-    require(features)
+    require(features, features.follow_loader)
     vms = read_domains() if vms is None else vms
     offset = wall_offset_ns()
     if sinks is None:
