@@ -15,8 +15,10 @@
  * Built by tracer/libbpf_loader.py (clang -target bpf -O2 -g, vmlinux.h from
  * `bpftool btf dump file /sys/kernel/btf/vmlinux format c`) into /var/cache/tapttrace/bpf/.
  *
- * Not here: the br_flood hook (fentry/kprobe on a bridge function): it stays in bpf/follow.c,
- * used where tracer/features.py finds fentry or kprobes and picks the bcc loader.
+ * The br_flood hop comes in two programs, fentry and kprobe, both built into the object and
+ * both off by default: tracer/libbpf_loader.py turns on (autoload) the one features.bridge_hook
+ * names, or neither. The kprobe program can't make plain loads through skb (a kprobe's skb is
+ * a number to the verifier), so report() reads through BPF_CORE_READ there.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -63,11 +65,17 @@ struct {
 
 /* Where the frame's Ethernet header starts: head + mac_header, or data when the MAC header
  * was never set (a locally built frame before dev_queue_xmit resets it). Plain loads. */
-static __always_inline unsigned char *frame_start(struct sk_buff *skb)
-{
-	__u16 mac_header = skb->mac_header;
+/* A field of skb/dev: a plain load where the pointer is BTF-typed (tp_btf, fentry), a
+ * bpf_probe_read_kernel (CO-RE relocated) where it is only a number (kprobe). `probed` is a
+ * constant in every inlined copy, so each program keeps only one of the two. */
+#define TT_READ(probed, ptr, field) ((probed) ? BPF_CORE_READ(ptr, field) : (ptr)->field)
 
-	return mac_header != TT_MAC_HEADER_UNSET ? skb->head + mac_header : skb->data;
+static __always_inline unsigned char *frame_start(struct sk_buff *skb, const int probed)
+{
+	__u16 mac_header = TT_READ(probed, skb, mac_header);
+
+	return mac_header != TT_MAC_HEADER_UNSET ? TT_READ(probed, skb, head) + mac_header
+						 : TT_READ(probed, skb, data);
 }
 
 static __always_inline int watched_ip(const __u8 *addr, int v4)
@@ -140,9 +148,10 @@ static __always_inline void count_lost(void)
 		*n += 1;
 }
 
-static __always_inline int report(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason)
+static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason,
+				      const int probed)
 {
-	unsigned char *eth = frame_start(skb);
+	unsigned char *eth = frame_start(skb, probed);
 
 	if (!eth || !concerns_watched_mac(eth))
 		return 0;
@@ -152,9 +161,9 @@ static __always_inline int report(struct sk_buff *skb, __u16 hook, __u64 locatio
 		count_lost();
 		return 0;
 	}
-	struct net_device *dev = skb->dev;
-	unsigned char *data = skb->data;
-	__u32 len = skb->len;
+	struct net_device *dev = TT_READ(probed, skb, dev);
+	unsigned char *data = TT_READ(probed, skb, data);
+	__u32 len = TT_READ(probed, skb, len);
 
 	e->ts_ns = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
@@ -166,7 +175,7 @@ static __always_inline int report(struct sk_buff *skb, __u16 hook, __u64 locatio
 	e->ifindex = 0;
 	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
 	if (dev) {
-		e->ifindex = dev->ifindex;
+		e->ifindex = TT_READ(probed, dev, ifindex);
 		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
 		if (bpf_core_field_exists(dev->nd_net.net)) {
 			struct net *net = BPF_CORE_READ(dev, nd_net.net);
@@ -184,6 +193,11 @@ static __always_inline int report(struct sk_buff *skb, __u16 hook, __u64 locatio
 		e->cap_len = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;
+}
+
+static __always_inline int report(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason)
+{
+	return report_skb(skb, hook, location, reason, 0);
 }
 
 /* A device hands a received frame to the stack: on a bridge port this is the frame arriving
@@ -227,4 +241,20 @@ int tt_consume_skb(__u64 *ctx)
 	if (tt_config.consume_location_arg == 1)
 		location = ctx[1];
 	return report((struct sk_buff *)ctx[0], TT_HOOK_CONSUME, location, 0);
+}
+
+/* Bridge-internal: br_flood() is the bridge deciding to flood (destination unknown to the FDB,
+ * or broadcast/multicast), which tracepoints can't tell from a forward to the only other port.
+ * The same FLOOD record as bpf/follow.c: reason = pkt_type (0 unicast, 1 multicast,
+ * 2 broadcast) | local_rcv << 8. Off unless the loader turns one of the two on. */
+SEC("fentry/br_flood")
+int BPF_PROG(tt_br_flood_fentry, void *br, struct sk_buff *skb, __u64 pkt_type, __u64 local_rcv)
+{
+	return report(skb, TT_HOOK_FLOOD, 0, (__u32)pkt_type | (((__u32)local_rcv & 1) << 8));
+}
+
+SEC("kprobe/br_flood")
+int BPF_KPROBE(tt_br_flood_kprobe, void *br, struct sk_buff *skb, __u64 pkt_type, __u64 local_rcv)
+{
+	return report_skb(skb, TT_HOOK_FLOOD, 0, (__u32)pkt_type | (((__u32)local_rcv & 1) << 8), 1);
 }

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tracer import libbpf_loader
 from tracer.features import Availability, choose_follow_loader
 
@@ -26,9 +28,17 @@ def test_no_tp_btf_means_bcc_with_the_probe_s_reason(tmp_path):
     assert loader == "bcc" and "EINVAL" in why
 
 
-def test_a_bridge_hook_keeps_bcc_which_alone_has_br_flood(tmp_path):
-    loader, why = choose_follow_loader(OK, tmp_path / "btf", "kprobe", "raw_tracepoint")
-    assert loader == "bcc" and "br_flood" in why
+@pytest.mark.parametrize("bridge_hook", ["fentry", "kprobe"])
+def test_a_bridge_hook_no_longer_keeps_bcc(tmp_path, monkeypatch, bridge_hook):
+    """The libbpf object has the br_flood hop too (fentry and kprobe programs): libbpf either way."""
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"fake btf")
+    monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda: ("clang", "bpftool", ""))
+    loader, why = choose_follow_loader(OK, btf, bridge_hook, "raw_tracepoint")
+    assert loader == "libbpf" and f"br_flood hop through {bridge_hook}" in why
+    assert choose_follow_loader(OK, btf, bridge_hook, "raw_tracepoint", "bcc")[0] == "bcc"  # still overridable
+    assert choose_follow_loader(NO, btf, bridge_hook, "raw_tracepoint")[0] == "bcc"
 
 
 def test_libbpf_when_the_object_is_built_or_buildable(tmp_path, monkeypatch):

@@ -36,8 +36,50 @@ def _gone(ids: set[int], timeout: float = 5.0) -> bool:
 def test_this_machine_chooses_libbpf():
     f = probe_features()
     assert f.tp_btf.ok, f.tp_btf.detail
-    if os.environ.get(FOLLOW_LOADER_ENV, "auto") in ("", "auto", "libbpf") and f.bridge_hook == "none":
+    if os.environ.get(FOLLOW_LOADER_ENV, "auto") in ("", "auto", "libbpf"):  # whatever the bridge hook
         assert f.follow_loader == "libbpf", f.follow_loader_why
+
+
+def test_br_flood_programs_are_off_unless_chosen():
+    with LibbpfFollowProgram(dataclasses.replace(probe_features(), bridge_hook="none"), MAC, 8) as prog:
+        assert prog.attached == 4 and prog.bridge_hook == "none" and not prog.notes
+        assert prog.loaded_programs() == set(libbpf_loader.PROGRAMS)
+
+
+def test_kprobe_br_flood_passes_the_verifier():
+    """Production kernels with kprobes get br_flood() as a hop; here kprobes can't attach, but the
+    kprobe program (skb read through BPF_CORE_READ) must load, so the path is proven before it
+    meets such a kernel."""
+    f = dataclasses.replace(probe_features(), bridge_hook="kprobe")
+    with LibbpfFollowProgram(f, MAC, 8, attach=False) as prog:
+        assert prog.bridge_hook == "kprobe", prog.notes
+        assert prog.loaded_programs() == {*libbpf_loader.PROGRAMS, "tt_br_flood_kprobe"}
+        assert prog.attached == 0
+
+
+def test_fentry_br_flood_loads_or_is_refused_with_eperm():
+    """fentry on br_flood: loads where the kernel allows fentry; here (and where it is refused)
+    the object is loaded again without it, with a note, rather than failing."""
+    f = dataclasses.replace(probe_features(), bridge_hook="fentry")
+    with LibbpfFollowProgram(f, MAC, 8, attach=False) as prog:
+        if prog.bridge_hook == "fentry":
+            assert prog.loaded_programs() == {*libbpf_loader.PROGRAMS, "tt_br_flood_fentry"}
+        else:
+            assert prog.bridge_hook == "none" and len(prog.notes) == 1 and "EPERM" in prog.notes[0], prog.notes
+            assert prog.loaded_programs() == set(libbpf_loader.PROGRAMS)
+
+
+def test_a_br_flood_hook_that_will_not_attach_is_a_note_not_a_failure():
+    """kprobe chosen where it can't attach (no kprobes here; elsewhere bridge a module not loaded):
+    follow goes on with the tracepoint hops and says what it gave up."""
+    before = our_programs(os.getpid())
+    f = dataclasses.replace(probe_features(), bridge_hook="kprobe")
+    with LibbpfFollowProgram(f, MAC, 8) as prog:
+        if prog.bridge_hook == "none":
+            assert prog.attached == 4 and "br_flood" in prog.notes[0]
+        else:
+            assert prog.attached == 5
+    assert our_programs(os.getpid()) == before
 
 
 def test_programs_load_attach_and_detach_on_close():

@@ -500,8 +500,8 @@ def probe_tp_btf(can_load: bool, btf: Optional[Btf]) -> Availability:
 def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str, hook: str,
                          forced: str = "") -> tuple[str, str]:
     """("libbpf" | "bcc", why). libbpf (bpf/follow_btf.c: plain loads of skb fields, no LLVM in the
-    process) where tp_btf programs load and the CO-RE object is built or can be; bcc where the
-    kernel lets us hook br_flood (that hook exists only in bpf/follow.c), or as the fallback."""
+    process) where tp_btf programs load and the CO-RE object is built or can be (the object has
+    the br_flood hop too, fentry or kprobe, as bridge_hook says); bcc as the fallback."""
     forced = forced.strip().lower()
     if forced in ("bcc", "libbpf"):
         return forced, f"forced by {FOLLOW_LOADER_ENV}={forced}"
@@ -511,9 +511,6 @@ def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str,
         return "bcc", f"no tp_btf programs ({tp_btf.detail})"
     if hook != "raw_tracepoint":
         return "bcc", "the core tracepoints are not all in BTF"
-    if bridge_hook != "none":
-        return "bcc", (f"{bridge_hook} on br_flood is available and only the bcc program has that hook "
-                       f"(set {FOLLOW_LOADER_ENV}=libbpf to trade flood hops for speed)")
     from . import libbpf_loader
 
     try:
@@ -524,12 +521,13 @@ def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str,
         obj = libbpf_loader.object_path(btf_path)
     except OSError as e:
         return "bcc", f"cannot hash the sources and BTF for the object: {e}"
+    flood = f"; br_flood hop through {bridge_hook}" if bridge_hook != "none" else ""
     if obj.is_file():
-        return "libbpf", f"tp_btf programs load and {obj} is built"
+        return "libbpf", f"tp_btf programs load and {obj} is built{flood}"
     _, _, problem = libbpf_loader.build_tools()
     if problem:
         return "bcc", problem
-    return "libbpf", f"tp_btf programs load; the object will be built into {obj.parent} at first use"
+    return "libbpf", f"tp_btf programs load; the object will be built into {obj.parent} at first use{flood}"
 
 
 def _boot_id(roots: ProbeRoots) -> str:

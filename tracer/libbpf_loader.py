@@ -20,6 +20,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ LIBBPF_HEADER = Path("/usr/include/bpf/bpf_helpers.h")
 CLANGS = ("clang-14", "clang", "clang-15", "clang-16", "clang-13")
 BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)"
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
+# The br_flood hop, by features.bridge_hook: off (autoload false) unless chosen.
+FLOOD_PROGRAMS = {"fentry": "tt_br_flood_fentry", "kprobe": "tt_br_flood_kprobe"}
 # struct tt_follow_config in bpf/follow_btf.c: watch_mac, kfree_reason_arg, consume_location_arg
 CONFIG = struct.Struct("<Qii")
 BATCH_MIN = 256  # as loader.FollowProgram: a poll woken for fewer records lingers for more
@@ -163,6 +166,9 @@ def libbpf() -> ctypes.CDLL:
         ("bpf_object__next_program", P, [P, P]),
         ("bpf_program__name", ctypes.c_char_p, [P]),
         ("bpf_program__attach", P, [P]),
+        ("bpf_program__set_autoload", I, [P, ctypes.c_bool]),
+        ("bpf_program__autoload", ctypes.c_bool, [P]),
+        ("bpf_program__fd", I, [P]),
         ("bpf_link__destroy", I, [P]),
         ("bpf_map__fd", I, [P]),
         ("bpf_map__set_max_entries", I, [P, U]),
@@ -188,29 +194,58 @@ def _why(err: int) -> str:
     return f"{name}" + (f" ({said})" if said else "")
 
 
+class _FloodHookFailed(Exception):
+    """The object loads without the br_flood program, not with it: loaded again without."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
+
+
 class LibbpfFollowProgram:
     """bpf/follow_btf.c loaded and attached by libbpf. Leaving the context detaches everything."""
 
     loader = "libbpf"
 
-    def __init__(self, features, mac: str, ringbuf_pages: int = 256, obj_path: Optional[Path] = None):
+    def __init__(self, features, mac: str, ringbuf_pages: int = 256, obj_path: Optional[Path] = None,
+                 attach: bool = True):
+        """attach=False loads (the verifier's say) without attaching: for tests of the variants
+        this kernel can load but not attach."""
         lib = libbpf()
         self._lib = lib
         self._obj = None
         self._links: list[int] = []
         self._ring = None
+        self.notes: list[str] = []  # what was given up on the way (a br_flood hook that wouldn't go)
         mac_int = mac_to_int(mac)
         path = obj_path or build_object()
+        self.bridge_hook = getattr(features, "bridge_hook", "none")
+        if self.bridge_hook not in FLOOD_PROGRAMS:
+            self.bridge_hook = "none"
+        while True:
+            self._open(path)
+            try:
+                self._load(features, mac_int, int(ringbuf_pages), attach)
+                return
+            except _FloodHookFailed as failed:
+                self.close()
+                self._give_up_flood(failed.why)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open(self, path: Path) -> None:
         del _messages[:]
-        obj = lib.bpf_object__open_file(str(path).encode(), None)
+        obj = self._lib.bpf_object__open_file(str(path).encode(), None)
         if not obj:
             raise KernelError(f"libbpf could not open {path}: {_why(ctypes.get_errno())}")
         self._obj = obj
-        try:
-            self._load(features, mac_int, int(ringbuf_pages))
-        except BaseException:
-            self.close()
-            raise
+
+    def _give_up_flood(self, why: str) -> None:
+        note = f"no br_flood hop ({self.bridge_hook}: {why}); the tracepoint hops are unaffected"
+        self.notes.append(note)
+        print(f"tapttrace: note: {note}", file=sys.stderr)
+        self.bridge_hook = "none"
 
     def _map(self, name: str) -> int:
         m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
@@ -218,8 +253,15 @@ class LibbpfFollowProgram:
             raise KernelError(f"bpf/follow_btf.c's object has no map {name}: rebuild it (scripts/setup.sh)")
         return m
 
-    def _load(self, features, mac_int: int, ringbuf_pages: int) -> None:
+    def _load(self, features, mac_int: int, ringbuf_pages: int, attach: bool = True) -> None:
         lib = self._lib
+        flood = FLOOD_PROGRAMS.get(self.bridge_hook)
+        prog = lib.bpf_object__next_program(self._obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            if name in FLOOD_PROGRAMS.values():
+                lib.bpf_program__set_autoload(prog, name == flood)
+            prog = lib.bpf_object__next_program(self._obj, prog)
         rodata = self._map(".rodata")
         size = ctypes.c_size_t(0)
         lib.bpf_map__initial_value(rodata, ctypes.byref(size))
@@ -238,14 +280,20 @@ class LibbpfFollowProgram:
             raise KernelError(f"libbpf refused a ring buffer of {ringbuf_pages} pages (a power of 2 is needed)")
         err = lib.bpf_object__load(self._obj)
         if err:
+            if flood and any(flood in m or "br_flood" in m for m in _messages):
+                raise _FloodHookFailed(f"could not load {flood}: {_why(err)}")
             raise KernelError(f"could not load bpf/follow_btf.c: {_why(err)}")
         prog = lib.bpf_object__next_program(self._obj, None)
-        while prog:
-            link = lib.bpf_program__attach(prog)
-            if not link:
-                name = lib.bpf_program__name(prog).decode()
+        while prog and attach:
+            name = lib.bpf_program__name(prog).decode()
+            if not lib.bpf_program__autoload(prog):
+                pass
+            elif link := lib.bpf_program__attach(prog):
+                self._links.append(link)
+            elif name == flood:  # br_flood not there to hook (bridge a module not loaded, no kprobes…)
+                self._give_up_flood(f"could not attach {name}: {_why(ctypes.get_errno())}")
+            else:
                 raise KernelError(f"could not attach {name} of bpf/follow_btf.c: {_why(ctypes.get_errno())}")
-            self._links.append(link)
             prog = lib.bpf_object__next_program(self._obj, prog)
         self._lost_fd = lib.bpf_map__fd(self._map("lost"))
         self._ips_fd = lib.bpf_map__fd(self._map("watch_ips"))
@@ -258,6 +306,16 @@ class LibbpfFollowProgram:
     @property
     def attached(self) -> int:
         return len(self._links)
+
+    def loaded_programs(self) -> set[str]:
+        """Names of the object's programs that are in the kernel (passed the verifier)."""
+        names, lib = set(), self._lib
+        prog = lib.bpf_object__next_program(self._obj, None) if self._obj else None
+        while prog:
+            if lib.bpf_program__fd(prog) > 0:
+                names.add(lib.bpf_program__name(prog).decode())
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        return names
 
     def poll_batch(self, timeout_ms: int) -> list:
         """As loader.FollowProgram.poll_batch: the records now in the ring buffer, as memoryviews."""
