@@ -29,7 +29,9 @@ from typing import Optional
 from xml.sax.saxutils import quoteattr
 
 from .guest_image import READY_MARKER, ensure_guest_image, guest_cmdline
-from .topology import GuestFailed, LabCommandFailed, PingResult, _track, libvirt_tap_mac, pid_alive, random_guest_mac
+from .topology import remove_stale as remove_stale_namespaces
+from .topology import (GuestFailed, LabCommandFailed, PingResult, _track, libvirt_tap_mac, pid_alive, ping_argv,
+                       ping_result, random_guest_mac)
 
 URI = "qemu:///system"
 DOMAIN_PREFIX = "ttlv"
@@ -224,13 +226,7 @@ def remove_stale() -> list[str]:
         if m and not pid_alive(int(m.group(1))):
             _run("ip", "link", "del", dev, check=False)
             removed.append(dev)
-    pattern = re.compile(rf"^{NETNS_PREFIX}-(\d+)-")
-    for entry in sorted(RUN_NETNS.iterdir()) if RUN_NETNS.is_dir() else []:
-        m = pattern.match(entry.name)
-        if m and not pid_alive(int(m.group(1))):
-            _run("ip", "netns", "del", entry.name, check=False)
-            removed.append(entry.name)
-    return removed
+    return removed + remove_stale_namespaces(NETNS_PREFIX)  # and the remote namespaces, as the Lab's
 
 
 class LibvirtLab:
@@ -406,12 +402,10 @@ class LibvirtLab:
 
     def ping(self, from_remote: bool, dst: str, count: int = 3, interval: float = 0.2,
              timeout: float = 1.0) -> PingResult:
-        argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout), dst]
+        argv = ping_argv(count, interval, timeout) + [dst]
         if from_remote:
             argv = ["ip", "netns", "exec", self.remote_ns] + argv
-        out = _run(*argv, check=False).stdout
-        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
-        return PingResult(int(m.group(1)), int(m.group(2))) if m else PingResult(count, 0)
+        return ping_result(_run(*argv, check=False).stdout, count)
 
     def ping_from_remote(self, d: LabDomain, **kw) -> PingResult:
         return self.ping(True, d.ip, **kw)

@@ -81,6 +81,16 @@ class PingResult:
     received: int
 
 
+def ping_argv(count: int, interval: float, timeout: float) -> list[str]:
+    return ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout)]
+
+
+def ping_result(out: str, count: int) -> PingResult:
+    """iputils ping's summary line; nothing sent back when it printed none (no route, say)."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
+    return PingResult(int(m.group(1)), int(m.group(2))) if m else PingResult(count, 0)
+
+
 class GuestFailed(TapttraceError):
     """The lab's guest did not come up; one line for `tapttrace demo` (exit 1: the demo did not work)."""
 
@@ -385,12 +395,10 @@ class Lab:
     def ping(self, from_ns: str, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
              size: Optional[int] = None) -> PingResult:
         """iputils ping; dst may be IPv4 or IPv6 (fe80::…%dev). Never raises on loss."""
-        argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout)]
+        argv = ping_argv(count, interval, timeout)
         if size is not None:
             argv += ["-s", str(size), "-M", "dont"]
-        out = self.run(from_ns, *argv, dst, check=False).stdout
-        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
-        return PingResult(int(m.group(1)), int(m.group(2))) if m else PingResult(count, 0)
+        return ping_result(self.run(from_ns, *argv, dst, check=False).stdout, count)
 
     def ping_guest_from_remote(self, **kw) -> PingResult:
         return self.ping(self.remote_ns, self.guest_ip, **kw)
