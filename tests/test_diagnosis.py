@@ -219,8 +219,8 @@ def test_unknown_mac_has_no_tap():
 
 def test_a_stopped_domain_with_the_mac_is_started():
     d, snap, _ = load("healthy")
-    xml = parse_domain_xml(f"<domain><name>web3</name><devices><interface type='bridge'>"
-                           f"<mac address='52:54:00:00:00:99'/><source bridge='br0'/></interface></devices></domain>",
+    xml = parse_domain_xml("<domain><name>web3</name><devices><interface type='bridge'>"
+                           "<mac address='52:54:00:00:00:99'/><source bridge='br0'/></interface></devices></domain>",
                            "/etc/libvirt/qemu/web3.xml")
     r = diagnose(snap, locate(snap, "52:54:00:00:00:99", domains=xml), [])
     assert r.cause == "tap-not-found" and r.fix == ("virsh start web3",)

@@ -196,7 +196,7 @@ def test_drops_panel_shows_netfilter_drop_on_the_tap(world):
 
 def test_local_consumption_panel_lights_up_for_the_tap_mac_lab(world):
     url, labs, _, _ = world
-    rows = query(url, f'sum by (netns) (rate(tapttrace_tap_frames_total{{event="local", tap="vnet0"}}[1m])) > 0')
+    rows = query(url, 'sum by (netns) (rate(tapttrace_tap_frames_total{event="local", tap="vnet0"}[1m])) > 0')
     assert {r["metric"]["netns"] for r in rows} == {labs["tap_mac"].hv_ns}
 
 

@@ -7,7 +7,6 @@ about a minute.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import select
