@@ -122,6 +122,21 @@ def test_type_names_spell_qualifiers_and_hide_type_tags(new):
     assert new.type_name(new.find("sock")[0]) == "struct sock"
 
 
+def test_the_type_index_cache_is_used_only_for_the_blob_it_was_made_from(tmp_path):
+    cache = tmp_path / "run" / "btf-index.bin"
+    walked = Btf.load(FIXTURES / "new.btf")
+    first = Btf.load(FIXTURES / "new.btf", cache)  # walks the types, writes the cache
+    assert cache.is_file()
+    cached = Btf.load(FIXTURES / "new.btf", cache)  # reads the index back
+    for btf in (first, cached):
+        assert len(btf) == len(walked) and btf.index_blob() == walked.index_blob()
+        assert btf.member_offset("sk_buff", "mac_header") == walked.member_offset("sk_buff", "mac_header")
+    other = Btf.load(FIXTURES / "old.btf", cache)  # another kernel's BTF: the key differs, walked anew
+    assert other.index_blob() == Btf.load(FIXTURES / "old.btf").index_blob()
+    cache.write_bytes(cache.read_bytes()[:16] + b"\x01\x02\x03")  # right key, broken index
+    assert Btf.load(FIXTURES / "old.btf", cache).index_blob() == other.index_blob()
+
+
 def test_malformed_blobs_are_refused():
     good = (FIXTURES / "new.btf").read_bytes()
     with pytest.raises(BtfError, match="magic"):

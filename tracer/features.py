@@ -562,11 +562,11 @@ def cached_fentry(roots: ProbeRoots, release: str, probe: Callable[[], Availabil
 # -- the whole probe ----------------------------------------------------------------
 
 
-def _load_btf(path: Path) -> tuple[Optional[Btf], Availability]:
+def _load_btf(path: Path, run_cache: str = "") -> tuple[Optional[Btf], Availability]:
     if not path.is_file():
         return None, Availability(False, f"no BTF at {path}")
     try:
-        return Btf.load(path), Availability(True, str(path))
+        return Btf.load(path, Path(run_cache, "btf-index.bin") if run_cache else None), Availability(True, str(path))
     except (OSError, BtfError) as e:
         return None, Availability(False, f"unreadable BTF at {path}: {e}")
 
@@ -574,7 +574,7 @@ def _load_btf(path: Path) -> tuple[Optional[Btf], Availability]:
 def _probe(roots: ProbeRoots) -> Features:
     release = roots.release or os.uname().release
     is_root = (os.geteuid() if roots.euid is None else roots.euid) == 0
-    btf, btf_state = _load_btf(roots.btf)
+    btf, btf_state = _load_btf(roots.btf, roots.run_cache if roots.live and is_root else "")
     tracefs_state, tracefs, mounted_now = probe_tracefs(roots, is_root)
     tracepoints = {name: probe_tracepoint(name, tracefs, btf) for name in TRACEPOINTS}
     kfree, consume = tracepoints["skb:kfree_skb"], tracepoints["skb:consume_skb"]
