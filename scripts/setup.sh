@@ -20,7 +20,8 @@ installed() {  # prints the packages among "$@" that are fully installed (dpkg -
   { dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true; } | awk '$2 == "installed" {print $1}'
 }
 
-# clang-14, libbpf-dev: build bpf/follow_btf.c, the precompiled tp_btf object follow loads with libbpf.
+# clang-14, libbpf-dev: build bpf/follow_btf.c and bpf/exporter_btf.c, the precompiled tp_btf objects follow
+# and the exporter load with libbpf.
 # qemu-system-x86, busybox-static: the lab's real guest (docs/lab.md); libvirt-*: a real libvirtd for the
 # tests of the original report's two interface types, and python3-libvirt for --vm (read-only).
 packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt clang-14 libbpf-dev)
@@ -61,9 +62,10 @@ if ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing
 fi
 
-# follow's CO-RE object for this kernel, into /var/cache/tapttrace/bpf (quick when already built).
+# follow's and the exporter's CO-RE objects for this kernel (bpf/follow_btf.c, bpf/exporter_btf.c),
+# into /var/cache/tapttrace/bpf (quick when already built).
 prebuild() {
-  .venv/bin/python -m tracer.libbpf_loader >/dev/null || echo "setup: bpf/follow_btf.c not built; follow will build it at first use or use bcc" >&2
+  .venv/bin/python -m tracer.libbpf_loader >/dev/null || echo "setup: a BPF object (bpf/*_btf.c) was not built; follow and the exporter will build it at first use or use bcc" >&2
 }
 
 stamp=.venv/.setup-stamp

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from tracer.exporter.collector import ExporterCollector
-from tracer.exporter.service import kernel_namer, machine_inventory
+from tracer.exporter.service import kernel_namer, machine_inventory, open_program
 
 
 def scrape(collector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -25,7 +25,6 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 @contextmanager
 def exporter(features, **kw) -> Iterator[ExporterCollector]:
-    from tracer.exporter.program import ExporterProgram
-
-    with ExporterProgram(features) as program:
+    """The exporter on the loader features chose (features.exporter_loader: libbpf where tp_btf works)."""
+    with open_program(features) as program:
         yield ExporterCollector(program, kernel_namer(features), machine_inventory, **kw)

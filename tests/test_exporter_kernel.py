@@ -26,7 +26,7 @@ def features():
     from tracer.runtime import machine_features
 
     f = machine_features()
-    require(f)
+    require(f, f.exporter_loader)
     return f
 
 

@@ -1,4 +1,5 @@
-"""features.choose_follow_loader: which program follow loads, and the reason doctor shows."""
+"""features.choose_follow_loader and choose_exporter_loader: which program follow and the exporter
+load, and the reason doctor shows."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tracer import libbpf_loader
-from tracer.features import Availability, choose_follow_loader
+from tracer.features import EXPORTER_LOADER_ENV, Availability, choose_exporter_loader, choose_follow_loader
 
 OK = Availability(True, "loaded")
 NO = Availability(False, "loading a tp_btf program on netif_receive_skb failed: EINVAL")
@@ -34,7 +35,7 @@ def test_a_bridge_hook_no_longer_keeps_bcc(tmp_path, monkeypatch, bridge_hook):
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"fake btf")
     monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(libbpf_loader, "build_tools", lambda: ("clang", "bpftool", ""))
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda *_: ("clang", "bpftool", ""))
     loader, why = choose_follow_loader(OK, btf, bridge_hook, "raw_tracepoint")
     assert loader == "libbpf" and f"br_flood hop through {bridge_hook}" in why
     assert choose_follow_loader(OK, btf, bridge_hook, "raw_tracepoint", "bcc")[0] == "bcc"  # still overridable
@@ -45,7 +46,7 @@ def test_libbpf_when_the_object_is_built_or_buildable(tmp_path, monkeypatch):
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"fake btf")
     monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(libbpf_loader, "build_tools", lambda: ("clang", "bpftool", ""))
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda *_: ("clang", "bpftool", ""))
     loader, why = choose_follow_loader(OK, btf, "none", "raw_tracepoint")
     assert loader == "libbpf" and "first use" in why
     obj = libbpf_loader.object_path(btf)
@@ -58,6 +59,41 @@ def test_nothing_to_build_with_means_bcc(tmp_path, monkeypatch):
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"fake btf")
     monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(libbpf_loader, "build_tools", lambda: (None, None, "no clang to build bpf/follow_btf.c"))
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda *_: (None, None, "no clang to build bpf/follow_btf.c"))
     loader, why = choose_follow_loader(OK, Path(btf), "none", "raw_tracepoint")
     assert loader == "bcc" and "no clang" in why
+
+
+# -- the exporter's loader: the same rules, its own object and variable ----------------------
+
+
+def test_exporter_forced_or_nonsense(tmp_path):
+    assert choose_exporter_loader(NO, tmp_path / "btf", "raw_tracepoint", "libbpf")[0] == "libbpf"
+    loader, why = choose_exporter_loader(OK, tmp_path / "btf", "raw_tracepoint", "bcc")
+    assert loader == "bcc" and why == f"forced by {EXPORTER_LOADER_ENV}=bcc"
+    loader, why = choose_exporter_loader(OK, tmp_path / "btf", "raw_tracepoint", "llvm")
+    assert loader == "bcc" and "'llvm'" in why and EXPORTER_LOADER_ENV in why
+
+
+def test_exporter_without_tp_btf_or_core_tracepoints_in_btf_is_bcc(tmp_path):
+    assert choose_exporter_loader(NO, tmp_path / "btf", "raw_tracepoint")[0] == "bcc"
+    assert choose_exporter_loader(OK, tmp_path / "btf", "tracepoint")[0] == "bcc"
+
+
+def test_exporter_object_is_its_own(tmp_path, monkeypatch):
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"fake btf")
+    monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
+    asked = []
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda *a: asked.append(a) or ("clang", "bpftool", ""))
+    loader, why = choose_exporter_loader(OK, btf, "raw_tracepoint")
+    assert loader == "libbpf" and "first use" in why and asked == [("exporter_btf.c",)]
+    obj = libbpf_loader.object_path(btf, source="exporter_btf.c")
+    assert obj.name.startswith("exporter_btf-") and obj != libbpf_loader.object_path(btf)
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b"")
+    assert choose_exporter_loader(OK, btf, "raw_tracepoint") == ("libbpf", f"tp_btf programs load and {obj} is built")
+    # follow's object is not the exporter's: follow still has nothing built
+    assert "first use" in choose_follow_loader(OK, btf, "none", "raw_tracepoint")[1]
+    with pytest.raises(ValueError, match="no BPF object"):
+        libbpf_loader.object_path(btf, source="nope.c")

@@ -206,6 +206,8 @@ class Features:
     tp_btf: Availability = Availability(False, "not probed")  # tp_btf (BTF-typed raw tracepoint) programs
     follow_loader: str = "bcc"  # "libbpf" (bpf/follow_btf.c, tracer/libbpf_loader.py) | "bcc" (bpf/follow.c)
     follow_loader_why: str = ""
+    exporter_loader: str = "bcc"  # "libbpf" (bpf/exporter_btf.c, tracer/exporter/program_btf.py) | "bcc"
+    exporter_loader_why: str = ""
 
     def drop_reason(self, value: int) -> str:
         """The name of drop reason `value`, or "unknown:<n>"."""
@@ -454,6 +456,7 @@ _BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
 _BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP = 26, 23
 _TP_BTF_TARGET = "netif_receive_skb"
 FOLLOW_LOADER_ENV = "TAPTTRACE_FOLLOW_LOADER"  # "libbpf" | "bcc" | unset/"auto": force follow's loader
+EXPORTER_LOADER_ENV = "TAPTTRACE_EXPORTER_LOADER"  # the same for the exporter
 
 
 def _sys_bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
@@ -497,16 +500,16 @@ def probe_tp_btf(can_load: bool, btf: Optional[Btf]) -> Availability:
     return Availability(True, f"a tp_btf program on {_TP_BTF_TARGET} loaded and attached")
 
 
-def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str, hook: str,
-                         forced: str = "") -> tuple[str, str]:
-    """("libbpf" | "bcc", why). libbpf (bpf/follow_btf.c: plain loads of skb fields, no LLVM in the
-    process) where tp_btf programs load and the CO-RE object is built or can be (the object has
-    the br_flood hop too, fentry or kprobe, as bridge_hook says); bcc as the fallback."""
+def _choose_loader(env: str, source: str, tp_btf: Availability, btf_path: Path, hook: str, forced: str,
+                   extra: str = "") -> tuple[str, str]:
+    """("libbpf" | "bcc", why) for the program built from bpf/<source>: libbpf where tp_btf
+    programs load and the CO-RE object is built or can be; bcc as the fallback; `forced` (the
+    value of env) overrides."""
     forced = forced.strip().lower()
     if forced in ("bcc", "libbpf"):
-        return forced, f"forced by {FOLLOW_LOADER_ENV}={forced}"
+        return forced, f"forced by {env}={forced}"
     if forced not in ("", "auto"):
-        return "bcc", f"{FOLLOW_LOADER_ENV}={forced!r} is not libbpf, bcc or auto: using bcc"
+        return "bcc", f"{env}={forced!r} is not libbpf, bcc or auto: using bcc"
     if not tp_btf.ok:
         return "bcc", f"no tp_btf programs ({tp_btf.detail})"
     if hook != "raw_tracepoint":
@@ -518,16 +521,31 @@ def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str,
     except OSError as e:
         return "bcc", f"cannot load {libbpf_loader.LIBBPF}: {e}"
     try:
-        obj = libbpf_loader.object_path(btf_path)
+        obj = libbpf_loader.object_path(btf_path, source=source)
     except OSError as e:
         return "bcc", f"cannot hash the sources and BTF for the object: {e}"
-    flood = f"; br_flood hop through {bridge_hook}" if bridge_hook != "none" else ""
     if obj.is_file():
-        return "libbpf", f"tp_btf programs load and {obj} is built{flood}"
-    _, _, problem = libbpf_loader.build_tools()
+        return "libbpf", f"tp_btf programs load and {obj} is built{extra}"
+    _, _, problem = libbpf_loader.build_tools(source)
     if problem:
         return "bcc", problem
-    return "libbpf", f"tp_btf programs load; the object will be built into {obj.parent} at first use{flood}"
+    return "libbpf", f"tp_btf programs load; the object will be built into {obj.parent} at first use{extra}"
+
+
+def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str, hook: str,
+                         forced: str = "") -> tuple[str, str]:
+    """("libbpf" | "bcc", why). libbpf (bpf/follow_btf.c: plain loads of skb fields, no LLVM in the
+    process) where tp_btf programs load and the CO-RE object is built or can be (the object has
+    the br_flood hop too, fentry or kprobe, as bridge_hook says); bcc as the fallback."""
+    flood = f"; br_flood hop through {bridge_hook}" if bridge_hook != "none" else ""
+    return _choose_loader(FOLLOW_LOADER_ENV, "follow_btf.c", tp_btf, btf_path, hook, forced, flood)
+
+
+def choose_exporter_loader(tp_btf: Availability, btf_path: Path, hook: str, forced: str = "") -> tuple[str, str]:
+    """("libbpf" | "bcc", why) for the exporter: libbpf (bpf/exporter_btf.c, tracer/exporter/program_btf.py:
+    plain loads of skb fields, no bcc/LLVM in a long-running process) where tp_btf programs load and
+    the object is built or can be; bcc (bpf/exporter.c) as the fallback."""
+    return _choose_loader(EXPORTER_LOADER_ENV, "exporter_btf.c", tp_btf, btf_path, hook, forced)
 
 
 def _boot_id(roots: ProbeRoots) -> str:
@@ -616,6 +634,8 @@ def _probe(roots: ProbeRoots) -> Features:
     bridge_hook = "fentry" if fentry.ok else "kprobe" if kprobes.ok else "none"
     follow_loader, follow_loader_why = choose_follow_loader(tp_btf, roots.btf, bridge_hook, hook,
                                                             os.environ.get(FOLLOW_LOADER_ENV, ""))
+    exporter_loader, exporter_loader_why = choose_exporter_loader(tp_btf, roots.btf, hook,
+                                                                  os.environ.get(EXPORTER_LOADER_ENV, ""))
     return Features(
         kernel_release=release,
         is_root=is_root,
@@ -645,6 +665,8 @@ def _probe(roots: ProbeRoots) -> Features:
         tp_btf=tp_btf,
         follow_loader=follow_loader,
         follow_loader_why=follow_loader_why,
+        exporter_loader=exporter_loader,
+        exporter_loader_why=exporter_loader_why,
     )
 
 
@@ -667,7 +689,7 @@ probe_features.cache_clear = _probe_cached.cache_clear  # type: ignore[attr-defi
 def require(features: Features, loader: str = "bcc") -> None:
     """Raise EnvironmentProblem naming the first missing must-have and its fix.
 
-    loader="libbpf" (follow's precompiled tp_btf object) needs neither bcc nor kernel headers:
+    loader="libbpf" (follow's or the exporter's precompiled tp_btf object) needs neither bcc nor kernel headers:
     common on hypervisors, whose distro rarely ships headers for the running kernel."""
     if not features.is_root:
         raise EnvironmentProblem(f"not running as root: {ROOT_FIX}")
@@ -766,5 +788,9 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
     loaders = {"libbpf": "libbpf, precompiled bpf/follow_btf.c (tp_btf)", "bcc": "bcc, bpf/follow.c compiled at start"}
     lines.append(DoctorLine("follow loader", True, f"{loaders.get(f.follow_loader, f.follow_loader)}: "
                                                    f"{f.follow_loader_why}"))
+    exporters = {"libbpf": "libbpf, precompiled bpf/exporter_btf.c (tp_btf)",
+                 "bcc": "bcc, bpf/exporter.c compiled at start"}
+    lines.append(DoctorLine("exporter loader", True, f"{exporters.get(f.exporter_loader, f.exporter_loader)}: "
+                                                     f"{f.exporter_loader_why}"))
     # A fix is advice for what is missing; on a line that is fine it would only be noise.
     return [line if not line.ok else dataclasses.replace(line, fix="") for line in lines]

@@ -8,7 +8,11 @@ lock, at first use), and loaded here by libbpf.so.1, which applies the CO-RE rel
 against the running kernel's BTF. The watched MAC and the tracepoint argument layout go into
 .rodata before load, so one object serves every MAC and every run.
 
-`python -m tracer.libbpf_loader` builds the object and prints its path.
+Building and caching serve every object in OBJECTS: bpf/exporter_btf.c too, which
+tracer/exporter/program_btf.py loads with the ctypes wrapper `libbpf()` below.
+
+`python -m tracer.libbpf_loader [SOURCE...]` builds the objects (follow_btf.c, exporter_btf.c: all
+by default) and prints their paths.
 """
 from __future__ import annotations
 
@@ -31,7 +35,14 @@ from .errors import EnvironmentProblem, KernelError
 from .ringbuf import RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-SOURCES = ("follow_btf.c", "tapttrace.h")
+# Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
+# follow's hash is unchanged by the table (no flags hashed when there are none).
+OBJECTS = {
+    "follow_btf.c": (("tapttrace.h",), ()),
+    "exporter_btf.c": (("exporter.h",), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
+}
+FOLLOW_SOURCE = "follow_btf.c"
+SOURCES = (FOLLOW_SOURCE, *OBJECTS[FOLLOW_SOURCE][0])
 CACHE_DIR = Path(os.environ.get("TAPTTRACE_BPF_CACHE", "/var/cache/tapttrace/bpf"))
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 LIBBPF = "libbpf.so.1"
@@ -55,21 +66,31 @@ def _which(*names: str) -> Optional[str]:
     return next((found for n in names if (found := shutil.which(n, path=path))), None)
 
 
-def build_tools() -> tuple[Optional[str], Optional[str], str]:
-    """(clang, bpftool, problem): what building the object needs, and what is missing ("" if nothing)."""
+def build_tools(source: str = FOLLOW_SOURCE) -> tuple[Optional[str], Optional[str], str]:
+    """(clang, bpftool, problem): what building an object needs, and what is missing ("" if nothing)."""
     clang, bpftool = _which(*CLANGS), _which("bpftool")
     missing = [what for what, ok in (("clang", clang), ("bpftool", bpftool),
                                      ("libbpf's headers", LIBBPF_HEADER.is_file())) if not ok]
-    return clang, bpftool, (f"no {', '.join(missing)} to build bpf/follow_btf.c: {BUILD_FIX}" if missing else "")
+    return clang, bpftool, (f"no {', '.join(missing)} to build bpf/{source}: {BUILD_FIX}" if missing else "")
 
 
-def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
-    """Where the object for these sources and this kernel's BTF lives (built or not)."""
+def _object(source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        return OBJECTS[source]
+    except KeyError:
+        raise ValueError(f"no BPF object is built from {source!r} (known: {', '.join(OBJECTS)})") from None
+
+
+def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
+    """Where the object of `source` for these sources and this kernel's BTF lives (built or not):
+    <cache>/<source's stem>-<hash of the source, its headers, its flags and the BTF>.o."""
+    headers, cflags = _object(source)
     h = hashlib.sha256()
-    for name in SOURCES:
+    for name in (source, *headers):
         h.update((BPF_DIR / name).read_bytes())
+    h.update(" ".join(cflags).encode())
     h.update(btf.read_bytes())  # vmlinux.h is generated from it
-    return (cache or CACHE_DIR) / f"follow_btf-{h.hexdigest()[:16]}.o"
+    return (cache or CACHE_DIR) / f"{Path(source).stem}-{h.hexdigest()[:16]}.o"
 
 
 def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
@@ -84,15 +105,17 @@ def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
         return []
 
 
-def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
-    """The compiled object, built now if it isn't yet (one builder at a time: a lock file)."""
+def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
+    """The compiled object of bpf/<source>, built now if it isn't yet (one builder at a time: a lock file)."""
+    _, cflags = _object(source)
+    stem = Path(source).stem
     try:
-        target = object_path(btf, cache)
+        target = object_path(btf, cache, source)
     except OSError as e:
-        raise EnvironmentProblem(f"cannot read {e.filename} to build bpf/follow_btf.c: {e.strerror}") from None
+        raise EnvironmentProblem(f"cannot read {e.filename} to build bpf/{source}: {e.strerror}") from None
     if target.is_file():
         return target
-    clang, bpftool, problem = build_tools()
+    clang, bpftool, problem = build_tools(source)
     if problem:
         raise EnvironmentProblem(problem)
     try:
@@ -106,22 +129,22 @@ def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None) -> Path:
             return target
         with tempfile.TemporaryDirectory(prefix="tapttrace-bpf-") as tmp:
             vmlinux_h = Path(tmp, "vmlinux.h")
-            out = Path(tmp, "follow_btf.o")
+            out = Path(tmp, f"{stem}.o")
             steps = [
                 ([bpftool, "btf", "dump", "file", str(btf), "format", "c"], vmlinux_h),
-                ([clang, "-target", "bpf", "-O2", "-g", "-D__TARGET_ARCH_x86", *kernel_defines(btf),
-                  f"-I{tmp}", f"-I{BPF_DIR}", "-c", str(BPF_DIR / "follow_btf.c"), "-o", str(out)], None),
+                ([clang, "-target", "bpf", "-O2", "-g", *cflags, "-D__TARGET_ARCH_x86", *kernel_defines(btf),
+                  f"-I{tmp}", f"-I{BPF_DIR}", "-c", str(BPF_DIR / source), "-o", str(out)], None),
             ]
             for argv, stdout_to in steps:
                 with open(stdout_to, "wb") if stdout_to else open(os.devnull, "wb") as sink:
                     r = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True)
                 if r.returncode != 0:
                     said = " ".join(r.stderr.split())[:300]
-                    raise KernelError(f"building bpf/follow_btf.c failed at {Path(argv[0]).name}: {said}")
+                    raise KernelError(f"building bpf/{source} failed at {Path(argv[0]).name}: {said}")
             partial = target.with_suffix(f".{os.getpid()}.tmp")
             shutil.copyfile(out, partial)
             os.replace(partial, target)  # readers see the whole object or none
-        for old in target.parent.glob("follow_btf-*.o"):  # older sources' or kernels': rebuilt if needed
+        for old in target.parent.glob(f"{stem}-*.o"):  # older sources' or kernels': rebuilt if needed
             if old != target:
                 old.unlink(missing_ok=True)
     return target
@@ -176,6 +199,10 @@ def libbpf() -> ctypes.CDLL:
         ("bpf_map__initial_value", P, [P, ctypes.POINTER(S)]),
         ("bpf_map_update_elem", I, [I, P, P, ctypes.c_uint64]),
         ("bpf_map_lookup_elem", I, [I, P, P]),
+        ("bpf_map_delete_elem", I, [I, P]),
+        ("bpf_map_get_next_key", I, [I, P, P]),
+        ("bpf_map__key_size", U, [P]),
+        ("bpf_map__value_size", U, [P]),
         ("libbpf_num_possible_cpus", I, []),
         ("libbpf_set_print", P, [_PRINT_FN]),
     ):
@@ -373,15 +400,20 @@ class LibbpfFollowProgram:
         self.close()
 
 
-def main() -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    """Build the objects named (sources in bpf/: follow_btf.c, exporter_btf.c), or all of them;
+    print each one's path."""
     from .errors import TapttraceError
 
-    try:
-        print(build_object())
-    except TapttraceError as e:
-        print(f"tapttrace: {e.message}")
-        return e.exit_code
-    return 0
+    sources = (sys.argv[1:] if argv is None else argv) or list(OBJECTS)
+    status = 0
+    for source in sources:
+        try:
+            print(build_object(source=source))
+        except (TapttraceError, ValueError) as e:
+            print(f"tapttrace: {getattr(e, 'message', e)}", file=sys.stderr)
+            status = status or getattr(e, "exit_code", 2)
+    return status
 
 
 if __name__ == "__main__":

@@ -50,6 +50,17 @@ class FdbKey(ctypes.Structure):
 MAP_LAYOUT = {"devs": (DevKey, DevVal), "verdicts": (VerdictKey, ctypes.c_uint64),
               "drops": (DropKey, ctypes.c_uint64), "taps": (TapKey, ctypes.c_uint64),
               "fdb": (FdbKey, ctypes.c_uint64)}
+# The counter maps' keys as Counts (and delete()) spell them: field names in tuple order.
+COUNT_FIELDS = {"verdicts": ("netns", "bridge", "in_port", "out_port", "verdict"),
+                "drops": ("netns", "ifindex", "reason", "location"),
+                "taps": ("netns", "ifindex", "event", "reason"),
+                "fdb": ("netns", "bridge", "port", "event")}
+
+
+def count_key(name: str, key: tuple) -> ctypes.Structure:
+    """The ctypes key of counter map `name` for a Counts key tuple (fields by name: a DropKey's
+    tuple order is not its struct order)."""
+    return MAP_LAYOUT[name][0](**dict(zip(COUNT_FIELDS[name], key)))
 
 
 @dataclass(frozen=True)
@@ -169,10 +180,10 @@ class ExporterProgram:
     def read(self) -> Counts:
         health = self._bpf[b"health"]
         return Counts(
-            verdicts=self._sum("verdicts", ("netns", "bridge", "in_port", "out_port", "verdict")),
-            drops=self._sum("drops", ("netns", "ifindex", "reason", "location")),
-            taps=self._sum("taps", ("netns", "ifindex", "event", "reason")),
-            fdb=self._sum("fdb", ("netns", "bridge", "port", "event")),
+            verdicts=self._sum("verdicts", COUNT_FIELDS["verdicts"]),
+            drops=self._sum("drops", COUNT_FIELDS["drops"]),
+            taps=self._sum("taps", COUNT_FIELDS["taps"]),
+            fdb=self._sum("fdb", COUNT_FIELDS["fdb"]),
             health={name: sum(int(v) for v in health[ctypes.c_int(i)]) for i, name in HEALTH.items()},
         )
 
@@ -181,7 +192,7 @@ class ExporterProgram:
         table = self._bpf[name.encode()]
         for key in keys:
             try:
-                del table[table.Key(*key)]
+                del table[table.Key(**dict(zip(COUNT_FIELDS[name], key)))]
             except KeyError:
                 pass
 

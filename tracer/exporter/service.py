@@ -50,6 +50,19 @@ def kernel_namer(features) -> Namer:
                  symbol=symbol)
 
 
+def open_program(features, max_series: int = 16384):
+    """The exporter's BPF program, loaded and attached by the loader features chose
+    (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one). The libbpf path
+    never imports bcc."""
+    if features.exporter_loader == "libbpf":
+        from .program_btf import LibbpfExporterProgram
+
+        return LibbpfExporterProgram(features, max_series=max_series)
+    from .program import ExporterProgram
+
+    return ExporterProgram(features, max_series=max_series)
+
+
 @dataclass
 class ExporterSession:
     collector: ExporterCollector
@@ -62,15 +75,14 @@ def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[
     from ..features import require
     from ..runtime import machine_features
     from ..vms import read_domains
-    from .program import ExporterProgram
 
     if config.libvirt_uri is not None:
         read_domains(config.libvirt_uri)  # an explicit --connect must answer now, not at a later refresh
     features = machine_features()
-    require(features)
+    require(features, features.exporter_loader)
     stop = threading.Event()
     with ExitStack() as stack:
-        program = stack.enter_context(ExporterProgram(features, max_series=config.max_kernel_series))
+        program = stack.enter_context(open_program(features, max_series=config.max_kernel_series))
         collector = ExporterCollector(program, kernel_namer(features),
                                       lambda: machine_inventory(config.libvirt_uri),
                                       filters=config.filters, max_series=config.max_series,

@@ -1,0 +1,252 @@
+"""Load bpf/exporter_btf.c's precompiled CO-RE object with libbpf (through ctypes): the libbpf
+twin of program.ExporterProgram, with the same interface (set_devices, read, delete, close,
+attached, context manager) and the same map layouts (bpf/exporter.h, mirrored in program.py).
+
+No compiler and no bcc in the process (importing bcc maps LLVM, ≈ 76 MB resident): the object
+is built once per (sources, kernel BTF) into /var/cache/tapttrace/bpf/ by
+tracer/libbpf_loader.build_object (scripts/setup.sh, or at first use under a lock); the maps are
+read and written with bpf(2) through libbpf's thin wrappers.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import struct
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from ..errors import KernelError
+from ..libbpf_loader import _messages, _why, build_object, libbpf
+from .program import COUNT_FIELDS, HEALTH, MAP_LAYOUT, Counts, DevKey, DevVal, Role, count_key
+
+SOURCE = "exporter_btf.c"
+PROGRAMS = ("ttx_netif_receive_skb", "ttx_net_dev_queue", "ttx_kfree_skb", "ttx_consume_skb")
+FDB_PROGRAMS = {"bridge:br_fdb_update": "ttx_br_fdb_update", "bridge:fdb_delete": "ttx_fdb_delete"}
+CONFIG = struct.Struct("<ii")  # struct ttx_config: kfree_reason_arg, pad
+COUNTER_MAPS = ("verdicts", "drops", "taps", "fdb")
+_ENOENT = errno.ENOENT
+
+
+class _Map:
+    """One map of the loaded object, by fd; per-CPU values come back as one list per key."""
+
+    def __init__(self, lib: ctypes.CDLL, fd: int, key_type, value_type, per_cpu: int = 0):
+        self._lib, self.fd = lib, fd
+        self.key_type, self.value_type = key_type, value_type
+        self.per_cpu = per_cpu  # number of possible CPUs, 0 for a shared map
+        stride = (ctypes.sizeof(value_type) + 7) // 8 * 8  # the kernel rounds per-CPU values to 8 bytes
+        self._value_buf = ctypes.c_uint64 * (per_cpu * stride // 8) if per_cpu else value_type
+
+    def keys(self) -> Iterator:
+        key, nxt = None, self.key_type()
+        while True:
+            err = self._lib.bpf_map_get_next_key(self.fd, ctypes.byref(key) if key is not None else None,
+                                                 ctypes.byref(nxt))
+            if err:
+                if -err != _ENOENT:
+                    raise KernelError(f"reading an exporter map failed: {errno.errorcode.get(-err, err)}")
+                return
+            key = nxt
+            yield key
+            nxt = self.key_type()
+
+    def lookup(self, key):
+        """The value (a list of per-CPU u64 for a per-CPU map), or None."""
+        buf = self._value_buf()
+        if self._lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(buf)):
+            return None
+        if self.per_cpu:
+            stride = len(buf) // self.per_cpu
+            return [buf[i * stride] for i in range(self.per_cpu)]
+        return buf
+
+    def items(self) -> Iterator[tuple]:
+        for key in list(self.keys()):
+            value = self.lookup(key)
+            if value is not None:  # deleted meanwhile
+                yield key, value
+
+    def update(self, key, value) -> None:
+        err = self._lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0)
+        if err:
+            raise KernelError(f"updating an exporter map failed: {errno.errorcode.get(-err, err)}")
+
+    def delete(self, key) -> None:
+        self._lib.bpf_map_delete_elem(self.fd, ctypes.byref(key))  # ENOENT: already gone, fine
+
+
+class LibbpfExporterProgram:
+    """bpf/exporter_btf.c loaded and attached by libbpf. Leaving the context (or close())
+    detaches everything."""
+
+    loader = "libbpf"
+
+    def __init__(self, features, max_series: int = 16384, max_frames: int = 65536,
+                 obj_path: Optional[Path] = None, attach: bool = True):
+        """attach=False loads (the verifier's say) without attaching, for tests."""
+        self._lib = libbpf()
+        self._obj = None
+        self._links: list[int] = []
+        self.notes: list[str] = []  # what was given up (the FDB hooks where the bridge has no tracepoints)
+        try:
+            self._open(obj_path or build_object(source=SOURCE))
+            self._load(features, int(max_series), int(max_frames))
+            if attach:
+                self._attach()
+            self._maps = self._open_maps()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, path: Path) -> None:
+        del _messages[:]
+        obj = self._lib.bpf_object__open_file(str(path).encode(), None)
+        if not obj:
+            raise KernelError(f"libbpf could not open {path}: {_why(ctypes.get_errno())}")
+        self._obj = obj
+
+    def _map(self, name: str) -> int:
+        m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise KernelError(f"bpf/{SOURCE}'s object has no map {name}: rebuild it (scripts/setup.sh)")
+        return m
+
+    def _programs(self) -> Iterator[tuple[str, int]]:
+        lib = self._lib
+        prog = lib.bpf_object__next_program(self._obj, None) if self._obj else None
+        while prog:
+            yield lib.bpf_program__name(prog).decode(), prog
+            prog = lib.bpf_object__next_program(self._obj, prog)
+
+    def _load(self, features, max_series: int, max_frames: int) -> None:
+        lib = self._lib
+        for tracepoint, name in FDB_PROGRAMS.items():
+            tp = features.tracepoints.get(tracepoint)
+            if tp is None or not tp.present:  # the bridge (a module) not loaded: nothing to hook
+                prog = dict(self._programs())[name]
+                lib.bpf_program__set_autoload(prog, False)
+                self._note(f"no FDB counts from {tracepoint} (the kernel has no such tracepoint now: "
+                           "is the bridge module loaded?)")
+        rodata = self._map(".rodata")
+        size = ctypes.c_size_t(0)
+        lib.bpf_map__initial_value(rodata, ctypes.byref(size))
+        if size.value != CONFIG.size:
+            raise KernelError(f"bpf/{SOURCE}'s .rodata is {size.value} bytes, not the {CONFIG.size} of "
+                              "struct ttx_config: rebuild the object (scripts/setup.sh)")
+        reason = 2 if features.kfree_skb_reason_arg == 2 else -1
+        config = ctypes.create_string_buffer(CONFIG.pack(reason, 0), CONFIG.size)
+        if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
+            raise KernelError("libbpf refused the exporter's configuration (.rodata)")
+        for name, entries in [(n, max_series) for n in COUNTER_MAPS] + [("tapq", max_frames)]:
+            if lib.bpf_map__set_max_entries(self._map(name), entries):
+                raise KernelError(f"libbpf refused {entries} entries for the exporter's map {name}")
+        bad = []
+        for name, (key, val) in MAP_LAYOUT.items():
+            m = self._map(name)
+            if lib.bpf_map__key_size(m) != ctypes.sizeof(key):
+                bad.append(f"{name} key {lib.bpf_map__key_size(m)} != {ctypes.sizeof(key)}")
+            if lib.bpf_map__value_size(m) != ctypes.sizeof(val):
+                bad.append(f"{name} value {lib.bpf_map__value_size(m)} != {ctypes.sizeof(val)}")
+        if bad:
+            raise KernelError(f"bpf/{SOURCE} and tracer/exporter/program.py disagree on map layouts: "
+                              + ", ".join(bad))
+        err = lib.bpf_object__load(self._obj)
+        if err:
+            raise KernelError(f"could not load bpf/{SOURCE}: {_why(err)}")
+
+    def _attach(self) -> None:
+        for name, prog in self._programs():
+            if not self._lib.bpf_program__autoload(prog):
+                continue
+            link = self._lib.bpf_program__attach(prog)
+            if not link:
+                raise KernelError(f"could not attach {name} of bpf/{SOURCE}: {_why(ctypes.get_errno())}")
+            self._links.append(link)
+
+    def _open_maps(self) -> dict[str, _Map]:
+        lib = self._lib
+        ncpus = max(1, lib.libbpf_num_possible_cpus())
+        fd = lambda name: lib.bpf_map__fd(self._map(name))  # noqa: E731
+        maps = {"devs": _Map(lib, fd("devs"), DevKey, DevVal),
+                "vm_macs": _Map(lib, fd("vm_macs"), ctypes.c_uint64, DevKey),
+                "devgen": _Map(lib, fd("devgen"), ctypes.c_uint32, ctypes.c_uint64),
+                "health": _Map(lib, fd("health"), ctypes.c_uint32, ctypes.c_uint64, ncpus)}
+        for name in COUNTER_MAPS:
+            maps[name] = _Map(lib, fd(name), MAP_LAYOUT[name][0], ctypes.c_uint64, ncpus)
+        return maps
+
+    def _note(self, note: str) -> None:
+        self.notes.append(note)
+        print(f"tapttrace: note: {note}", file=sys.stderr)
+
+    @property
+    def attached(self) -> int:
+        return len(self._links)
+
+    def loaded_programs(self) -> set[str]:
+        """Names of the object's programs that are in the kernel (passed the verifier)."""
+        return {name for name, prog in self._programs() if self._lib.bpf_program__fd(prog) > 0}
+
+    def set_devices(self, roles: Iterable[Role], vm_macs: dict[int, tuple[int, int]]) -> None:
+        """Make the kernel's device and VM-MAC tables exactly these (adds, updates, removes)."""
+        want = {(r.netns, r.ifindex): (r.role, r.bridge) for r in roles}
+        devs = self._maps["devs"]
+        have = {(k.netns, k.ifindex): (v.role, v.bridge) for k, v in devs.items()}
+        changed = False
+        for key in have.keys() - want.keys():
+            devs.delete(DevKey(*key))
+            changed = True
+        for key, val in want.items():
+            if have.get(key) != val:
+                devs.update(DevKey(*key), DevVal(*val))
+                changed = True
+        if changed or self._first_devices:
+            # A new generation makes the hooks' per-CPU device cache ask `devs` again (bpf/exporter.c).
+            gen = self._maps["devgen"]
+            zero = ctypes.c_uint32(0)
+            now = gen.lookup(zero)
+            gen.update(zero, ctypes.c_uint64((now.value if now is not None else 0) + 1))
+            self._first_devices = False
+        macs = self._maps["vm_macs"]
+        have_macs = {k.value: (v.netns, v.ifindex) for k, v in macs.items()}
+        for mac in have_macs.keys() - vm_macs.keys():
+            macs.delete(ctypes.c_uint64(mac))
+        for mac, tap in vm_macs.items():
+            if have_macs.get(mac) != tap:
+                macs.update(ctypes.c_uint64(mac), DevKey(*tap))
+
+    _first_devices = True
+
+    def _sum(self, name: str) -> dict[tuple, int]:
+        fields = COUNT_FIELDS[name]
+        return {tuple(getattr(k, f) for f in fields): sum(per_cpu) for k, per_cpu in self._maps[name].items()}
+
+    def read(self) -> Counts:
+        health = self._maps["health"]
+        return Counts(
+            verdicts=self._sum("verdicts"),
+            drops=self._sum("drops"),
+            taps=self._sum("taps"),
+            fdb=self._sum("fdb"),
+            health={name: sum(health.lookup(ctypes.c_uint32(i)) or [0]) for i, name in HEALTH.items()},
+        )
+
+    def delete(self, name: str, keys: Iterable[tuple]) -> None:
+        """Remove counter series (of devices gone for good) so the kernel maps don't fill up."""
+        table = self._maps[name]
+        for key in keys:
+            table.delete(count_key(name, key))
+
+    def close(self) -> None:
+        while self._links:
+            self._lib.bpf_link__destroy(self._links.pop())
+        if self._obj is not None:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> "LibbpfExporterProgram":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
