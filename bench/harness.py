@@ -41,10 +41,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 DEFAULT_CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "diagnose"]
-# follow with its loader forced (TAPTTRACE_FOLLOW_LOADER): bcc (bpf/follow.c) or libbpf (bpf/follow_btf.c).
-# The plain follow-* configurations take whatever tapttrace chooses (`tapttrace doctor` says which).
+# follow and the exporter with their loader forced (TAPTTRACE_FOLLOW_LOADER, TAPTTRACE_EXPORTER_LOADER): bcc
+# (bpf/follow.c, bpf/exporter.c) or libbpf (bpf/follow_btf.c, bpf/exporter_btf.c). The plain configurations
+# take whatever tapttrace chooses (`tapttrace doctor` says which).
 LOADERS = ("bcc", "libbpf")
-CONFIGS = DEFAULT_CONFIGS + [f"{c}-{loader}" for c in ("follow-nomatch", "follow-match") for loader in LOADERS]
+LOADER_ENV = {"follow-nomatch": "TAPTTRACE_FOLLOW_LOADER", "follow-match": "TAPTTRACE_FOLLOW_LOADER",
+              "exporter": "TAPTTRACE_EXPORTER_LOADER"}
+CONFIGS = DEFAULT_CONFIGS + [f"{c}-{loader}" for c in LOADER_ENV for loader in LOADERS]
 DESCRIPTIONS = {
     "baseline": "no tracer",
     "exporter": "`tapttrace exporter` (in-kernel counters only)",
@@ -54,13 +57,13 @@ DESCRIPTIONS = {
 }
 for _c in CONFIGS[len(DEFAULT_CONFIGS):]:
     _base, _loader = _c.rsplit("-", 1)
-    DESCRIPTIONS[_c] = f"{DESCRIPTIONS[_base]}, TAPTTRACE_FOLLOW_LOADER={_loader}"
+    DESCRIPTIONS[_c] = f"{DESCRIPTIONS[_base]}, {LOADER_ENV[_base]}={_loader}"
 
 
 def split_config(config: str) -> tuple[str, Optional[str]]:
     """("follow-match", "bcc") for "follow-match-bcc"; (config, None) when no loader is forced."""
     base, _, loader = config.rpartition("-")
-    return (base, loader) if loader in LOADERS and base.startswith("follow") else (config, None)
+    return (base, loader) if loader in LOADERS and base in LOADER_ENV else (config, None)
 
 
 # -- small helpers --------------------------------------------------------------------------
@@ -419,13 +422,13 @@ class Bench:
     def tool_for(self, config: str, run_id: str) -> Optional[Tool]:
         out = self.workdir / f"{run_id}.out"
         config, loader = split_config(config)
-        env = {**os.environ, "TAPTTRACE_FOLLOW_LOADER": loader} if loader else None
+        env = {**os.environ, LOADER_ENV[config]: loader} if loader else None
         if config == "follow-nomatch":
             return Tool(tapttrace_cmd("follow", OTHER_MAC, "--json", "--no-learn"), out, env)
         if config == "follow-match":
             return Tool(tapttrace_cmd("follow", GUEST_MAC, "--json", "--no-learn"), out, env)
         if config == "exporter":
-            return Tool(tapttrace_cmd("exporter", *self.exporter_args), out)
+            return Tool(tapttrace_cmd("exporter", *self.exporter_args), out, env)
         return None
 
     def run(self, config: str, run_id: str) -> dict:
@@ -592,9 +595,10 @@ def detect_commands(configs: list[str]) -> tuple[dict[str, bool], list[str], lis
     available = {c: True for c in configs}
     exporter_args: list[str] = []
     diagnose_args: list[str] = []
-    if "exporter" in configs:
+    exporters = [c for c in configs if split_config(c)[0] == "exporter"]
+    if exporters:
         text = command_available("exporter")
-        available["exporter"] = text is not None
+        available.update({c: text is not None for c in exporters})
         if text:
             port = _free_port()
             if "--listen" in text:

@@ -170,7 +170,7 @@ def render(results: dict) -> str:
 
 def _bpf_table(results: dict) -> list[str]:
     rows = []
-    for config in ("exporter", "follow-nomatch", "follow-match"):
+    for config in [c for c in CONFIGS if c not in ("baseline", "diagnose")]:  # the forced-loader ones too
         runs = [r for r in results["runs"] if r["config"] == config and r.get("bpf")]
         if not runs:
             continue
