@@ -1,5 +1,6 @@
-/* Map layouts shared between bpf/exporter.c and tracer/exporter/program.py (which states them
- * once more as ctypes structures and checks bcc's key/value sizes against them at load). */
+/* Map layouts shared between bpf/exporter.c (bcc), bpf/exporter_btf.c (libbpf, tp_btf) and
+ * tracer/exporter/program.py, which states them once more as ctypes structures; both loaders
+ * check the maps' key/value sizes against those at load. */
 #ifndef TAPTTRACE_EXPORTER_H
 #define TAPTTRACE_EXPORTER_H
 
