@@ -175,6 +175,9 @@ def libbpf() -> ctypes.CDLL:
     """libbpf.so.1 with the prototypes used here; EnvironmentProblem if it can't be loaded."""
     global _lib, _print_cb
     if _lib is not None:
+        # bcc links the same libbpf.so.1 and sets its own print callback when it loads a program:
+        # take ours back, or libbpf's reasons (the br_flood hook's EPERM, say) are lost.
+        _lib.libbpf_set_print(_print_cb)
         return _lib
     try:
         lib = ctypes.CDLL(LIBBPF, use_errno=True)
