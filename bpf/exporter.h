@@ -72,4 +72,32 @@ struct ttx_fdb_key {
 	__u32 event;
 };
 
+/* The libbpf build only (bpf/exporter_btf.c): counters in per-CPU arrays indexed by a small
+ * device index user space assigns (tracer/exporter/program_btf.py), so the common per-frame path
+ * calls no hash-map helper. idx 0: none (the frame is counted in the hash maps above instead).
+ * An index stands for one (netns, ifindex, bridge): a device that changes bridge gets a new one. */
+struct ttx_dev_ent {
+	__u32 role;
+	__u32 bridge;
+	__u32 idx; /* 1..TTX_MAX_DEVS-1, 0: none */
+	__u32 pad;
+};
+
+/* devcnt[idx]: what is counted per device with no other varying label. */
+struct ttx_dev_counts {
+	__u64 tap_queued;    /* taps (netns, ifindex, TTX_TAP_QUEUED, 0) */
+	__u64 tap_delivered; /* taps (netns, ifindex, TTX_TAP_DELIVERED, 0) */
+	__u64 flooded;       /* verdicts (netns, bridge, ifindex as in_port, 0, TTX_V_FLOODED) */
+	__u64 local;         /* verdicts (netns, bridge, ifindex as in_port, bridge, TTX_V_LOCAL) */
+	__u64 dropped;       /* verdicts (netns, bridge, ifindex as in_port, 0, TTX_V_DROPPED) */
+};
+
+/* paircnt[pairs[in_idx << TTX_DEV_BITS | out_idx]]: verdicts with a single out port. */
+struct ttx_pair_counts {
+	__u64 forwarded; /* verdicts (netns, bridge, in_port, out_port, TTX_V_FORWARDED) */
+	__u64 delivered; /* verdicts (netns, bridge, in_port, out_port, TTX_V_DELIVERED) */
+};
+
+#define TTX_DEV_BITS 8 /* device indices below 1 << TTX_DEV_BITS; the pair table has its square */
+
 #endif

@@ -6,15 +6,26 @@
  * What differs is how kernel memory is read. In a tp_btf program the skb is a BTF-typed pointer:
  * skb->dev, skb->head, skb->mac_header, dev->ifindex and dev->nd_net.net->ns.inum are plain
  * loads (CO-RE relocated by libbpf against the running kernel's BTF), not bpf_probe_read_kernel
- * calls; the common path of a hook has no helper call except the counter updates. The bridge's
+ * calls. The bridge's
  * own structs (FDB hooks, cold) are read through BPF_CORE_READ with local `___tt` flavours, so
  * the object builds and relocates whether the bridge is built in (vmlinux BTF) or a module
  * (/sys/kernel/btf/bridge).
  *
- * Sizes: the hash maps' max_entries are set by tracer/exporter/program_btf.py before load
- * (bpf_map__set_max_entries); DEVC_BITS and QTAB_BITS are compile-time constants (the masks are
- * in the code). Per-run values (which tracepoint argument carries the drop reason) are in
+ * Sizes: the hash maps' and paircnt's max_entries are set by tracer/exporter/program_btf.py
+ * before load (bpf_map__set_max_entries); DEVC_BITS, QTAB_BITS and TTX_DEV_BITS are compile-time
+ * constants (the masks are in the code). Per-run values (which tracepoint argument carries the drop reason) are in
  * .rodata. The compare-and-swap on qtab needs -mcpu=v3 (tracer/libbpf_loader.py builds with it).
+ *
+ * Counters (differs from bpf/exporter.c): what a frame forwarded or delivered to a tap costs is
+ * counted in per-CPU *arrays*, whose lookups the verifier inlines, not in per-CPU hashes (a helper
+ * call, ≈ 40-55 ns a lookup here, more for an insert). User space gives every watched device a
+ * small index (`devs`' value: struct ttx_dev_ent in exporter.h); `devcnt[idx]` holds the tap
+ * queued/delivered counts and the flooded/local/dropped verdicts of frames that came in by it;
+ * `pairs[in_idx << TTX_DEV_BITS | out_idx]` names a slot of `paircnt` for the forwarded and
+ * delivered verdicts of one (in port, out port) pair, assigned by user space for every pair of
+ * one bridge. The hash maps stay for what has no bounded index (drops by reason and location,
+ * taps dropped by reason, tap `local`, FDB events) and as the fallback for a device or pair that
+ * got no index (tables full); user space adds both up into the same keys.
  *
  * Pointers as numbers: the verifier refuses arithmetic other than +/- on a BTF pointer, and the
  * hash of a slot multiplies. A privileged program may store a pointer into map memory and load
@@ -42,6 +53,9 @@ const volatile struct ttx_config ttx_config = {
 
 #define MAX_SERIES 16384 /* counter maps: set by the loader (--max-kernel-series) */
 #define MAX_FRAMES 65536 /* tapq: set by the loader */
+#define MAX_DEVS (1 << TTX_DEV_BITS)
+#define DEV_MASK (MAX_DEVS - 1)
+#define MAX_PAIRS 4096 /* paircnt: set by the loader */
 #define TTX_NO_COMMON_LRU 2 /* BPF_F_NO_COMMON_LRU */
 
 /* The bridge's structs, as far as the FDB hooks read them (libbpf matches `net_bridge___tt` to
@@ -72,7 +86,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct ttx_dev_key);
-	__type(value, struct ttx_dev_val);
+	__type(value, struct ttx_dev_ent);
 } devs SEC(".maps");
 
 /* Per-MAC (low 40 bits) -> tap: "addressed to a VM but consumed by the host" (bpf/exporter.c). */
@@ -91,6 +105,8 @@ struct ttx_devc {
 	__u32 ifindex;
 	__u32 role;
 	__u32 bridge;
+	__u32 idx; /* devcnt index, 0: none */
+	__u32 pad;
 };
 #define DEVC_BITS 8
 struct {
@@ -121,6 +137,8 @@ struct ttx_cur {
 	__u32 in_port;
 	__u32 clones;
 	__u64 scratch;
+	__u32 in_idx; /* the in port's devcnt index */
+	__u32 pad;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -135,6 +153,8 @@ struct ttx_queued {
 	__u32 ifindex;
 	__u32 bridge;
 	__u32 in_port;
+	__u32 idx;    /* the tap's devcnt index */
+	__u32 in_idx; /* the in port's (when bridge is set) */
 };
 struct ttx_qslot {
 	__u64 skb; /* 0: free */
@@ -168,6 +188,28 @@ COUNTER_MAP(verdicts, struct ttx_verdict_key);
 COUNTER_MAP(drops, struct ttx_drop_key);
 COUNTER_MAP(taps, struct ttx_tap_key);
 COUNTER_MAP(fdb, struct ttx_fdb_key);
+
+/* The array counters (top of the file, exporter.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_DEVS);
+	__type(key, __u32);
+	__type(value, struct ttx_dev_counts);
+} devcnt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_DEVS * MAX_DEVS);
+	__type(key, __u32);
+	__type(value, __u32); /* paircnt slot, 0: none */
+} pairs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_PAIRS);
+	__type(key, __u32);
+	__type(value, struct ttx_pair_counts);
+} paircnt SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -234,20 +276,51 @@ static __always_inline __u32 dev_role(struct net_device *dev, __u64 devp, struct
 			if (net)
 				k.netns = net->ns.inum;
 		}
-		struct ttx_dev_val *v = bpf_map_lookup_elem(&devs, &k);
+		struct ttx_dev_ent *v = bpf_map_lookup_elem(&devs, &k);
 		c->dev = devp;
 		c->gen = g;
 		c->netns = k.netns;
 		c->ifindex = k.ifindex;
 		c->role = v ? v->role : 0;
 		c->bridge = v ? v->bridge : 0;
+		c->idx = v ? v->idx : 0;
 	}
 	*d = *c;
 	return d->role;
 }
 
-static __always_inline void count_verdict(__u32 netns, __u32 bridge, __u32 in_port, __u32 out_port, __u32 verdict)
+/* A verdict: in devcnt[in_idx] (flooded, local, dropped) or paircnt (forwarded, delivered) when
+ * user space gave the devices (and the pair) an index, else in the `verdicts` hash. */
+static __always_inline void count_verdict(__u32 netns, __u32 bridge, __u32 in_port, __u32 out_port, __u32 verdict,
+					  __u32 in_idx, __u32 out_idx)
 {
+	if (in_idx) {
+		if (verdict == TTX_V_FORWARDED || verdict == TTX_V_DELIVERED) {
+			__u32 pi = ((in_idx & DEV_MASK) << TTX_DEV_BITS) | (out_idx & DEV_MASK);
+			__u32 *slot = out_idx ? bpf_map_lookup_elem(&pairs, &pi) : 0;
+			if (slot && *slot) {
+				struct ttx_pair_counts *p = bpf_map_lookup_elem(&paircnt, slot);
+				if (p) {
+					if (verdict == TTX_V_FORWARDED)
+						p->forwarded += 1;
+					else
+						p->delivered += 1;
+					return;
+				}
+			}
+		} else {
+			struct ttx_dev_counts *c = bpf_map_lookup_elem(&devcnt, &in_idx);
+			if (c) {
+				if (verdict == TTX_V_FLOODED)
+					c->flooded += 1;
+				else if (verdict == TTX_V_LOCAL)
+					c->local += 1;
+				else
+					c->dropped += 1;
+				return;
+			}
+		}
+	}
 	struct ttx_verdict_key k = {};
 	k.netns = netns;
 	k.bridge = bridge;
@@ -257,9 +330,32 @@ static __always_inline void count_verdict(__u32 netns, __u32 bridge, __u32 in_po
 	count(&verdicts, &k);
 }
 
-static __always_inline void track(struct ttx_cur *f, __u64 skb, __u32 netns, __u32 bridge, __u32 in_port)
+/* A tap's queued/delivered count (reason 0): in devcnt[idx] when it has one, else in `taps`. */
+static __always_inline void count_tap(__u32 netns, __u32 ifindex, __u32 idx, __u32 event, __u32 reason)
+{
+	if (idx && !reason && (event == TTX_TAP_QUEUED || event == TTX_TAP_DELIVERED)) {
+		struct ttx_dev_counts *c = bpf_map_lookup_elem(&devcnt, &idx);
+		if (c) {
+			if (event == TTX_TAP_QUEUED)
+				c->tap_queued += 1;
+			else
+				c->tap_delivered += 1;
+			return;
+		}
+	}
+	struct ttx_tap_key tk = {};
+	tk.netns = netns;
+	tk.ifindex = ifindex;
+	tk.event = event;
+	tk.reason = reason;
+	count(&taps, &tk);
+}
+
+static __always_inline void track(struct ttx_cur *f, __u64 skb, __u32 netns, __u32 bridge, __u32 in_port,
+				  __u32 in_idx)
 {
 	f->skb = skb;
+	f->in_idx = in_idx;
 	f->netns = netns;
 	f->bridge = bridge;
 	f->in_port = in_port;
@@ -309,7 +405,7 @@ int BPF_PROG(ttx_netif_receive_skb, struct sk_buff *skb)
 		return 0;
 	__u64 skbp = addr(f, skb);
 	if (role & TTX_ROLE_PORT) {
-		track(f, skbp, d.netns, d.bridge, d.ifindex);
+		track(f, skbp, d.netns, d.bridge, d.ifindex, d.idx);
 		return 0;
 	}
 	if (!(role & TTX_ROLE_BRIDGE))
@@ -317,9 +413,9 @@ int BPF_PROG(ttx_netif_receive_skb, struct sk_buff *skb)
 	if (f->skb != skbp || f->bridge != d.ifindex || f->netns != d.netns)
 		return 0;
 	if (f->clones) {
-		count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED);
+		count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED, f->in_idx, 0);
 	} else {
-		count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_LOCAL);
+		count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_LOCAL, f->in_idx, 0);
 		__u64 mac = dst_mac40(skb);
 		struct ttx_dev_key *tap = mac ? bpf_map_lookup_elem(&vm_macs, &mac) : 0;
 		if (tap && tap->netns == d.netns) {
@@ -350,7 +446,7 @@ int BPF_PROG(ttx_net_dev_queue, struct sk_buff *skb)
 	__u64 skbp = addr(f, skb);
 	if (role & TTX_ROLE_BRIDGE) {
 		/* The host sends through the bridge: the bridge device is the frame's way in. */
-		track(f, skbp, d.netns, d.ifindex, d.ifindex);
+		track(f, skbp, d.netns, d.ifindex, d.ifindex, d.idx);
 		return 0;
 	}
 	struct ttx_queued q = {};
@@ -359,12 +455,14 @@ int BPF_PROG(ttx_net_dev_queue, struct sk_buff *skb)
 			/* The original leaves: every clone has been made. */
 			if (f->bridge == d.bridge && f->netns == d.netns) {
 				if (f->clones) {
-					count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED);
+					count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED, f->in_idx, 0);
 				} else if (role & TTX_ROLE_TAP) {
 					q.bridge = f->bridge; /* its only copy: the verdict waits for read or drop */
 					q.in_port = f->in_port;
+					q.in_idx = f->in_idx;
 				} else {
-					count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_FORWARDED);
+					count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_FORWARDED,
+						      f->in_idx, d.idx);
 				}
 				f->skb = 0;
 			}
@@ -375,13 +473,10 @@ int BPF_PROG(ttx_net_dev_queue, struct sk_buff *skb)
 		}
 	}
 	if (role & TTX_ROLE_TAP) {
-		struct ttx_tap_key tk = {};
-		tk.netns = d.netns;
-		tk.ifindex = d.ifindex;
-		tk.event = TTX_TAP_QUEUED;
-		count(&taps, &tk);
+		count_tap(d.netns, d.ifindex, d.idx, TTX_TAP_QUEUED, 0);
 		q.netns = d.netns;
 		q.ifindex = d.ifindex;
+		q.idx = d.idx;
 		__u32 i = slot_of(skbp, QTAB_BITS);
 		struct ttx_qslot *s = bpf_map_lookup_elem(&qtab, &i);
 		if (s) {
@@ -415,17 +510,12 @@ static __always_inline void tap_done(__u64 skb, __u32 event, __u32 reason)
 		q = *h;
 		bpf_map_delete_elem(&tapq, &skb);
 	}
-	struct ttx_tap_key tk = {};
-	tk.netns = q.netns;
-	tk.ifindex = q.ifindex;
-	tk.event = event;
-	tk.reason = reason;
-	count(&taps, &tk);
+	count_tap(q.netns, q.ifindex, q.idx, event, reason);
 	if (q.bridge) {
 		if (event == TTX_TAP_DELIVERED)
-			count_verdict(q.netns, q.bridge, q.in_port, q.ifindex, TTX_V_DELIVERED);
+			count_verdict(q.netns, q.bridge, q.in_port, q.ifindex, TTX_V_DELIVERED, q.in_idx, q.idx);
 		else
-			count_verdict(q.netns, q.bridge, q.in_port, 0, TTX_V_DROPPED);
+			count_verdict(q.netns, q.bridge, q.in_port, 0, TTX_V_DROPPED, q.in_idx, 0);
 	}
 }
 
@@ -464,7 +554,7 @@ int ttx_kfree_skb(__u64 *ctx)
 	if (role)
 		tap_done(skbp, TTX_TAP_DROPPED, reason);
 	if (ours) {
-		count_verdict(f->netns, f->bridge, f->in_port, 0, f->clones ? TTX_V_FLOODED : TTX_V_DROPPED);
+		count_verdict(f->netns, f->bridge, f->in_port, 0, f->clones ? TTX_V_FLOODED : TTX_V_DROPPED, f->in_idx, 0);
 		f->skb = 0;
 	}
 	return 0;
@@ -490,7 +580,8 @@ int ttx_consume_skb(__u64 *ctx)
 	if (f->skb != skbp)
 		return 0;
 	/* Freed inside the bridge without a drop: the host took it (as follow says). */
-	count_verdict(f->netns, f->bridge, f->in_port, f->clones ? 0 : f->bridge, f->clones ? TTX_V_FLOODED : TTX_V_LOCAL);
+	count_verdict(f->netns, f->bridge, f->in_port, f->clones ? 0 : f->bridge, f->clones ? TTX_V_FLOODED : TTX_V_LOCAL,
+		      f->in_idx, 0);
 	f->skb = 0;
 	return 0;
 }

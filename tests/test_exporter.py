@@ -16,6 +16,7 @@ import yaml
 
 from tracer.errors import UsageError
 from tracer.exporter import program as prog
+from tracer.exporter import program_btf as btf_prog
 from tracer.exporter.collector import ExporterCollector, SeriesCap
 from tracer.exporter.labels import OVERFLOW, Inventory, Namer, roles, vm_mac_key
 from tracer.exporter.program import Counts
@@ -195,7 +196,9 @@ def _header_structs() -> dict[str, list[tuple[str, str]]]:
 
 @pytest.mark.parametrize("cname,ctype", [("ttx_dev_key", prog.DevKey), ("ttx_dev_val", prog.DevVal),
                                          ("ttx_verdict_key", prog.VerdictKey), ("ttx_drop_key", prog.DropKey),
-                                         ("ttx_tap_key", prog.TapKey), ("ttx_fdb_key", prog.FdbKey)])
+                                         ("ttx_tap_key", prog.TapKey), ("ttx_fdb_key", prog.FdbKey),
+                                         ("ttx_dev_ent", btf_prog.DevEnt), ("ttx_dev_counts", btf_prog.DevCounts),
+                                         ("ttx_pair_counts", btf_prog.PairCounts)])
 def test_ctypes_mirror_the_header(cname, ctype):
     sizes = {"__u32": ctypes.c_uint32, "__u64": ctypes.c_uint64}
     fields = _header_structs()[cname]
@@ -205,6 +208,11 @@ def test_ctypes_mirror_the_header(cname, ctype):
 def test_header_codes_match_python():
     text = (ROOT / "bpf" / "exporter.h").read_text()
     defs = {k: int(v) for k, v in re.findall(r"#define (TTX_\w+) (\d+)", text)}
+    assert defs["TTX_DEV_BITS"] == btf_prog.DEV_BITS
+    assert (defs["TTX_V_FORWARDED"], defs["TTX_V_FLOODED"], defs["TTX_V_LOCAL"], defs["TTX_V_DROPPED"],
+            defs["TTX_V_DELIVERED"]) == (btf_prog.V_FORWARDED, btf_prog.V_FLOODED, btf_prog.V_LOCAL,
+                                         btf_prog.V_DROPPED, btf_prog.V_DELIVERED)
+    assert (defs["TTX_TAP_QUEUED"], defs["TTX_TAP_DELIVERED"]) == (btf_prog.TAP_QUEUED, btf_prog.TAP_DELIVERED)
     assert {defs[f"TTX_V_{v.upper()}"]: v for v in prog.VERDICTS.values()} == prog.VERDICTS
     assert {defs[f"TTX_TAP_{v.upper()}"]: v for v in prog.TAP_EVENTS.values()} == prog.TAP_EVENTS
     assert {defs[f"TTX_FDB_{v.upper()}"]: v for v in prog.FDB_EVENTS.values()} == prog.FDB_EVENTS
@@ -235,3 +243,71 @@ def test_promtool_check_rules():
     res = subprocess.run(["promtool", "check", "rules", str(ROOT / "deploy/prometheus/tapttrace-rules.yml")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# -- the libbpf build's device indices (tracer/exporter/program_btf.IndexTable) -----------------
+
+P, T, B = prog.ROLE_PORT, prog.ROLE_TAP, prog.ROLE_BRIDGE
+LAB = {(NS, 3): (B, 3), (NS, 4): (P, 3), (NS, 5): (P | T, 3), (NS, 9): (T, 0)}
+
+
+def test_every_watched_device_gets_an_index_and_every_pair_of_a_bridge_a_slot():
+    table = btf_prog.IndexTable(max_devs=16, max_pairs=64)
+    ch = table.assign(LAB, lambda idx: True)
+    assert sorted(table.idx) == [(NS, 3, 3), (NS, 4, 3), (NS, 5, 3), (NS, 9, 0)]
+    assert sorted(ch.new_devs) == [1, 2, 3, 4]
+    br, up, tap = (table.of(NS, i, 3) for i in (3, 4, 5))
+    # in: a port or the bridge itself (the host sending); out: a port. A tap outside bridges: none.
+    assert set(table.pairs) == {(br, up), (br, tap), (up, tap), (tap, up)}
+    assert sorted(slot for *_, slot in ch.new_pairs) == [1, 2, 3, 4]
+    again = table.assign(LAB, lambda idx: True)
+    assert again == btf_prog.IndexChanges()  # nothing new when nothing changed
+
+
+def test_a_vanished_device_keeps_its_index_until_its_counts_are_gone():
+    table = btf_prog.IndexTable(max_devs=16, max_pairs=64)
+    table.assign(LAB, lambda idx: True)
+    tap = table.of(NS, 5, 3)
+    without_tap = {k: v for k, v in LAB.items() if k != (NS, 5)}
+    counted = {tap}
+    ch = table.assign(without_tap, lambda idx: idx not in counted)
+    assert table.retired == {tap} and table.owner[tap] == (NS, 5, 3) and not ch.freed_pairs
+    table.assign(without_tap, lambda idx: idx not in counted)  # counts left: still kept
+    assert table.owner[tap] == (NS, 5, 3)
+    counted.clear()  # the collector deleted its series
+    ch = table.assign(without_tap, lambda idx: idx not in counted)
+    assert (NS, 5, 3) not in table.idx and not table.retired
+    assert sorted((i, o) for i, o, _ in ch.freed_pairs) == sorted(p for p in [(table.of(NS, 3, 3), tap),
+                                                                            (table.of(NS, 4, 3), tap),
+                                                                            (tap, table.of(NS, 4, 3))])
+    # A device that comes back before release keeps counting under its old index; one freed is
+    # reused last (a late count of the old device must not land on a new one at once).
+    ch = table.assign(LAB, lambda idx: True)
+    assert table.of(NS, 5, 3) not in (0, tap) and ch.new_devs == [table.of(NS, 5, 3)]
+
+
+def test_a_device_that_changes_bridge_gets_a_new_index_and_the_old_stays_readable():
+    table = btf_prog.IndexTable(max_devs=16, max_pairs=64)
+    table.assign(LAB, lambda idx: True)
+    old = table.of(NS, 4, 3)
+    moved = {**LAB, (NS, 4): (P, 9), (NS, 9): (B, 9)}
+    table.assign(moved, lambda idx: False)
+    assert table.of(NS, 4, 9) not in (0, old) and table.owner[old] == (NS, 4, 3) and old in table.retired
+    assert [k for _, i, series in table.series() if i == old for _, k in series][2] == (NS, 3, 4, 0, 2)  # its flooded verdicts, under bridge 3
+
+
+def test_full_tables_leave_the_rest_to_the_hash_maps():
+    table = btf_prog.IndexTable(max_devs=3, max_pairs=2)  # indices 1, 2; one pair slot
+    table.assign(LAB, lambda idx: True)
+    assert len(table.idx) == 2 and len(table.pairs) == 1
+    assert sum(table.of(NS, i, br) == 0 for (_, i), (_, br) in LAB.items()) == 2
+
+
+def test_array_fields_name_the_same_keys_as_the_hash_maps():
+    assert btf_prog.dev_series((NS, 5, 3)) == [
+        ("taps", (NS, 5, 1, 0)), ("taps", (NS, 5, 2, 0)), ("verdicts", (NS, 3, 5, 0, 2)),
+        ("verdicts", (NS, 3, 5, 3, 3)), ("verdicts", (NS, 3, 5, 0, 4))]
+    assert btf_prog.pair_series((NS, 4, 3), (NS, 5, 3)) == [("verdicts", (NS, 3, 4, 5, 1)),
+                                                            ("verdicts", (NS, 3, 4, 5, 5))]
+    assert [name for name, _ in btf_prog.DevCounts._fields_] == ["tap_queued", "tap_delivered", "flooded",
+                                                                  "local", "dropped"]
