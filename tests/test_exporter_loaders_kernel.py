@@ -222,3 +222,24 @@ def test_bcc_and_libbpf_count_the_same(both, scenario):
         left = [k for family in (counts.verdicts, counts.drops, counts.taps, counts.fdb) for k in family
                 if k[0] == inode]
         assert left == [] and c.decode_errors == 0
+
+
+def test_libbpf_counts_forwarded_and_delivered_frames_in_arrays_not_hashes(both):
+    """The point of the device indices (bpf/exporter_btf.c): a frame forwarded or delivered to a
+    tap, the ARP floods and the host's replies make no per-CPU hash entry; the counts come back
+    through read() under the same keys."""
+    libbpf = both[1]
+    with Lab(LabSpec()) as lab:
+        libbpf.refresh()
+        lab.ping_guest_from_remote(count=3)
+        lab.ping_guest_from_host(count=2)
+        time.sleep(0.2)
+        inode = os.stat(f"/run/netns/{lab.hv_ns}").st_ino
+        prog = libbpf.program
+        in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
+        counts = prog.read()
+        verdicts = {k[4] for k in counts.verdicts if k[0] == inode}
+        events = {k[2] for k in counts.taps if k[0] == inode}
+    assert in_hashes == []
+    assert {program_btf.V_FORWARDED, program_btf.V_DELIVERED} <= verdicts
+    assert {program_btf.TAP_QUEUED, program_btf.TAP_DELIVERED} <= events
