@@ -25,8 +25,23 @@ def stop_on_signals() -> Iterator[threading.Event]:
     """Ctrl-C and SIGTERM set an event the loops check, so every exit path runs the clean-up."""
     stop = threading.Event()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handling = False
+
+    def on_signal(*_) -> None:
+        # A second signal can land while the first one's handler is inside Event.set(), which
+        # holds a lock that is not reentrant: setting it again there deadlocked follow (a
+        # SIGTERM sent twice). Handlers run in the main thread, so a plain flag keeps them apart.
+        nonlocal handling
+        if handling or stop.is_set():
+            return
+        handling = True
+        try:
+            stop.set()
+        finally:
+            handling = False
+
     for s in previous:
-        signal.signal(s, lambda *_: stop.set())
+        signal.signal(s, on_signal)
     try:
         yield stop
     finally:
