@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from test_follow_kernel import our_programs  # noqa: E402
+from test_follow_kernel import our_links  # noqa: E402
 
 
 def diagnose(lab: Lab, traffic, *extra: str, duration: float = 3.0) -> tuple[int, dict]:
@@ -27,7 +27,7 @@ def diagnose(lab: Lab, traffic, *extra: str, duration: float = 3.0) -> tuple[int
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
-        while len(our_programs(proc.pid)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        while our_links(proc.pid) < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if traffic is not None and proc.poll() is None:
             traffic(lab)

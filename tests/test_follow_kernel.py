@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import jsonschema
 import pytest
@@ -39,20 +40,22 @@ class Follow:
 
     def _wait_attached(self) -> set[int]:
         # follow prints nothing on stdout before the first journey; its programs are attached
-        # once they show up in bpftool, which is what we wait for.
+        # once it holds a BPF link for each of its four hooks (a loaded program is not yet
+        # attached: frames sent in between would be missed by this follow only).
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"follow exited early: {self.proc.stderr.read()}")
-            ids = our_programs(self.proc.pid)
-            if len(ids) >= 4:
-                return ids
+            if our_links(self.proc.pid) >= 4:
+                return our_programs(self.proc.pid)
             time.sleep(0.05)
         raise AssertionError("follow's BPF programs never showed up")
 
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[list[dict], dict, str]:
-        time.sleep(0.3)  # let the last journeys end
-        self.proc.send_signal(sig)
+    def stop(self, sig: Optional[int] = signal.SIGTERM, settle: float = 0.3) -> tuple[list[dict], dict, str]:
+        """sig=None: the caller has signalled it already."""
+        time.sleep(settle)  # let the last journeys end
+        if sig is not None:
+            self.proc.send_signal(sig)
         try:
             out, err = self.proc.communicate(timeout=20)
         finally:
@@ -80,6 +83,18 @@ def our_programs(pid: int) -> set[int]:
             if line.startswith("prog_id:"):
                 ids.add(int(line.split()[1]))
     return ids
+
+
+def our_links(pid: int) -> int:
+    """How many BPF links (attached programs) a process holds open."""
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    count = 0
+    for entry in fdinfo.iterdir() if fdinfo.exists() else []:
+        try:
+            count += "link_type:" in entry.read_text()
+        except OSError:
+            continue
+    return count
 
 
 def loaded_programs() -> set[int]:
@@ -149,6 +164,25 @@ def test_learned_address_pulls_in_arp_requests_without_ip_flag():
         journeys, summary, _ = f.stop()
     assert lab.guest_ip in summary["learned_ips"]
     assert any(j["summary"].startswith(f"ARP who-has {lab.guest_ip}") for j in journeys)
+
+
+def test_the_kernel_learns_the_guests_address_without_waiting_for_user_space(monkeypatch):
+    """libbpf loader: the guest's own frame puts its address into the kernel's watch list at once.
+    follow's process is stopped (SIGSTOP) in between, so only the kernel can have learned it."""
+    monkeypatch.setenv("TAPTTRACE_FOLLOW_LOADER", "libbpf")
+    with Lab(LabSpec()) as lab:
+        f = Follow(lab.guest_mac, "--netns", lab.hv_ns)
+        f.proc.send_signal(signal.SIGSTOP)
+        try:
+            lab.ping_guest_from_remote(count=1)  # the guest's ARP reply carries its address
+            lab.run(lab.remote_ns, "ip", "neigh", "flush", "dev", lab.remote_dev)
+            lab.ping_guest_from_remote(count=1)  # a broadcast ARP request for that address
+        finally:
+            f.proc.send_signal(signal.SIGCONT)
+        journeys, summary, _ = f.stop()
+    assert lab.guest_ip in summary["learned_ips"]
+    asks = [j for j in journeys if j["summary"].startswith(f"ARP who-has {lab.guest_ip}")]
+    assert len(asks) == 1  # the second one: the first came before anyone knew the address
 
 
 def test_veth_crossing_between_namespaces_is_one_journey():
