@@ -35,11 +35,15 @@ struct tt_follow_config {
 	__u64 watch_mac;	      /* 48-bit MAC as an integer */
 	__s32 kfree_reason_arg;	      /* ctx index of kfree_skb's drop reason (2), -1 = none */
 	__s32 consume_location_arg;   /* ctx index of consume_skb's location, -1 = none */
+	__u32 trips;		      /* 1: stitch single-copy journeys here (struct tt_trip) */
+	__u32 learn;		      /* 1: add the guest's own addresses to watch_ips as it uses them */
 };
 const volatile struct tt_follow_config tt_config = {
 	.watch_mac = 0,
 	.kfree_reason_arg = -1,
 	.consume_location_arg = -1,
+	.trips = 0,
+	.learn = 0,
 };
 
 struct {
@@ -54,6 +58,43 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* Journeys being stitched (struct tt_trip in tapttrace.h), direct-mapped by skb address: a
+ * slot is claimed with a compare-and-swap on its skb and freed by writing 0, so a frame costs no
+ * map helper at all (a hash map's insert and delete cost ≈ 500 ns a frame here). A frame whose
+ * slot is taken goes as tt_events. User space maps the array (BPF_F_MMAPABLE) to take trips that
+ * have waited too long (a frame stuck in a tap's queue): tracer/trips.py, sweep. */
+#define TT_TRIP_BITS 12
+#define TT_GOLDEN 0x9E3779B97F4A7C15ULL
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1 << TT_TRIP_BITS);
+	__type(key, __u32);
+	__type(value, struct tt_trip);
+} trips SEC(".maps");
+
+/* The skb whose trip this CPU touched last. A clone's first event follows its parent's latest
+ * hop on the same CPU (br_flood's clones, a packet socket's clone at transmit): the parent's
+ * hops must reach user space before the clone's events, so that trip is cut first. */
+struct tt_cpu_trip {
+	__u64 last; /* that skb, 0 = none */
+	__u64 key;  /* scratch: see skb_key() */
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tt_cpu_trip);
+} last_trip SEC(".maps");
+
+/* The skb's address as a number: the verifier allows no arithmetic on a BTF-typed pointer (the
+ * slot's hash is some), and a value read back from memory is a plain number. */
+static __always_inline __u64 skb_key(struct tt_cpu_trip *c, struct sk_buff *skb)
+{
+	*(volatile __u64 *)&c->key = (__u64)skb;
+	return *(volatile __u64 *)&c->key;
+}
 
 /* The guest's addresses, given with --ip or learned by user space from the guest's own frames. */
 struct {
@@ -140,12 +181,232 @@ static __always_inline int concerns_watched_mac(unsigned char *eth)
 	return asks_for_guest(eth, ((__u16)h[12] << 8) | h[13]);
 }
 
-static __always_inline void count_lost(void)
+/* The guest's own frame, received from its tap: the address it uses goes into watch_ips at once,
+ * so the next ARP or neighbour solicitation for it is followed (user space learns the same from
+ * the frame, for its summary, but only after the frame's journey ends). The same addresses as
+ * tracer/frames.py's guest_addresses: an ARP's sender, else the IP source, never 0.0.0.0 or ::. */
+static __always_inline void learn_address(unsigned char *eth)
+{
+	struct tt_ip key = {};
+	__u8 h[14 + 40];
+	__u16 proto;
+
+	if (bpf_probe_read_kernel(h, sizeof(h), eth))
+		return;
+	proto = ((__u16)h[12] << 8) | h[13];
+	if (proto == TT_ETH_P_ARP) {
+		key.addr[10] = key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &h[14 + 14], 4);
+	} else if (proto == 0x0800) {
+		key.addr[10] = key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &h[14 + 12], 4);
+	} else if (proto == TT_ETH_P_IPV6) {
+		__builtin_memcpy(key.addr, &h[14 + 8], 16);
+	} else {
+		return;
+	}
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, key.addr, 8);
+	__builtin_memcpy(&lo, &key.addr[8], 8);
+	if (!hi && (!lo || lo == 0x0000ffff00000000ULL))
+		return; /* :: or ::ffff:0.0.0.0 (a DHCP client, DAD) */
+	if (!bpf_map_lookup_elem(&watch_ips, &key)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&watch_ips, &key, &one, BPF_NOEXIST);
+	}
+}
+
+static __always_inline void count_lost(__u32 events)
 {
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
 	if (n)
-		*n += 1;
+		*n += events;
+}
+
+/* Which device, in which namespace: the same for a tt_event and a trip's hop. Plain loads where
+ * dev is BTF-typed (tp_btf, fentry), probe reads where it is only a number (kprobe). */
+static __always_inline void device_ids(struct net_device *dev, __u32 *netns, __u32 *ifindex, char *ifname,
+				       const int probed)
+{
+	*netns = 0;
+	*ifindex = 0;
+	if (!dev) {
+		__builtin_memset(ifname, 0, TT_IFNAMSIZ);
+		return;
+	}
+	if (probed) {
+		*ifindex = BPF_CORE_READ(dev, ifindex);
+		bpf_probe_read_kernel(ifname, TT_IFNAMSIZ, dev->name);
+		if (bpf_core_field_exists(dev->nd_net.net)) {
+			struct net *net = BPF_CORE_READ(dev, nd_net.net);
+			if (net)
+				*netns = BPF_CORE_READ(net, ns.inum);
+		}
+		return;
+	}
+	*ifindex = dev->ifindex;
+	__builtin_memcpy(ifname, dev->name, TT_IFNAMSIZ);
+	if (bpf_core_field_exists(dev->nd_net.net)) {
+		struct net *net = dev->nd_net.net;
+		if (net)
+			*netns = net->ns.inum;
+	}
+}
+
+/* The frame's length from its MAC header: skb->len counts from skb->data, which the receive
+ * path has already pulled past the MAC header. */
+static __always_inline __u32 wire_len(struct sk_buff *skb, unsigned char *eth, const int probed)
+{
+	unsigned char *data = TT_READ(probed, skb, data);
+	__u32 len = TT_READ(probed, skb, len);
+
+	if (data >= eth && data - eth < 256)
+		len += data - eth;
+	return len;
+}
+
+/* -- journeys stitched in the kernel (tt_config.trips) ------------------------------------ */
+
+static __always_inline struct tt_trip *trip_slot(__u64 skb)
+{
+	__u32 i = (__u32)((skb * TT_GOLDEN) >> (64 - TT_TRIP_BITS));
+	return bpf_map_lookup_elem(&trips, &i);
+}
+
+/* Hand a trip to user space and free its slot. A trip that finds no room counts as its events lost. */
+static __always_inline void hand_over(struct tt_trip *t, __u8 flags)
+{
+	t->flags |= flags;
+	if (bpf_ringbuf_output(&events, t, sizeof(*t), 0))
+		count_lost(t->nhops);
+	t->nhops = 0;
+	/* skb = 0 last: the slot is free. The compiler keeps the order; x86 keeps stores in order. */
+	asm volatile("" ::: "memory");
+	t->skb = 0;
+}
+
+static __always_inline void add_hop(struct tt_hop *h, struct net_device *dev, __u16 hook, __u64 location,
+				    __u32 reason)
+{
+	h->ts_ns = bpf_ktime_get_ns();
+	h->location = location;
+	h->reason = reason;
+	h->hook = hook;
+	h->cpu = bpf_get_smp_processor_id();
+	device_ids(dev, &h->netns, &h->ifindex, h->ifname, 0);
+}
+
+/* Where a journey can begin, as tracer/stitch.py decides it: a device (not the bridge) receiving
+ * a frame, or a stack sending one on a device that is not a bridge port; and never an skb that
+ * shares its data with a clone (the clone's events would have to be stitched with it). */
+static __always_inline int starts_trip(struct sk_buff *skb, struct net_device *dev, __u16 hook)
+{
+	if (!dev || BPF_CORE_READ_BITFIELD(skb, cloned))
+		return 0;
+	__u32 flags = BPF_CORE_READ_BITFIELD(dev, priv_flags);
+	if (hook == TT_HOOK_RECEIVE)
+		return !(flags & bpf_core_enum_value(enum netdev_priv_flags, IFF_EBRIDGE));
+	if (hook == TT_HOOK_QUEUE)
+		return !(flags & bpf_core_enum_value(enum netdev_priv_flags, IFF_BRIDGE_PORT));
+	return 0;
+}
+
+/* The same frame as the trip's, or the skb's address was reused after a free no hook saw. */
+static __always_inline int same_frame(struct tt_trip *t, unsigned char *eth, __u32 frame_len)
+{
+	__u64 head[4], was[4];
+
+	if (t->frame_len != frame_len || bpf_probe_read_kernel(head, sizeof(head), eth))
+		return 0;
+	__builtin_memcpy(was, t->data, sizeof(was));
+	return head[0] == was[0] && head[1] == was[1] && head[2] == was[2] && head[3] == was[3];
+}
+
+/* The CPU's last trip, if it is still open: handed over before an event that may be its clone's. */
+static __always_inline void cut_last(__u64 *last)
+{
+	__u64 parent = *last;
+
+	if (parent) {
+		struct tt_trip *p = trip_slot(parent);
+		if (p && p->skb == parent)
+			hand_over(p, TT_TRIP_CUT);
+		*last = 0;
+	}
+}
+
+/* 1 when the event became a hop of a trip; 0 when it must go as a tt_event (after any trip whose
+ * hops must precede it has been handed over). */
+static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, __u16 hook, __u64 location,
+				       __u32 reason)
+{
+	__u32 zero = 0;
+	struct tt_cpu_trip *c = bpf_map_lookup_elem(&last_trip, &zero);
+	if (!c)
+		return 0;
+	__u64 key = skb_key(c, skb);
+	__u64 *last = &c->last;
+	struct tt_trip *t = trip_slot(key);
+	struct net_device *dev = skb->dev;
+	__u32 frame_len = wire_len(skb, eth, 0);
+
+	if (!t)
+		return 0;
+	if (t->skb == key) {
+		int ends = hook == TT_HOOK_DROP || hook == TT_HOOK_CONSUME;
+		__u8 n = t->nhops;
+
+		/* a drop or consume belongs to the skb whatever its bytes are by then (as in stitch.py) */
+		if (!ends && !same_frame(t, eth, frame_len)) {
+			hand_over(t, TT_TRIP_CUT);
+		} else if (hook == TT_HOOK_FLOOD || BPF_CORE_READ_BITFIELD(skb, cloned) || n >= TT_TRIP_HOPS) {
+			hand_over(t, TT_TRIP_CUT);
+			*last = 0;
+			return 0;
+		} else {
+			add_hop(&t->hops[n], dev, hook, location, reason);
+			t->nhops = n + 1;
+			if (ends)
+				hand_over(t, TT_TRIP_ENDED);
+			*last = ends ? 0 : key;
+			return 1;
+		}
+	}
+	if (!starts_trip(skb, dev, hook)) {
+		/* Not a journey's start and no trip of its own: most likely a clone, made right after
+		 * its parent's latest hop on this CPU. */
+		cut_last(last);
+		return 0;
+	}
+	if (__sync_val_compare_and_swap(&t->skb, 0, key) != 0)
+		return 0; /* the slot holds another frame's trip: this one goes as tt_events */
+	t->nhops = 0; /* until the first hop is in (user space's sweep skips a trip without hops) */
+	t->flags = 0;
+	t->frame_len = frame_len;
+	t->cap_len = frame_len < TT_SNAPLEN ? frame_len : TT_SNAPLEN;
+	if (bpf_probe_read_kernel(t->data, TT_SNAPLEN, eth))
+		t->cap_len = 0;
+	add_hop(&t->hops[0], dev, hook, location, reason);
+	t->nhops = 1;
+	*last = key;
+	return 1;
+}
+
+/* The kprobe variant of the br_flood hop can't read through skb directly: it only cuts the
+ * frame's trip (a flood clones it next) and the CPU's last one. */
+static __always_inline void cut_trip(struct sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct tt_cpu_trip *c = bpf_map_lookup_elem(&last_trip, &zero);
+	if (!c)
+		return;
+	__u64 key = skb_key(c, skb);
+	struct tt_trip *t = trip_slot(key);
+
+	if (t && t->skb == key)
+		hand_over(t, TT_TRIP_CUT);
+	cut_last(&c->last);
 }
 
 static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason,
@@ -155,38 +416,31 @@ static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 loc
 
 	if (!eth || !concerns_watched_mac(eth))
 		return 0;
+	if (tt_config.learn && hook == TT_HOOK_RECEIVE) {
+		__u8 src[6];
+		if (!bpf_probe_read_kernel(src, sizeof(src), eth + 6) && tt_mac48(src) == tt_config.watch_mac)
+			learn_address(eth);
+	}
+	if (tt_config.trips) {
+		if (probed)
+			cut_trip(skb);
+		else if (follow_trip(skb, eth, hook, location, reason))
+			return 0;
+	}
 
 	struct tt_event *e = bpf_ringbuf_reserve(&events, sizeof(struct tt_event), 0);
 	if (!e) {
-		count_lost();
+		count_lost(1);
 		return 0;
 	}
-	struct net_device *dev = TT_READ(probed, skb, dev);
-	unsigned char *data = TT_READ(probed, skb, data);
-	__u32 len = TT_READ(probed, skb, len);
-
 	e->ts_ns = bpf_ktime_get_ns();
 	e->skb = (__u64)skb;
 	e->location = location;
 	e->reason = reason;
 	e->hook = hook;
 	e->cpu = bpf_get_smp_processor_id();
-	e->netns = 0;
-	e->ifindex = 0;
-	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
-	if (dev) {
-		e->ifindex = TT_READ(probed, dev, ifindex);
-		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), dev->name);
-		if (bpf_core_field_exists(dev->nd_net.net)) {
-			struct net *net = BPF_CORE_READ(dev, nd_net.net);
-			if (net)
-				e->netns = BPF_CORE_READ(net, ns.inum);
-		}
-	}
-	/* skb->len counts from skb->data; the frame starts at the MAC header, which the receive
-	 * path has already pulled past. */
-	if (data >= eth && data - eth < 256)
-		len += data - eth;
+	device_ids(TT_READ(probed, skb, dev), &e->netns, &e->ifindex, e->ifname, probed);
+	__u32 len = wire_len(skb, eth, probed);
 	e->frame_len = len;
 	e->cap_len = len < TT_SNAPLEN ? len : TT_SNAPLEN;
 	if (bpf_probe_read_kernel(e->data, TT_SNAPLEN, eth))

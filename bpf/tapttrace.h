@@ -28,6 +28,36 @@ struct tt_event {
 	__u8 data[TT_SNAPLEN];
 };
 
+/* A frame's journey stitched in the kernel (bpf/follow_btf.c only): the hops of one skb that
+ * was never cloned, held in a map from its first sighting and handed over in one record when the
+ * skb is freed. Saves user space two of every three records and all stitching of the common
+ * single-copy journey; anything else (a clone, too many hops, a stale trip) is handed over early
+ * as a cut trip and the skb goes on as plain tt_events. tracer/trips.py states this once more. */
+#define TT_TRIP_HOPS 6
+#define TT_TRIP_ENDED 1 /* the last hop freed the skb (dropped or consumed) */
+#define TT_TRIP_CUT 2	/* handed over before its end: what follows comes as tt_events */
+
+struct tt_hop {
+	__u64 ts_ns;
+	__u64 location;
+	__u32 netns;
+	__u32 ifindex;
+	__u32 reason;
+	__u16 hook;
+	__u16 cpu;
+	char ifname[TT_IFNAMSIZ];
+};
+
+struct tt_trip {
+	__u64 skb;
+	__u32 frame_len;
+	__u16 cap_len;
+	__u8 nhops;
+	__u8 flags;
+	__u8 data[TT_SNAPLEN];
+	struct tt_hop hops[TT_TRIP_HOPS];
+};
+
 #define TT_ETH_P_ARP 0x0806
 #define TT_ETH_P_IPV6 0x86DD
 #define TT_MAC_HEADER_UNSET 0xffff /* skb->mac_header before it is set */

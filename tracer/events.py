@@ -51,11 +51,7 @@ def decode_many(raws, strict: bool = False) -> tuple[list[Event], int]:
                 raise DecodeError(f"unknown hook {hook}")
             errors += 1
             continue
-        ifname = names.get(name)
-        if ifname is None:
-            if len(names) >= 4096:
-                names.clear()
-            ifname = names[name] = name.split(b"\0", 1)[0].decode("utf-8", "replace")
+        ifname = names.get(name) or event_name(name)
         e = new(Event)
         e.__dict__.update(ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex, ifname=ifname,
                           frame_len=frame_len, data=data if cap_len >= SNAPLEN else data[:cap_len],
@@ -66,6 +62,22 @@ def decode_many(raws, strict: bool = False) -> tuple[list[Event], int]:
 
 _HOOKS = {int(h): h for h in Hook}
 _NAMES: dict[bytes, str] = {}  # the 16 raw bytes of an ifname -> its name (few devices, many events)
+
+
+def event_name(raw: bytes) -> str:
+    """A device name as the kernel hands it (16 bytes, NUL-padded), decoded once per name."""
+    name = _NAMES.get(raw)
+    if name is None:
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        name = _NAMES[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    return name
+
+
+def encode(e: Event) -> bytes:
+    """The record the kernel would have sent for e (replays of recordings as ring-buffer records)."""
+    return _LAYOUT.pack(e.ts_ns, e.skb, e.location, e.netns, e.ifindex, e.frame_len, e.reason, int(e.hook),
+                        len(e.data), e.cpu, e.ifname.encode(), e.data.ljust(SNAPLEN, b"\0"))
 
 
 def to_dict(e: Event) -> dict:

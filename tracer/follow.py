@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import IO, Callable, Iterable, Optional, Protocol
 
 from . import events as ev_codec
-from . import frames
+from . import frames, trips
 from .config import FollowConfig
 from .devices import DeviceTable
 from .records import Device, Event, Journey
@@ -59,6 +59,7 @@ class FollowSummary:
     # Stopped by a signal with more backlog than EXIT_BUDGET_S allows: what was not decoded / written.
     discarded_events: int = 0
     discarded_journeys: int = 0
+    kernel_stitched: int = 0  # journeys that came whole from the kernel (tracer/trips.py)
 
     def line(self) -> str:
         parts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items(), key=lambda kv: -kv[1]))
@@ -75,7 +76,8 @@ class FollowSummary:
         return {"journeys": self.journeys, "verdicts": dict(self.verdicts), "lost_events": self.lost_events,
                 "decode_errors": self.decode_errors, "late_events": self.late_events, "events": self.events,
                 "learned_ips": self.learned_ips, "stopped_by": self.stopped_by,
-                "discarded_events": self.discarded_events, "discarded_journeys": self.discarded_journeys}
+                "discarded_events": self.discarded_events, "discarded_journeys": self.discarded_journeys,
+                "kernel_stitched": self.kernel_stitched}
 
 
 def guest_taps(devices: Iterable[Device], mac: str) -> list[Device]:
@@ -95,7 +97,7 @@ class Annotator:
 
     def __call__(self, j: Journey) -> Journey:
         j.vm = self.vm
-        info = frames.decode(j.frame)
+        info = frames.decode_flow(j.frame)
         asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
         j.toward_guest = j.src_mac != self.mac and (j.dst_mac == self.mac or bool(asks))
         if j.toward_guest and not any(c.outcome in ("delivered", "queued") for c in j.copies):
@@ -172,8 +174,16 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
 
     feed = stitcher.feed
     learn = config.learn_ips
+    whole: list[Journey] = []  # journeys the kernel stitched, ready before the stitcher's
 
-    def take_all(raws) -> None:
+    def learn_from(data: bytes) -> None:
+        new = [ip for ip in frames.guest_addresses(frames.decode(data), config.mac) if ip not in known_ips]
+        if new:
+            known_ips.update(new)
+            summary.learned_ips.extend(new)
+            source.watch_ips(new)
+
+    def take_events(raws) -> None:
         events, errors = ev_codec.decode_many(raws)
         summary.decode_errors += errors
         summary.events += len(events)
@@ -181,13 +191,37 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             if recorder:
                 recorder.event(e)
             if learn and not detached and e.data[6:12] == mac_bytes:
-                new = [ip for ip in frames.guest_addresses(frames.decode(e.data), config.mac)
-                       if ip not in known_ips]
-                if new:
-                    known_ips.update(new)
-                    summary.learned_ips.extend(new)
-                    source.watch_ips(new)
+                learn_from(e.data)
             feed(e)
+
+    def take_trip(raw) -> None:
+        """Trip records (tracer/trips.py) among the events, in ring-buffer order: a cut trip's hops
+        must reach the stitcher before the events of its clones that follow it."""
+        try:
+            if recorder:  # recordings hold events: a trip is recorded as the events it stands for
+                for e in trips.decode(raw).hops:
+                    recorder.event(e)
+            if learn and not detached and raw[16 + 6:16 + 12] == mac_bytes:
+                learn_from(trips.frame(raw)[0])
+            events_before = stitcher.stats.events
+            j = stitcher.feed_trip(raw)
+        except trips.TripError:
+            summary.decode_errors += 1
+            return
+        summary.events += stitcher.stats.events - events_before
+        if j is not None:
+            whole.append(j)
+
+    def take_all(raws) -> None:
+        start, size = 0, trips.TRIP_SIZE
+        for i, raw in enumerate(raws):
+            if len(raw) == size:
+                if i > start:
+                    take_events(raws[start:i])
+                take_trip(raw)
+                start = i + 1
+        if start < len(raws):
+            take_events(raws[start:] if start else raws)
 
     flushers = [f for f in (getattr(s, "flush", None) for s in sinks) if f is not None]
     poll_batch = getattr(source, "poll_batch", None)
@@ -213,6 +247,13 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 on_journey(j)
         return config.count is not None and summary.journeys >= config.count
 
+    def emit_whole() -> bool:
+        if not whole:
+            return False
+        ready = whole[:]
+        del whole[:]
+        return emit(ready)
+
     normal_idle_ns = stitcher.idle_ns
     lost_seen, lost_check, lossy_until = 0, 0.0, 0.0
     try:
@@ -236,7 +277,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 take_all(poll_batch(poll_ms))
             else:
                 source.poll(take, poll_ms)
-            done = False
+            done = emit_whole()
             while not done and not stop.is_set():  # all that is due, 256 at a time
                 out = stitcher.flush(time.monotonic_ns(), limit=256)
                 if not out:
@@ -269,6 +310,8 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 summary.discarded_events = len(backlog) - i
                 break
             take_all(backlog[i:i + 256])
+            pending.extend(whole)
+            del whole[:]
         done = config.count is not None and summary.journeys >= config.count
         while pending and not done and in_budget():
             chunk, pending[:] = pending[:256], pending[256:]
@@ -281,6 +324,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
         if not done:
             summary.discarded_journeys = len(pending) + stitcher.open_journeys
         summary.late_events = stitcher.stats.late_events
+        summary.kernel_stitched = stitcher.stats.trips
         for s in sinks:
             s.summary(summary)
             s.close()

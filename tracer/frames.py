@@ -26,6 +26,19 @@ def mac_str(b: bytes) -> str:
     return b.hex(":") if b else ""
 
 
+_ADDRS: dict[bytes, str] = {}  # packed address -> text: frames of a flow repeat their addresses
+
+
+def ip_str(packed: bytes) -> str:
+    """An IPv4 or IPv6 address as ipaddress writes it, remembered (ipaddress takes ≈ 2 µs a call)."""
+    text = _ADDRS.get(packed)
+    if text is None:
+        if len(_ADDRS) >= 4096:
+            _ADDRS.clear()
+        text = _ADDRS[packed] = str(ipaddress.ip_address(packed))
+    return text
+
+
 @dataclass(frozen=True)
 class FrameInfo:
     """What a person (and the diagnosis) needs to know about a frame."""
@@ -46,6 +59,8 @@ class FrameInfo:
         return self.dst_mac == "ff:ff:ff:ff:ff:ff"
 
 
+_INFO_DEFAULTS = {"src_ip": None, "dst_ip": None, "arp_op": None, "arp_sender_ip": None, "arp_target_ip": None,
+                  "nd_target": None}
 _DECODED: dict[bytes, "FrameInfo"] = {}
 _DECODED_MAX = 4096
 
@@ -63,6 +78,25 @@ def decode(frame: bytes) -> FrameInfo:
     return info
 
 
+_FLOWS: dict[bytes, "FrameInfo"] = {}
+
+
+def decode_flow(frame: bytes) -> FrameInfo:
+    """decode(), for the frames of a flow: an IPv4 TCP or UDP frame without IP options is described
+    by its Ethernet header, protocol, addresses and ports alone, so frames that differ only in
+    their IP id, checksums or payload share one FrameInfo (≈ 0.5 µs instead of ≈ 3 µs a frame);
+    anything else goes to decode()."""
+    if frame[12:15] == b"\x08\x00\x45" and len(frame) >= 38 and frame[23] in (6, 17):
+        key = frame[:14] + frame[23:24] + frame[26:38]
+        info = _FLOWS.get(key)
+        if info is None:
+            if len(_FLOWS) >= _DECODED_MAX:
+                _FLOWS.clear()
+            info = _FLOWS[key] = _decode(bytes(frame))
+        return info
+    return decode(frame)
+
+
 def _decode(frame: bytes) -> FrameInfo:
     if len(frame) < 14:
         return FrameInfo("", "", 0, f"runt frame ({len(frame)} bytes captured)")
@@ -77,13 +111,18 @@ def _decode(frame: bytes) -> FrameInfo:
         vlan = f"vlan {vid} "
     info = _decode_l3(ethertype, payload)
     summary = vlan + (info.pop("summary") if info else f"ethertype 0x{ethertype:04x}")
-    return FrameInfo(dst, src, ethertype, summary, **(info or {}))
+    # FrameInfo(...) without the frozen dataclass's per-field object.__setattr__ (≈ 1.5 µs)
+    fi = object.__new__(FrameInfo)
+    fi.__dict__.update(_INFO_DEFAULTS, dst_mac=dst, src_mac=src, ethertype=ethertype, summary=summary)
+    if info:
+        fi.__dict__.update(info)
+    return fi
 
 
 def _decode_l3(ethertype: int, p: bytes) -> Optional[dict]:
     if ethertype == ETH_P_ARP and len(p) >= 28:
         op = struct.unpack_from("!H", p, 6)[0]
-        spa, tpa = str(ipaddress.IPv4Address(p[14:18])), str(ipaddress.IPv4Address(p[24:28]))
+        spa, tpa = ip_str(p[14:18]), ip_str(p[24:28])
         if op == 1:
             text = f"ARP who-has {tpa} tell {spa}"
         elif op == 2:
@@ -94,18 +133,18 @@ def _decode_l3(ethertype: int, p: bytes) -> Optional[dict]:
     if ethertype == ETH_P_IP and len(p) >= 20:
         ihl = (p[0] & 0x0F) * 4
         proto = p[9]
-        src, dst = str(ipaddress.IPv4Address(p[12:16])), str(ipaddress.IPv4Address(p[16:20]))
+        src, dst = ip_str(p[12:16]), ip_str(p[16:20])
         l4 = p[ihl:]
         return {"summary": _l4_summary(proto, l4, src, dst, _ICMP_TYPES), "src_ip": src, "dst_ip": dst}
     if ethertype == ETH_P_IPV6 and len(p) >= 40:
         proto = p[6]
-        src, dst = str(ipaddress.IPv6Address(p[8:24])), str(ipaddress.IPv6Address(p[24:40]))
+        src, dst = ip_str(p[8:24]), ip_str(p[24:40])
         l4 = p[40:]
         while proto in (0, 43, 60) and len(l4) >= 8:  # hop-by-hop (MLD), routing, destination options
             proto, l4 = l4[0], l4[(l4[1] + 1) * 8:]
         extra: dict = {}
         if proto == 58 and len(l4) >= 24 and l4[0] in (135, 136):
-            extra["nd_target"] = str(ipaddress.IPv6Address(l4[8:24]))
+            extra["nd_target"] = ip_str(l4[8:24])
             kind = "NS who-has" if l4[0] == 135 else "NA"
             return {"summary": f"ICMPv6 {kind} {extra['nd_target']} ({src} > {dst})", "src_ip": src,
                     "dst_ip": dst, **extra}

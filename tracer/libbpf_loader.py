@@ -30,15 +30,15 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from . import trips
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError
 from .ringbuf import RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 # Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
-# follow's hash is unchanged by the table (no flags hashed when there are none).
 OBJECTS = {
-    "follow_btf.c": (("tapttrace.h",), ()),
+    "follow_btf.c": (("tapttrace.h",), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
     "exporter_btf.c": (("exporter.h",), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
 }
 FOLLOW_SOURCE = "follow_btf.c"
@@ -52,10 +52,16 @@ BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
 # The br_flood hop, by features.bridge_hook: off (autoload false) unless chosen.
 FLOOD_PROGRAMS = {"fentry": "tt_br_flood_fentry", "kprobe": "tt_br_flood_kprobe"}
-# struct tt_follow_config in bpf/follow_btf.c: watch_mac, kfree_reason_arg, consume_location_arg
-CONFIG = struct.Struct("<Qii")
-BATCH_MIN = 256  # as loader.FollowProgram: a poll woken for fewer records lingers for more
-BATCH_LINGER_S = 0.005
+# struct tt_follow_config in bpf/follow_btf.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
+CONFIG = struct.Struct("<QiiII")
+# "off": every hop as its own event record, no journey stitched in the kernel (for comparisons:
+# tests/test_trips_kernel.py, bench follow-match-events).
+TRIPS_ENV = "TAPTTRACE_FOLLOW_TRIPS"
+# A trip (tracer/trips.py) still in the kernel's map this long is handed to the stitcher as it
+# stands (its frame is queued somewhere: a guest not reading, a stuck qdisc), well inside the
+# stitcher's idle time, so the journey still shows as "queued" when it should.
+TRIP_SWEEP_AGE_NS = 250_000_000
+TRIP_SWEEP_EVERY_S = 0.1
 
 
 # -- building the object --------------------------------------------------------------
@@ -238,14 +244,20 @@ class LibbpfFollowProgram:
     loader = "libbpf"
 
     def __init__(self, features, mac: str, ringbuf_pages: int = 256, obj_path: Optional[Path] = None,
-                 attach: bool = True):
+                 attach: bool = True, trips: bool = True, learn: bool = False):
         """attach=False loads (the verifier's say) without attaching: for tests of the variants
-        this kernel can load but not attach."""
+        this kernel can load but not attach. trips=False: every hop as its own event record
+        (no journeys stitched in the kernel). learn=True: the kernel adds the guest's own addresses
+        to the watched ones as soon as it sends from them (follow's address learning)."""
+        self.trips = trips
+        self.learn = learn
+        self._next_sweep = 0.0
         lib = libbpf()
         self._lib = lib
         self._obj = None
         self._links: list[int] = []
         self._ring = None
+        self._trip_slots: Optional[trips.TripSlots] = None
         self.notes: list[str] = []  # what was given up on the way (a br_flood hook that wouldn't go)
         mac_int = mac_to_int(mac)
         path = obj_path or build_object()
@@ -301,7 +313,8 @@ class LibbpfFollowProgram:
         reason = features.kfree_skb_reason_arg
         location = features.consume_skb_location_arg
         config = ctypes.create_string_buffer(CONFIG.pack(
-            mac_int, 2 if reason == 2 else -1, 1 if location == 1 else -1), CONFIG.size)
+            mac_int, 2 if reason == 2 else -1, 1 if location == 1 else -1, int(self.trips), int(self.learn)),
+            CONFIG.size)
         if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
             raise KernelError("libbpf refused follow's configuration (.rodata)")
         events = self._map("events")
@@ -327,6 +340,7 @@ class LibbpfFollowProgram:
             prog = lib.bpf_object__next_program(self._obj, prog)
         self._lost_fd = lib.bpf_map__fd(self._map("lost"))
         self._ips_fd = lib.bpf_map__fd(self._map("watch_ips"))
+        self._trip_slots = trips.TripSlots(lib.bpf_map__fd(self._map("trips")))
         self._ncpus = max(1, lib.libbpf_num_possible_cpus())
         try:
             self._ring = RingBuffer(lib.bpf_map__fd(events), ring_bytes)
@@ -349,22 +363,33 @@ class LibbpfFollowProgram:
 
     def poll_batch(self, timeout_ms: int) -> list:
         """As loader.FollowProgram.poll_batch: the records now in the ring buffer, as memoryviews."""
-        records = self._ring.poll(timeout_ms)
-        if 0 < len(records) < BATCH_MIN:
-            time.sleep(BATCH_LINGER_S)
-            records += self._ring.read()
+        records = self._ring.poll_batch(timeout_ms)
+        if self.trips and time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + TRIP_SWEEP_EVERY_S
+            records += self.sweep_trips(TRIP_SWEEP_AGE_NS)
         return records
+
+    def sweep_trips(self, older_than_ns: int) -> list[bytes]:
+        """Trips whose last hop is older than older_than_ns (all with 0), taken from the kernel's
+        slots as they stand (tracer/trips.py, TripSlots)."""
+        if self._trip_slots is None:
+            return []
+        return self._trip_slots.sweep(time.monotonic_ns(), older_than_ns)
 
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
         for raw in self._ring.poll(timeout_ms):
             sink(raw)
 
     def drain(self, sink: Callable[[bytes], None]) -> None:
+        """What the ring buffer holds, then the trips still in the kernel's map (unfinished)."""
         while True:
             records = self._ring.read()
             if not records:
-                return
+                break
             for raw in records:
+                sink(raw)
+        if self.trips:
+            for raw in self.sweep_trips(0):
                 sink(raw)
 
     def lost(self) -> int:
@@ -390,6 +415,9 @@ class LibbpfFollowProgram:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        if self._trip_slots is not None:
+            self._trip_slots.close()
+            self._trip_slots = None
         while self._links:
             self._lib.bpf_link__destroy(self._links.pop())
         if self._obj is not None:

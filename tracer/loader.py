@@ -9,7 +9,6 @@ through the Features record as -D integer constants.
 from __future__ import annotations
 
 import ctypes
-import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -17,8 +16,6 @@ from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError
 from .ringbuf import RingBuffer
 
-BATCH_MIN = 256  # fewer records than this in a poll: wait BATCH_LINGER_S for more
-BATCH_LINGER_S = 0.005
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 
 
@@ -77,13 +74,7 @@ class FollowProgram:
         """The records now in the ring buffer (waiting up to timeout_ms when there are none),
         as memoryviews. Records of the wrong size go on too: events.decode refuses them and
         follow counts them as undecodable in its summary, rather than losing them here unseen."""
-        records = self._ring.poll(timeout_ms)
-        if 0 < len(records) < BATCH_MIN:
-            # Woken for a few records: let more arrive, so follow's loop runs once per
-            # BATCH_LINGER_S and not once per event (≈ 60 µs a pass) at moderate rates.
-            time.sleep(BATCH_LINGER_S)
-            records += self._ring.read()
-        return records
+        return self._ring.poll_batch(timeout_ms)
 
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
         """Wait up to timeout_ms for events and hand each raw record to sink."""

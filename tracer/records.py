@@ -130,3 +130,6 @@ class Journey:
     toward_guest: bool = False  # addressed to the watched MAC (or asking for its IP)
     note: str = ""  # e.g. "never reached vnet0"
     vm: str = ""  # the watched guest's VM name (libvirt domain, or the tap holder's), when known
+    # Journeys the kernel stitched that took the same path share one template (stitch.JourneyShape):
+    # sinks may cache their rendering of what doesn't change from one such journey to the next.
+    shape: Optional[object] = field(default=None, repr=False, compare=False)

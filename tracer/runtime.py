@@ -13,7 +13,7 @@ from rich.console import Console
 
 from .config import FollowConfig
 from .devices import DeviceTable
-from .follow import FollowSummary, Recorder, Sink, run_follow
+from .follow import FollowSummary, Recorder, Sink, guest_taps, run_follow
 from .records import Journey
 from .sinks.jsonl import JsonLinesSink
 from .sinks.terminal import TerminalSink
@@ -42,7 +42,7 @@ def make_namer(features, vms: Optional[VmInventory] = None) -> Namer:
     from .netns import root_netns
     from .taps import find_tap_holders, qemu_guest_name
 
-    ksyms = Kallsyms.load()
+    ksyms = Kallsyms.load().preload()
     reasons = features.drop_reasons
     cache: dict[tuple[int, str], str] = {}
     root = root_netns().inode  # libvirt's qemu driver keeps its taps here
@@ -146,9 +146,17 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
         if config.pcap:
             sinks = sinks + [PcapJourneys(config.pcap, offset)]
         recorder = Recorder(open(config.record, "w"), config, devices) if config.record else None
-        program_class = FollowProgram
+        for tap in guest_taps(devices.all(), config.mac):
+            # Who reads the guest's taps, found now: /proc is walked once, before the first
+            # journey needs it, and not while the ring buffer fills under a flood of frames.
+            namer.tap_reader(tap.netns, tap.name)
         if features.follow_loader == "libbpf":  # tp_btf, precompiled: see features.choose_follow_loader
-            from .libbpf_loader import LibbpfFollowProgram as program_class
-        program = stack.enter_context(program_class(features, config.mac, config.ringbuf_pages))
+            from .libbpf_loader import TRIPS_ENV, LibbpfFollowProgram
+
+            program = stack.enter_context(LibbpfFollowProgram(features, config.mac, config.ringbuf_pages,
+                                                              trips=os.environ.get(TRIPS_ENV, "on") != "off",
+                                                              learn=config.learn_ips))
+        else:
+            program = stack.enter_context(FollowProgram(features, config.mac, config.ringbuf_pages))
         yield FollowSession(config, program, devices, namer, sinks, stop or threading.Event(), recorder,
                             on_journey, features)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Callable, Optional, Protocol
 
-from . import frames
+from . import frames, trips
 from .records import Copy, Device, Event, Hook, Hop, Journey, Verdict
 
 MS = 1_000_000
@@ -65,11 +65,28 @@ class _JourneyState:
         return any(not c.ended for c in self.copies)
 
 
+class JourneyShape:
+    """What every journey along one path shares (the kernel stitched them: tracer/trips.py):
+    the hops' words, the copies, the verdict. `cache` is for sinks' renderings of it."""
+
+    __slots__ = ("base", "hop_dicts", "generation", "cache")
+
+    def __init__(self, template: Journey, generation: int):
+        self.hop_dicts = [h.__dict__ for h in template.hops]
+        self.base = {**_JOURNEY_DEFAULTS, "shape": self}
+        self.base.update((k, v) for k, v in template.__dict__.items()
+                         if k in ("copies", "verdict", "reason", "location", "drop_dev", "flood_ports",
+                                  "flood_missed", "bridge"))
+        self.generation = generation
+        self.cache: dict = {}
+
+
 @dataclass
 class StitchStats:
     events: int = 0
     journeys: int = 0
     late_events: int = 0  # events for skbs of journeys already reported (e.g. read after "queued")
+    trips: int = 0  # whole journeys the kernel stitched (built from a shape, never stitched here)
 
 
 class Stitcher:
@@ -101,6 +118,7 @@ class Stitcher:
         self._retired: dict[int, bytes] = {}  # skb -> fingerprint of reported journeys' unfinished copies
         self._next_id = 1
         self._hop_words: dict[tuple, tuple] = {}  # (hook, netns, ifindex, ifname) -> (dev, words...)
+        self._shapes: dict[tuple, JourneyShape] = {}  # trips.path_key -> what journeys on it share
 
     def feed(self, ev: Event) -> None:
         self.stats.events += 1
@@ -134,6 +152,66 @@ class Stitcher:
         js.copies.append(cs)
         self._live[ev.skb] = (js, cs)
         self._add(js, cs, ev, dev)
+
+    def feed_trip(self, raw) -> Optional[Journey]:
+        """A trip record (tracer/trips.py). A whole one that nothing here is waiting for comes back
+        as its Journey at once; anything else is fed as the events it stands for (None)."""
+        skb, frame_len, cap_len, nhops, flags, data = trips.head(raw)
+        if flags != trips.TRIP_ENDED or skb in self._live or skb in self._retired or not 0 < nhops <= trips.TRIP_HOPS:
+            for ev in trips.decode(raw).hops:
+                self.feed(ev)
+            return None
+        stamps = trips.stamps(raw, nhops)
+        key = trips.path_key(raw, nhops)
+        shape = self._shapes.get(key)
+        if shape is None or shape.generation != getattr(self.devices, "refreshes", 0) or \
+                (nhops > 1 and list(stamps) != sorted(stamps)):  # a shape's hops are in time order
+            return self._new_shape(raw, key)
+        self.stats.events += nhops
+        self.stats.trips += 1
+        self.stats.journeys += 1
+        if cap_len < trips.SNAPLEN:
+            data = data[:cap_len]
+        info = frames.decode_flow(data)
+        j = _new(Journey)
+        d = j.__dict__
+        d.update(shape.base)
+        d["id"] = self._next_id
+        self._next_id += 1
+        d["first_ns"], d["last_ns"], d["frame_len"], d["frame"] = stamps[0], stamps[-1], frame_len, data
+        d["src_mac"], d["dst_mac"], d["ethertype"], d["summary"] = (info.src_mac, info.dst_mac, info.ethertype,
+                                                                 info.summary)
+        hops = []
+        for h, ts in zip(shape.hop_dicts, stamps):
+            hop = _new(Hop)
+            hd = hop.__dict__
+            hd.update(h)
+            hd["ts_ns"] = ts
+            hops.append(hop)
+        d["hops"] = hops
+        return j
+
+    def _new_shape(self, raw, key: tuple) -> Journey:
+        trip = trips.decode(raw)
+        journey = self._whole_trip(trip)
+        stamps = [ev.ts_ns for ev in trip.hops]
+        if stamps == sorted(stamps):
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+            journey.shape = self._shapes[key] = JourneyShape(journey, getattr(self.devices, "refreshes", 0))
+        return journey
+
+    def _whole_trip(self, trip: "trips.Trip") -> Journey:
+        """A whole trip built as the events it stands for would have been: the exact path."""
+        self.stats.events += len(trip.hops)
+        self.stats.trips += 1
+        self.stats.journeys += 1
+        device = self.devices.device
+        cs = _CopyState(0, trip.skb, [(ev, device(ev.netns, ev.ifindex, ev.ifname) if ev.ifindex else None)
+                                      for ev in trip.hops], ended=True)
+        js = _JourneyState(self._next_id, b"", trip.hops[0], max(ev.ts_ns for ev in trip.hops), [cs])
+        self._next_id += 1
+        return self._build(js)
 
     def _clone_parent(self, ev: Event, fp: bytes, dev: Optional[Device]) -> Optional[_JourneyState]:
         js = self._by_fp.get(fp)
@@ -342,6 +420,8 @@ def _ts_of_pair(pair: tuple[Event, Optional[Device]]) -> int:
 
 
 _HOP_DEFAULTS = {"reason": "", "location": "", "reader": ""}
+_JOURNEY_DEFAULTS = {"toward_guest": False, "note": "", "vm": ""}
+_new = object.__new__
 
 
 def _new_hop(ts_ns: int, copy: int, event: str, netns: str, dev: str, role: str) -> Hop:

@@ -1,0 +1,168 @@
+"""Journeys stitched in the kernel (bpf/follow_btf.c's trips, tracer/trips.py) on the real kernel.
+
+Two `tapttrace follow` processes watch the same lab traffic side by side: one with trips (the
+default), one with every hop sent as its own event (TAPTTRACE_FOLLOW_TRIPS=off). They must write
+the same journeys, in the cases trips are made for and in those they must step aside for: flood
+clones, a packet socket cloning frames on the tap (tcpdump), frames stuck in the queue of a guest
+that stopped reading.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tracer.features import FOLLOW_LOADER_ENV
+from tracer.lab import Lab, LabSpec
+from tracer.libbpf_loader import TRIPS_ENV
+
+from test_follow_kernel import Follow, loaded_programs  # noqa: E402
+
+pytestmark = pytest.mark.kernel
+
+
+def _side_by_side(lab: Lab, monkeypatch) -> tuple[Follow, Follow]:
+    args = (lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
+    monkeypatch.setenv(FOLLOW_LOADER_ENV, "libbpf")
+    monkeypatch.setenv(TRIPS_ENV, "off")
+    events = Follow(*args)
+    monkeypatch.setenv(TRIPS_ENV, "on")
+    try:
+        trips = Follow(*args)
+    except BaseException:
+        events.proc.kill()
+        raise
+    return trips, events
+
+
+def _words(journeys: list[dict]) -> list[tuple]:
+    return sorted((j["summary"], j["verdict"], tuple((h["event"], h["dev"], h["copy"]) for h in j["hops"]),
+                   tuple(sorted((c["outcome"], c["dev"]) for c in j["copies"])), j["toward_guest"], j["note"],
+                   (j.get("drop") or {}).get("reason"), tuple((j.get("flood") or {}).get("ports", [])))
+                  for j in journeys)
+
+
+def _compare(trips: Follow, events: Follow) -> tuple[list[dict], dict, dict]:
+    time.sleep(0.3)  # let the last journeys end, then stop both at once: they saw the same events
+    for follow in (trips, events):
+        follow.proc.send_signal(signal.SIGTERM)
+    with_trips, trip_summary, _ = trips.stop(sig=None, settle=0)
+    with_events, event_summary, _ = events.stop(sig=None, settle=0)
+    assert trip_summary["lost_events"] == event_summary["lost_events"] == 0
+    assert event_summary["kernel_stitched"] == 0
+    assert _words(with_trips) == _words(with_events)
+    assert trip_summary["events"] == event_summary["events"]
+    assert trip_summary["verdicts"] == event_summary["verdicts"]
+    return with_trips, trip_summary, event_summary
+
+
+# Frames as a wire brings them: built by hand and sent through an AF_PACKET socket in the remote
+# namespace (a local stack's frames are often clones: ping's are, and stay events).
+SEND_FRAMES = """
+import socket, sys
+dev, dst, src, count = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((dev, 0))
+for i in range(count):
+    s.send(dst + src + bytes.fromhex("88b5") + i.to_bytes(4, "big") * 12)  # local experimental ethertype
+"""
+WIRE_MAC = "02:00:00:00:7e:01"
+
+
+def send_frames(lab: Lab, count: int) -> None:
+    lab.run(lab.remote_ns, "python3", "-c", SEND_FRAMES, lab.remote_dev, lab.guest_mac.replace(":", ""),
+            WIRE_MAC.replace(":", ""), str(count))
+
+
+def test_frames_are_stitched_in_the_kernel_and_read_as_the_events_do(monkeypatch):
+    with Lab(LabSpec()) as lab:
+        trips, events = _side_by_side(lab, monkeypatch)
+        send_frames(lab, 50)
+        lab.ping_guest_from_remote(count=2)
+        lab.ping_guest_from_host(count=2)
+        journeys, summary, _ = _compare(trips, events)
+    wire = [j for j in journeys if j["src_mac"] == WIRE_MAC]
+    assert len(wire) == 50 and all(j["verdict"] == "delivered" for j in wire)
+    echoes = [j for j in journeys if j["summary"].startswith("ICMP echo ") and "reply" not in j["summary"]]
+    assert len(echoes) == 4 and all(j["verdict"] == "delivered" for j in echoes)
+    # The wire's frames and the host's echo requests come whole from the kernel once the guest
+    # has read them (a frame it leaves in the tap's queue for long is swept out and stitched from
+    # its events: how many depends on the load); the remote's broadcast ARP was flooded (cloned)
+    # and went as events, like ping's own (cloned) frames.
+    assert summary["kernel_stitched"] > 0
+    assert any(j["verdict"] == "flooded" for j in journeys)
+
+
+def test_a_packet_socket_on_the_tap_clones_frames_and_trips_step_aside(monkeypatch):
+    with Lab(LabSpec()) as lab:
+        trips, events = _side_by_side(lab, monkeypatch)
+        sniffer = subprocess.Popen(["ip", "netns", "exec", lab.hv_ns, "tcpdump", "-i", "vnet0", "-nn", "-c", "1000",
+                                    "-w", "/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(0.5)  # tcpdump's socket is open
+            lab.ping_guest_from_remote(count=4)
+        finally:
+            sniffer.terminate()
+            sniffer.wait(10)
+        journeys, summary, _ = _compare(trips, events)
+    echoes = [j for j in journeys if j["summary"].startswith("ICMP echo ") and "reply" not in j["summary"]]
+    assert len(echoes) == 4 and all(j["verdict"] == "delivered" for j in echoes)
+
+
+def test_frames_stuck_in_a_stopped_guests_queue_show_as_queued_then_late(monkeypatch):
+    """Trips the kernel holds for frames that sit in the tap are swept out to user space, so the
+    journeys still end as "queued" after the stitcher's idle time, as with events."""
+    with Lab(LabSpec()) as lab:
+        lab.ping_guest_from_remote(count=1)  # ARP settled before the guest stops
+        trips, events = _side_by_side(lab, monkeypatch)
+        lab.pause_guest()
+        try:
+            lab.ping_guest_from_remote(count=3, timeout=0.3)
+            time.sleep(1.5)  # past the stitcher's idle time: reported as queued
+        finally:
+            lab.resume_guest()
+        time.sleep(0.5)
+        journeys, summary, event_summary = _compare(trips, events)
+    queued = [j for j in journeys if j["verdict"] == "queued"]
+    assert len(queued) == 3
+    assert summary["late_events"] == event_summary["late_events"] == 3  # read once the guest woke up
+
+
+def test_stopped_in_the_middle_of_a_burst_every_line_written_is_whole():
+    """SIGTERM while follow writes thousands of lines into a pipe: CPython's buffered writer lost
+    the rest of a large write that the signal cut short (strace showed it); follow now writes
+    every byte itself."""
+    with Lab(LabSpec()) as lab:
+        for _ in range(3):
+            follow = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
+            send_frames(lab, 3000)
+            follow.proc.send_signal(signal.SIGTERM)  # while the journeys are being written
+            out, err = follow.proc.communicate(timeout=30)
+            assert follow.proc.returncode == 0, err
+            lines = [json.loads(line) for line in out.splitlines()]  # each one whole
+            summary = lines[-1]
+            assert summary["schema"] == "tapttrace.summary/1"
+            written = [x for x in lines if x["schema"] == "tapttrace.journey/1"]
+            assert len(written) == summary["journeys"] > 1000
+            assert len({j["id"] for j in written}) == len(written)
+
+
+def test_two_sigterms_in_a_row_still_detach_and_exit():
+    """The second signal used to deadlock the first one's handler (tests/test_signals.py)."""
+    with Lab(LabSpec()) as lab:
+        for _ in range(3):
+            follow = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
+            send_frames(lab, 2000)
+            follow.proc.send_signal(signal.SIGTERM)
+            follow.proc.send_signal(signal.SIGTERM)
+            out, err = follow.proc.communicate(timeout=30)
+            assert follow.proc.returncode == 0, err
+            summary = json.loads(out.splitlines()[-1])
+            assert summary["stopped_by"] == "signal"
+            deadline = time.monotonic() + 5  # programs are freed an RCU grace period after the fds close
+            while follow.programs & loaded_programs() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not follow.programs & loaded_programs()
