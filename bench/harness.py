@@ -47,7 +47,13 @@ DEFAULT_CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "di
 LOADERS = ("bcc", "libbpf")
 LOADER_ENV = {"follow-nomatch": "TAPTTRACE_FOLLOW_LOADER", "follow-match": "TAPTTRACE_FOLLOW_LOADER",
               "exporter": "TAPTTRACE_EXPORTER_LOADER"}
-CONFIGS = DEFAULT_CONFIGS + [f"{c}-{loader}" for c in LOADER_ENV for loader in LOADERS]
+# variant -> (the configuration it is a variant of, the environment that makes it one)
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    f"{c}-{loader}": (c, {LOADER_ENV[c]: loader}) for c in LOADER_ENV for loader in LOADERS}
+# follow on the libbpf loader with every hop as its own event: no journeys stitched in the kernel
+VARIANTS["follow-match-events"] = ("follow-match", {"TAPTTRACE_FOLLOW_LOADER": "libbpf",
+                                                    "TAPTTRACE_FOLLOW_TRIPS": "off"})
+CONFIGS = DEFAULT_CONFIGS + list(VARIANTS)
 DESCRIPTIONS = {
     "baseline": "no tracer",
     "exporter": "`tapttrace exporter` (in-kernel counters only)",
@@ -55,15 +61,14 @@ DESCRIPTIONS = {
     "follow-match": f"`tapttrace follow {GUEST_MAC} --json` (every frame is a journey)",
     "diagnose": f"`tapttrace diagnose {GUEST_MAC} --duration WINDOW` while traffic flows",
 }
-for _c in CONFIGS[len(DEFAULT_CONFIGS):]:
-    _base, _loader = _c.rsplit("-", 1)
-    DESCRIPTIONS[_c] = f"{DESCRIPTIONS[_base]}, {LOADER_ENV[_base]}={_loader}"
+for _c, (_base, _env) in VARIANTS.items():
+    DESCRIPTIONS[_c] = f"{DESCRIPTIONS[_base]}, " + " ".join(f"{k}={v}" for k, v in _env.items())
 
 
-def split_config(config: str) -> tuple[str, Optional[str]]:
-    """("follow-match", "bcc") for "follow-match-bcc"; (config, None) when no loader is forced."""
-    base, _, loader = config.rpartition("-")
-    return (base, loader) if loader in LOADERS and base in LOADER_ENV else (config, None)
+def split_config(config: str) -> tuple[str, Optional[dict[str, str]]]:
+    """("follow-match", {"TAPTTRACE_FOLLOW_LOADER": "bcc"}) for "follow-match-bcc"; (config, None)
+    for a configuration that is not a variant."""
+    return VARIANTS.get(config, (config, None))
 
 
 # -- small helpers --------------------------------------------------------------------------
@@ -421,8 +426,8 @@ class Bench:
 
     def tool_for(self, config: str, run_id: str) -> Optional[Tool]:
         out = self.workdir / f"{run_id}.out"
-        config, loader = split_config(config)
-        env = {**os.environ, LOADER_ENV[config]: loader} if loader else None
+        config, variant = split_config(config)
+        env = {**os.environ, **variant} if variant else None
         if config == "follow-nomatch":
             return Tool(tapttrace_cmd("follow", OTHER_MAC, "--json", "--no-learn"), out, env)
         if config == "follow-match":

@@ -379,6 +379,11 @@ static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, 
 		cut_last(last);
 		return 0;
 	}
+	/* The ring buffer nearly full (user space behind): a trip would do all its work only to find no
+	 * room at the end. The frame goes as events, whose reservations fail at once and are counted. */
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + 8 * sizeof(struct tt_trip) >
+	    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
+		return 0;
 	if (__sync_val_compare_and_swap(&t->skb, 0, key) != 0)
 		return 0; /* the slot holds another frame's trip: this one goes as tt_events */
 	t->nhops = 0; /* until the first hop is in (user space's sweep skips a trip without hops) */
