@@ -655,3 +655,14 @@ def test_a_tap_option_naming_a_veth_counts_frames_sent_out_of_it():
     ctx = Context(snap, dataclasses.replace(t, fdb=()), (out,))
     assert ctx.got == [out]
     assert R.rule_ok(ctx).cause == "ok"
+
+
+def test_journeys_over_the_analysed_ones_are_counted_in_the_evidence():
+    """diagnose keeps the first MAX_ANALYSED journeys of a flood; the rest are said, not hidden."""
+    d, snap, journeys = load("healthy")
+    target = locate(snap, d["mac"], ips=d.get("ips", LAB_GUEST_IP))
+    plain = diagnose(snap, target, journeys, 3.0, process_states={})
+    capped = diagnose(snap, target, journeys, 3.0, process_states={}, not_analysed=12345)
+    assert capped.cause == plain.cause
+    assert capped.evidence[:len(plain.evidence)] == plain.evidence
+    assert any(e.startswith("12345 later journeys were seen but not analysed") for e in capped.evidence)

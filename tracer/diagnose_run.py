@@ -15,6 +15,9 @@ from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
 
 
+MAX_ANALYSED = 20_000  # journeys kept for the rules (≈ 40 MB); later ones are only counted
+
+
 def _countdown(console: Console, seconds: float, done: threading.Event) -> None:
     end = time.monotonic() + seconds
     with console.status("") as status:
@@ -41,7 +44,18 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
     # Only journeys through the guest's namespace: another bridge elsewhere may reuse its address.
     config = FollowConfig(mac=mac, ips=ips, duration=duration, netns=(before.ns.name,) if before.ns else ())
     journeys: list[Journey] = []
-    with follow_session(config, sinks=[], on_journey=journeys.append, stop=stop) as session:
+    not_analysed = 0
+
+    def keep(j: Journey) -> None:
+        # A flood toward the guest brings tens of thousands of journeys a second (≈ 2 KB each):
+        # the first MAX_ANALYSED are evidence enough; the rest are counted, and the diagnosis says so.
+        nonlocal not_analysed
+        if len(journeys) < MAX_ANALYSED:
+            journeys.append(j)
+        else:
+            not_analysed += 1
+
+    with follow_session(config, sinks=[], on_journey=keep, stop=stop) as session:
         done = threading.Event()
         ticker = threading.Thread(target=_countdown, args=(console, duration, done), daemon=True)
         ticker.start()
@@ -54,7 +68,7 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
     snapshot = collect_snapshot(list_netns(True))
     target = locate(snapshot, mac, tap, ips, domains=domains)
     result = diagnose(snapshot, target, journeys, duration, process_states=read_process_states(target.holders),
-                      lost_events=summary.lost_events)
+                      lost_events=summary.lost_events, not_analysed=not_analysed)
     if as_json:
         sys.stdout.write(json.dumps(to_json(result, journeys, wall_offset_ns()), indent=2) + "\n")
     else:

@@ -18,7 +18,8 @@ NOT_CAUSES = ("ok", "no-traffic", "unknown-drop")  # verdicts and the catch-all,
 
 def diagnose(snapshot: Union[Snapshot, Target], target: Union[Target, Sequence[Journey], None] = None,
              journeys: Sequence[Journey] = (), window_s: float = 0.0, *,
-             process_states: Optional[Mapping[int, str]] = None, lost_events: int = 0) -> Diagnosis:
+             process_states: Optional[Mapping[int, str]] = None, lost_events: int = 0,
+             not_analysed: int = 0) -> Diagnosis:
     """The cause, its proof and its fix, from the snapshot, the located target and the journeys seen.
 
     Also accepts the older form diagnose(target, journeys).
@@ -40,6 +41,8 @@ def diagnose(snapshot: Union[Snapshot, Target], target: Union[Target, Sequence[J
     evidence = first.evidence
     if lost_events and first.basis != "configuration":
         evidence += (f"{lost_events} kernel events were lost during the window: some journeys are incomplete",)
+    if not_analysed:
+        evidence += (f"{not_analysed} later journeys were seen but not analysed (the first {len(journeys)} were)",)
     return Diagnosis(
         mac=target.mac, cause=first.cause, summary=first.summary, evidence=evidence, fix=first.fix,
         libvirt_xml=first.libvirt_xml, counts=dict(Counter(j.verdict for j in ctx.toward)),
