@@ -15,7 +15,7 @@ from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
 
 
-MAX_ANALYSED = 20_000  # journeys kept for the rules (≈ 40 MB); later ones are only counted
+MAX_ANALYSED = 10_000  # journeys kept for the rules (≈ 20 MB); later ones are only counted
 
 
 def _countdown(console: Console, seconds: float, done: threading.Event) -> None:
