@@ -26,23 +26,13 @@ from tracer.lab import Lab, LabSpec
 
 from test_exporter_common import scrape
 from test_exporter_kernel import static_neighbour
-from test_follow_kernel import ROOT, loaded_programs, our_programs
+from test_follow_kernel import ROOT, our_programs, programs_gone
 
 pytestmark = pytest.mark.kernel
 
 ALL = set(PROGRAMS) | set(FDB_PROGRAMS.values())
 FAMILIES = ("tapttrace_frames_total", "tapttrace_drops_total", "tapttrace_tap_frames_total",
             "tapttrace_tap_drops_total", "tapttrace_fdb_events_total")
-
-
-def _gone(ids: set[int], timeout: float = 5.0) -> bool:
-    """Programs are freed after an RCU grace period, a moment after the last fd closes."""
-    deadline = time.monotonic() + timeout
-    while ids & loaded_programs():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_this_machine_chooses_libbpf_for_the_exporter():
@@ -66,7 +56,7 @@ def test_programs_attach_and_detach_on_close():
         assert len(ours) == 6
         assert prog.read().health == {"counter_map_full": 0, "frame_table_full": 0}
     assert our_programs(os.getpid()) == before
-    assert _gone(ours)
+    assert programs_gone(ours)
 
 
 def test_kernels_without_a_drop_reason_load():

@@ -102,6 +102,16 @@ def loaded_programs() -> set[int]:
     return {p["id"] for p in json.loads(out)}
 
 
+def programs_gone(ids: set[int], timeout: float = 5.0) -> bool:
+    """Programs are freed after an RCU grace period, a moment after the last fd closes."""
+    deadline = time.monotonic() + timeout
+    while ids & loaded_programs():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def echoes(journeys: list[dict]) -> list[dict]:
     return [j for j in journeys if j["summary"].startswith("ICMP echo ") and j["toward_guest"]]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,11 @@ from tracer.lab import Lab, LabSpec
 from tracer import libbpf_loader
 from tracer.libbpf_loader import LibbpfFollowProgram, build_object
 
-from test_follow_kernel import Follow, loaded_programs, our_programs  # noqa: E402
+from test_follow_kernel import Follow, our_programs, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
 MAC = "52:54:00:00:00:01"
-
-
-def _gone(ids: set[int], timeout: float = 5.0) -> bool:
-    """Programs are freed after an RCU grace period, a moment after the last fd closes."""
-    deadline = time.monotonic() + timeout
-    while ids & loaded_programs():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_this_machine_chooses_libbpf():
@@ -92,7 +81,7 @@ def test_programs_load_attach_and_detach_on_close():
         assert prog.lost() == 0
         assert prog.poll_batch(10) == []  # nothing concerns this MAC
     assert our_programs(os.getpid()) == before
-    assert _gone(ours)
+    assert programs_gone(ours)
 
 
 def test_kernels_without_drop_reason_or_consume_location_still_load():

@@ -230,6 +230,23 @@ def _why(err: int) -> str:
     return f"{name}" + (f" ({said})" if said else "")
 
 
+def open_object(lib: ctypes.CDLL, path: Path) -> int:
+    """bpf_object__open_file, or one clear line saying why not."""
+    del _messages[:]
+    obj = lib.bpf_object__open_file(str(path).encode(), None)
+    if not obj:
+        raise KernelError(f"libbpf could not open {path}: {_why(ctypes.get_errno())}")
+    return obj
+
+
+def find_map(lib: ctypes.CDLL, obj: int, name: str, source: str) -> int:
+    """A map of an opened object; its absence means an object built from older sources."""
+    m = lib.bpf_object__find_map_by_name(obj, name.encode())
+    if not m:
+        raise KernelError(f"bpf/{source}'s object has no map {name}: rebuild it (scripts/setup.sh)")
+    return m
+
+
 class _FloodHookFailed(Exception):
     """The object loads without the br_flood program, not with it: loaded again without."""
 
@@ -277,11 +294,7 @@ class LibbpfFollowProgram:
                 raise
 
     def _open(self, path: Path) -> None:
-        del _messages[:]
-        obj = self._lib.bpf_object__open_file(str(path).encode(), None)
-        if not obj:
-            raise KernelError(f"libbpf could not open {path}: {_why(ctypes.get_errno())}")
-        self._obj = obj
+        self._obj = open_object(self._lib, path)
 
     def _give_up_flood(self, why: str) -> None:
         note = f"no br_flood hop ({self.bridge_hook}: {why}); the tracepoint hops are unaffected"
@@ -290,10 +303,7 @@ class LibbpfFollowProgram:
         self.bridge_hook = "none"
 
     def _map(self, name: str) -> int:
-        m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
-        if not m:
-            raise KernelError(f"bpf/follow_btf.c's object has no map {name}: rebuild it (scripts/setup.sh)")
-        return m
+        return find_map(self._lib, self._obj, name, FOLLOW_SOURCE)
 
     def _load(self, features, mac_int: int, ringbuf_pages: int, attach: bool = True) -> None:
         lib = self._lib

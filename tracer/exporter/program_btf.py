@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from ..errors import KernelError
-from ..libbpf_loader import _messages, _why, build_object, libbpf
+from ..libbpf_loader import _why, build_object, find_map, libbpf, open_object
 from .program import COUNT_FIELDS, HEALTH, MAP_LAYOUT, ROLE_BRIDGE, ROLE_PORT, Counts, DevKey, Role, count_key
 
 SOURCE = "exporter_btf.c"
@@ -249,17 +249,10 @@ class LibbpfExporterProgram:
             raise
 
     def _open(self, path: Path) -> None:
-        del _messages[:]
-        obj = self._lib.bpf_object__open_file(str(path).encode(), None)
-        if not obj:
-            raise KernelError(f"libbpf could not open {path}: {_why(ctypes.get_errno())}")
-        self._obj = obj
+        self._obj = open_object(self._lib, path)
 
     def _map(self, name: str) -> int:
-        m = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
-        if not m:
-            raise KernelError(f"bpf/{SOURCE}'s object has no map {name}: rebuild it (scripts/setup.sh)")
-        return m
+        return find_map(self._lib, self._obj, name, SOURCE)
 
     def _programs(self) -> Iterator[tuple[str, int]]:
         lib = self._lib
