@@ -70,11 +70,16 @@ def decode(frame: bytes) -> FrameInfo:
 
     Remembered for the last few thousand frames (FrameInfo is immutable): follow decodes each
     journey's frame when it builds the journey and again when it annotates it."""
-    info = _DECODED.get(frame)
+    return _remembered(_DECODED, frame, frame)
+
+
+def _remembered(cache: dict, key: bytes, frame: bytes) -> FrameInfo:
+    """cache[key], decoding frame into it when absent; at most _DECODED_MAX entries."""
+    info = cache.get(key)
     if info is None:
-        if len(_DECODED) >= _DECODED_MAX:
-            _DECODED.clear()
-        info = _DECODED[frame] = _decode(bytes(frame))
+        if len(cache) >= _DECODED_MAX:
+            cache.clear()
+        info = cache[key] = _decode(bytes(frame))
     return info
 
 
@@ -87,13 +92,7 @@ def decode_flow(frame: bytes) -> FrameInfo:
     their IP id, checksums or payload share one FrameInfo (≈ 0.5 µs instead of ≈ 3 µs a frame);
     anything else goes to decode()."""
     if frame[12:15] == b"\x08\x00\x45" and len(frame) >= 38 and frame[23] in (6, 17):
-        key = frame[:14] + frame[23:24] + frame[26:38]
-        info = _FLOWS.get(key)
-        if info is None:
-            if len(_FLOWS) >= _DECODED_MAX:
-                _FLOWS.clear()
-            info = _FLOWS[key] = _decode(bytes(frame))
-        return info
+        return _remembered(_FLOWS, frame[:14] + frame[23:24] + frame[26:38], frame)
     return decode(frame)
 
 

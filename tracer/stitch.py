@@ -170,8 +170,7 @@ class Stitcher:
         self.stats.events += nhops
         self.stats.trips += 1
         self.stats.journeys += 1
-        if cap_len < trips.SNAPLEN:
-            data = data[:cap_len]
+        data = trips.captured(data, cap_len)
         info = frames.decode_flow(data)
         j = _new(Journey)
         d = j.__dict__

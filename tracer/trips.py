@@ -1,12 +1,13 @@
 """Journeys the kernel stitched: struct tt_trip (bpf/tapttrace.h, stated once more here).
 
-bpf/follow_btf.c keeps the hops of an skb that was never cloned in a map, from the frame's first
-sighting until the skb is freed, and hands them over in one record. A trip that ended
+bpf/follow_btf.c keeps the hops of an skb that was never cloned in a slot of an array (direct-mapped
+by the skb's address), from the frame's first sighting until the skb is freed, and hands them over
+in one record. A trip that ended
 (TRIP_ENDED) and that user space knows nothing else about is a whole single-copy journey: the
 Stitcher turns it into a Journey without any stitching (Stitcher.feed_trip), and journeys that
 took the same path share one template (the hops' words, the verdict, the JSON around the numbers).
 Anything else — a trip cut short because its skb was cloned or ran out of hop slots, or swept
-from the map because its frame is still queued — is unpacked into the Events it stands for and
+out of its slot because its frame is still queued — is unpacked into the Events it stands for and
 stitched like them.
 """
 from __future__ import annotations
@@ -31,7 +32,6 @@ _HEAD = struct.Struct(f"<QIHBB{SNAPLEN}s")
 _HOP = struct.Struct("<QQIIIHH16s")
 TRIP_SIZE = _HEAD.size + TRIP_HOPS * _HOP.size  # 432
 assert TRIP_SIZE != EVENT_SIZE  # records are told apart by their size
-_FLAGS_AT = 15  # byte offset of `flags`
 _NHOPS_AT = 14
 # Per hop count, what says where each hop happened (all but ts_ns and cpu) and the frame's group
 # bit (its first byte): the key of a path, in one unpack.
@@ -52,10 +52,6 @@ class Trip:
     flags: int
     hops: tuple[Event, ...]  # each hop as the Event the kernel would have sent for it
 
-    @property
-    def whole(self) -> bool:
-        return self.flags == TRIP_ENDED
-
 
 class TripError(ValueError):
     """A trip record that doesn't have the layout we expect."""
@@ -71,7 +67,7 @@ def decode(raw) -> Trip:
     skb, frame_len, cap_len, nhops, flags, data = _HEAD.unpack_from(raw)
     if not 1 <= nhops <= TRIP_HOPS:
         raise TripError(f"trip with {nhops} hops")
-    data = data if cap_len >= SNAPLEN else data[:cap_len]
+    data = captured(data, cap_len)
     hops = []
     for i in range(nhops):
         ts, location, netns, ifindex, reason, hook, cpu, name = _HOP.unpack_from(raw, _HEAD.size + i * _HOP.size)
@@ -81,14 +77,6 @@ def decode(raw) -> Trip:
         hops.append(Event(ts_ns=ts, skb=skb, hook=hook_, netns=netns, ifindex=ifindex, ifname=event_name(name),
                           frame_len=frame_len, data=data, reason=reason, location=location, cpu=cpu))
     return Trip(skb, frame_len, data, flags, tuple(hops))
-
-
-def flags(raw) -> int:
-    return raw[_FLAGS_AT]
-
-
-def skb_of(raw) -> int:
-    return int.from_bytes(raw[:8], "little")
 
 
 def head(raw) -> tuple[int, int, int, int, int, bytes]:
@@ -108,9 +96,13 @@ def stamps(raw, nhops: int) -> tuple[int, ...]:
 
 def frame(raw) -> tuple[bytes, int]:
     """The frame's captured bytes and its length."""
-    cap_len = int.from_bytes(raw[12:14], "little")
-    data = bytes(raw[16:16 + SNAPLEN])
-    return (data if cap_len >= SNAPLEN else data[:cap_len]), int.from_bytes(raw[8:12], "little")
+    _, frame_len, cap_len, _, _, data = _HEAD.unpack_from(raw)
+    return captured(data, cap_len), frame_len
+
+
+def captured(data: bytes, cap_len: int) -> bytes:
+    """The SNAPLEN bytes of a record cut to the cap_len the kernel could read."""
+    return data if cap_len >= SNAPLEN else data[:cap_len]
 
 
 def last_stamp(raw) -> int:

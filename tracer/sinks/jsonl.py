@@ -68,13 +68,14 @@ def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
 
 _SLOT = re.compile(r'"\\u0001(\d+)\\u0001"')
 # What goes in each slot of compile_line's template, as an expression of the journey `j`, its
-# start `start`, its hops `hops` and the wall-clock offset `off`. Quoted slots keep their quotes
-# in the text around them.
-_FIELDS = [("id", "j.id", False), ("start_ns", "start + off", False), ("end_ns", "j.last_ns + off", False),
-           ("src_mac", "j.src_mac", True), ("dst_mac", "j.dst_mac", True), ("ethertype", "j.ethertype:04x", True),
-           ("summary", "dumps(j.summary)", False), ("frame_len", "j.frame_len", False),
-           ("toward_guest", "'true' if j.toward_guest else 'false'", False),
-           ("vm", "dumps(j.vm) if j.vm else 'null'", False), ("note", "dumps(j.note) if j.note else 'null'", False)]
+# start `start`, its hops `hops` and the wall-clock offset `off`, and the JSON text that goes
+# before and after it (a string's quotes, the ethertype's 0x), kept in the text around the slot.
+_FIELDS = [("id", "j.id", "", ""), ("start_ns", "start + off", "", ""), ("end_ns", "j.last_ns + off", "", ""),
+           ("src_mac", "j.src_mac", '"', '"'), ("dst_mac", "j.dst_mac", '"', '"'),
+           ("ethertype", "j.ethertype:04x", '"0x', '"'), ("summary", "dumps(j.summary)", "", ""),
+           ("frame_len", "j.frame_len", "", ""), ("toward_guest", "'true' if j.toward_guest else 'false'", "", ""),
+           ("vm", "dumps(j.vm) if j.vm else 'null'", "", ""),
+           ("note", "dumps(j.note) if j.note else 'null'", "", "")]
 
 
 def _slot(i: int) -> str:
@@ -87,7 +88,7 @@ def compile_line(j: Journey) -> Callable[[Journey, int], str]:
     and json.dumps give (tests/test_trips.py checks it byte for byte), ≈ 10× faster. Only the
     expressions above and slot numbers become code; the text around them is passed in as values."""
     d = journey_to_dict(j, 0)
-    for i, (name, _, quoted) in enumerate(_FIELDS):
+    for i, (name, *_) in enumerate(_FIELDS):
         d[name] = _slot(i)
     for i, hop in enumerate(d["hops"]):
         hop["t_us"] = _slot(len(_FIELDS) + i)
@@ -96,12 +97,9 @@ def compile_line(j: Journey) -> Callable[[Journey, int], str]:
     exprs = []
     for k, slot in enumerate(slots):
         if slot < len(_FIELDS):
-            _, expr, quoted = _FIELDS[slot]
-            if quoted:
-                texts[k] += '"'
-                texts[k + 1] = '"' + texts[k + 1]
-                if slot == 5:
-                    texts[k] += "0x"
+            _, expr, before, after = _FIELDS[slot]
+            texts[k] += before
+            texts[k + 1] = after + texts[k + 1]
         else:  # round(d / 1000, 3) is d / 1000 for an integer d < 2**53: the nearest float to a
             # number with three decimals is what both give (round() alone takes ≈ 0.7 µs)
             expr = f"(hops[{slot - len(_FIELDS)}].ts_ns - start) / 1000!r"
