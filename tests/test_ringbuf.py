@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import pytest
 
@@ -167,3 +168,19 @@ def test_a_full_ring_loses_records_and_reading_frees_the_space(bpf_ring):
         for _ in range(5):
             os.getppid()
         assert len(rb.read()) == 4  # room again (one of any 5 in a row is discarded)
+
+
+@pytest.mark.kernel
+def test_caught_up_moves_only_when_a_read_leaves_nothing_committed_behind(bpf_ring):
+    fd, size = bpf_ring
+    with ringbuf.RingBuffer(fd, size) as rb:
+        assert rb.caught_up_ns == 0
+        for _ in range(11):
+            os.getppid()
+        before = time.monotonic_ns()
+        part = rb.read(max_bytes=200)  # two records of the ~9 there
+        assert 0 < len(part) < 5 and rb.caught_up_ns == 0 and rb.available() > 0
+        rest = rb.read()
+        assert len(part) + len(rest) == 9 and rb.caught_up_ns >= before
+        reached = rb.caught_up_ns
+        assert rb.read() == [] and rb.caught_up_ns > reached

@@ -26,6 +26,14 @@ def decode(raw: bytes) -> Event:
     return events[0]
 
 
+def timestamp(raw) -> int:
+    """An event record's ts_ns (its first field), without decoding the rest."""
+    return _TS.unpack_from(raw)[0]
+
+
+_TS = struct.Struct("<Q")
+
+
 def decode_many(raws, strict: bool = False) -> tuple[list[Event], int]:
     """A batch of records: the Events, in order, and how many records could not be decoded
     (wrong size, unknown hook; with strict=True those raise DecodeError instead).

@@ -29,7 +29,8 @@ LOST_CHECK_S = 0.25
 
 class EventSource(Protocol):
     """Raw ring-buffer records. A source may also have poll_batch(timeout_ms) -> list of records
-    (what poll would hand to sink one by one): run_follow then decodes the batch in one go."""
+    (what poll would hand to sink one by one): run_follow then decodes the batch in one go; and
+    read_up_to_ns() -> the moment before which every record has been read (see stitch_clock)."""
 
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None: ...
     def drain(self, sink: Callable[[bytes], None]) -> None: ...
@@ -154,6 +155,19 @@ def _collector_gc(fn):
     return wrapper
 
 
+def stitch_clock(read_up_to_ns: int, records) -> int:
+    """The time the stitcher may take as now: a journey is reported once its grace after its end
+    has passed, and events within that grace (a clone read by a process on another CPU) must
+    have been read by then. Behind the ring (a batch is at most BATCH_MAX_BYTES), now is the
+    newest record's time, not the wall clock's: 20 ms behind, every ended journey would be
+    reported before the clones that come right after it in the ring."""
+    newest = 0
+    if records:
+        raw = records[-1]
+        newest = trips.last_stamp(raw) if len(raw) == trips.TRIP_SIZE else ev_codec.timestamp(raw)
+    return max(read_up_to_ns, newest)
+
+
 @_collector_gc
 def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, namer: Namer,
                sinks: list[Sink], stop: threading.Event, *, recorder: Optional[Recorder] = None,
@@ -225,6 +239,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
 
     flushers = [f for f in (getattr(s, "flush", None) for s in sinks) if f is not None]
     poll_batch = getattr(source, "poll_batch", None)
+    read_up_to = getattr(source, "read_up_to_ns", time.monotonic_ns)
 
     pending: list[Journey] = []
     detached = False
@@ -274,12 +289,15 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                 summary.stopped_by = "duration"
                 break
             if poll_batch is not None:
-                take_all(poll_batch(poll_ms))
+                records = poll_batch(poll_ms)
+                take_all(records)
+                clock = stitch_clock(read_up_to(), records)
             else:
                 source.poll(take, poll_ms)
+                clock = time.monotonic_ns()
             done = emit_whole()
             while not done and not stop.is_set():  # all that is due, 256 at a time
-                out = stitcher.flush(time.monotonic_ns(), limit=256)
+                out = stitcher.flush(clock, limit=256)
                 if not out:
                     break
                 done = emit(out)

@@ -386,6 +386,10 @@ class LibbpfFollowProgram:
             return []
         return self._trip_slots.sweep(time.monotonic_ns(), older_than_ns)
 
+    def read_up_to_ns(self) -> int:
+        """Every record reserved before this moment has been read (RingBuffer.caught_up_ns)."""
+        return self._ring.caught_up_ns if self._ring is not None else 0
+
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
         for raw in self._ring.poll(timeout_ms):
             sink(raw)

@@ -76,6 +76,10 @@ class FollowProgram:
         follow counts them as undecodable in its summary, rather than losing them here unseen."""
         return self._ring.poll_batch(timeout_ms)
 
+    def read_up_to_ns(self) -> int:
+        """Every record reserved before this moment has been read (RingBuffer.caught_up_ns)."""
+        return self._ring.caught_up_ns if self._ring is not None else 0
+
     def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
         """Wait up to timeout_ms for events and hand each raw record to sink."""
         for raw in self._ring.poll(timeout_ms):

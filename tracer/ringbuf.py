@@ -93,6 +93,9 @@ class RingBuffer:
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
         self.records = 0  # handed out since open
+        # Every record reserved before this moment (CLOCK_MONOTONIC, bpf_ktime_get_ns's clock) has
+        # been read: the last read that found nothing committed left behind it.
+        self.caught_up_ns = 0
         self.bytes = 0
         self._window_start, self._window_count, self._busy = 0.0, 0, False  # poll_batch's arrival rate
 
@@ -102,13 +105,17 @@ class RingBuffer:
 
     def read(self, max_bytes: Optional[int] = None) -> list[memoryview]:
         """Every committed record now in the ring (or about max_bytes of them), without waiting."""
+        asked_ns = time.monotonic_ns()
         cons = _U64.unpack_from(self._cons, 0)[0]
-        prod = _U64.unpack_from(self._prod, 0)[0]
+        ring_end = prod = _U64.unpack_from(self._prod, 0)[0]
         if prod <= cons:
+            self.caught_up_ns = asked_ns
             return []
         if max_bytes is not None and prod - cons > max_bytes:
             prod = cons + max_bytes  # the walk ends on the first record boundary at or after it
         end = walk(self._prod, cons, prod, self._mask, self._page)
+        if end >= ring_end:
+            self.caught_up_ns = asked_ns
         if end == cons:
             return []
         start = self._page + (cons & self._mask)

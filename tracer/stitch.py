@@ -139,6 +139,9 @@ class Stitcher:
                 del self._retired[ev.skb]
             return
         js = self._clone_parent(ev, fp, dev)
+        if js is None and (js := self._orphans_of(ev, fp)) is not None:
+            self._adopt(js, ev, dev)
+            return
         if js is None:
             js = _JourneyState(self._next_id, fp, ev, ev.ts_ns)
             self._next_id += 1
@@ -218,11 +221,38 @@ class Stitcher:
             return None
         if not js.live and ev.ts_ns - js.last_ns > self.clone_window_ns:
             return None
-        if ev.hook == Hook.RECEIVE and not (dev and dev.is_bridge):
-            return None  # a fresh frame from a wire, a peer or a guest
-        if ev.hook == Hook.QUEUE and not (dev and dev.master is not None):
-            return None  # a stack sending a frame of its own
+        if _starts_journey(ev, dev):
+            return None
         return js
+
+    def _orphans_of(self, ev: Event, fp: bytes) -> Optional[_JourneyState]:
+        """An open journey of clones whose parent is this journey start, seen after them.
+
+        With trips (tracer/trips.py) a frame's hops reach user space when its trip is handed
+        over, and a clone can end on another CPU before that: ping_rcv()'s raw-socket clone is
+        read and consumed by the pinging process while the original is still on its way to
+        being dropped. The clone's events then arrive first and start a journey of their own
+        that no journey start begins."""
+        js = self._by_fp.get(fp)
+        if js is None or js.id not in self._open or js.first.ts_ns <= ev.ts_ns:
+            return None
+        first_ev, first_dev = js.copies[0].events[0]
+        if _starts_journey(first_ev, first_dev):
+            return None  # a frame of its own with the same bytes, not this one's clone
+        return js
+
+    def _adopt(self, js: _JourneyState, ev: Event, dev: Optional[Device]) -> None:
+        """The parent becomes copy 0, as it is when its events come first."""
+        for cs in js.copies:
+            cs.index += 1
+        cs = _CopyState(0, ev.skb)
+        js.copies.insert(0, cs)
+        js.first = ev
+        if js.id in self._ended:
+            del self._ended[js.id]  # its parent is live
+            js.ended_ns = 0
+        self._live[ev.skb] = (js, cs)
+        self._add(js, cs, ev, dev)
 
     def _add(self, js: _JourneyState, cs: _CopyState, ev: Event, dev: Optional[Device]) -> None:
         cs.events.append((ev, dev))
@@ -412,6 +442,15 @@ class Stitcher:
         journey.verdict = c.outcome
         if c.outcome == Verdict.DROPPED.value:
             journey.reason, journey.location, journey.drop_dev = c.reason, c.location, c.dev
+
+
+def _starts_journey(ev: Event, dev: Optional[Device]) -> bool:
+    """A fresh frame from a wire, a peer or a guest, or a stack sending a frame of its own."""
+    if ev.hook == Hook.RECEIVE:
+        return not (dev and dev.is_bridge)
+    if ev.hook == Hook.QUEUE:
+        return not (dev and dev.master is not None)
+    return False
 
 
 def _ts_of_pair(pair: tuple[Event, Optional[Device]]) -> int:
