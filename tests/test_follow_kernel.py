@@ -19,6 +19,10 @@ pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "journey.schema.json").read_text())
+# One validator for every journey: jsonschema.validate() checks the schema itself again on every
+# call (45 ms a journey here, 2.8 ms with the schema checked once).
+jsonschema.validators.validator_for(SCHEMA).check_schema(SCHEMA)
+JOURNEY = jsonschema.validators.validator_for(SCHEMA)(SCHEMA)
 
 
 def tapttrace(*args: str) -> list[str]:
@@ -66,7 +70,7 @@ class Follow:
         journeys = [x for x in lines if x.get("schema") == "tapttrace.journey/1"]
         (summary,) = [x for x in lines if x.get("schema") == "tapttrace.summary/1"]
         for j in journeys:
-            jsonschema.validate(j, SCHEMA)
+            JOURNEY.validate(j)
         return journeys, summary, err
 
 

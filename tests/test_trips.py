@@ -206,3 +206,27 @@ def test_a_follow_behind_the_ring_does_not_report_a_journey_before_the_clone_rig
         by_start = lambda j: (j.first_ns, j.summary)  # noqa: E731
         assert [comparable(j) for j in sorted(got, key=by_start)] == \
             [comparable(j) for j in sorted(replay.journeys(rec), key=by_start)]
+
+
+def test_a_clone_whose_parent_is_still_in_the_kernel_after_the_grace_waits_for_it():
+    """A packet socket's clone of a frame on its way to a guest that reads it 50 ms later: the
+    clone's consume comes first and its parent's trip only at the read. The clone alone must not
+    be reported after the 20 ms grace (it would be a lone 'consumed', and the frame a copy short)."""
+    rec = replay.load(REC / "lab-healthy.jsonl")
+    reply = [e for e in rec.events if "echo reply 198.51.100.10 > 198.51.100.254" in frames.decode(e.data).summary]
+    received, passed_up, dropped, clone_consumed = reply
+    clone_consumed = replace(clone_consumed, ts_ns=passed_up.ts_ns + 1000)
+    dropped = replace(dropped, ts_ns=passed_up.ts_ns + 50 * 1_000_000)
+    stitcher = Stitcher(rec.devices, rec.namer)
+    stitcher.feed(clone_consumed)
+    assert stitcher.flush(clone_consumed.ts_ns + 30 * 1_000_000) == []
+    stitcher.feed_trip(trips.pack([received, passed_up], trips.TRIP_CUT))
+    stitcher.feed(dropped)
+    assert stitcher.flush(dropped.ts_ns + 10 * 1_000_000) == []  # the grace after its end
+    (j,) = stitcher.flush(dropped.ts_ns + 20 * 1_000_000)
+    assert (j.verdict, [(h.event, h.copy) for h in j.hops]) == (
+        "local", [("received", 0), ("passed-up", 0), ("consumed", 1), ("dropped", 0)])
+    stitcher.feed(replace(clone_consumed, skb=1, ts_ns=dropped.ts_ns + 10**9))  # a lone clone: reported after the idle second
+    assert stitcher.flush(dropped.ts_ns + 10**9 + 30 * 1_000_000) == []
+    (alone,) = stitcher.flush(dropped.ts_ns + 2 * 10**9 + 1)
+    assert [(h.event, h.copy) for h in alone.hops] == [("consumed", 0)]

@@ -261,7 +261,10 @@ class Stitcher:
         if ev.hook in (Hook.DROP, Hook.CONSUME):
             cs.ended = True
             self._live.pop(ev.skb, None)
-            if not js.live:
+            # A journey that no journey start began (clones only) waits the idle time, not the
+            # grace: with trips its parent's hops may still be in the kernel (a frame a packet
+            # socket cloned on its way to a guest that reads it later: _orphans_of).
+            if not js.live and _starts_journey(*js.copies[0].events[0]):
                 js.ended_ns = js.last_ns
                 ended = self._ended
                 ended.pop(js.id, None)  # ended again (a consume after the last copy's drop): to the back
