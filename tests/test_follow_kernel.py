@@ -106,6 +106,14 @@ def loaded_programs() -> set[int]:
     return {p["id"] for p in json.loads(out)}
 
 
+def hops_by_copy(journey: dict) -> tuple:
+    """A journey's hops (event, device, copy) copy by copy, for comparing two follows that watched
+    the same traffic: each stamps its own times, so two copies' hops within a microsecond on two
+    CPUs (ping's raw-socket clone consumed as the original is dropped) may interleave one way in
+    one follow and the other way in the other."""
+    return tuple((h["event"], h["dev"], h["copy"]) for h in sorted(journey["hops"], key=lambda h: h["copy"]))
+
+
 def programs_gone(ids: set[int], timeout: float = 5.0) -> bool:
     """Programs are freed after an RCU grace period, a moment after the last fd closes."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from tracer.lab import Lab, LabSpec
 from tracer import libbpf_loader
 from tracer.libbpf_loader import LibbpfFollowProgram, build_object
 
-from test_follow_kernel import Follow, our_programs, programs_gone  # noqa: E402
+from test_follow_kernel import Follow, hops_by_copy, our_programs, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -136,7 +136,7 @@ def test_object_is_built_once_into_the_cache_not_the_repo(tmp_path):
 def _journeys(follow: Follow) -> list[tuple]:
     journeys, summary, _ = follow.stop()
     assert summary["lost_events"] == 0
-    return sorted((j["summary"], j["verdict"], tuple((h["event"], h["dev"]) for h in j["hops"]),
+    return sorted((j["summary"], j["verdict"], hops_by_copy(j),
                    (j.get("drop") or {}).get("reason"), (j.get("drop") or {}).get("location", "").split("+")[0])
                   for j in journeys)
 

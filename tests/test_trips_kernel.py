@@ -19,7 +19,7 @@ from tracer.features import FOLLOW_LOADER_ENV
 from tracer.lab import Lab, LabSpec
 from tracer.libbpf_loader import TRIPS_ENV
 
-from test_follow_kernel import Follow, programs_gone  # noqa: E402
+from test_follow_kernel import Follow, hops_by_copy, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -39,7 +39,7 @@ def _side_by_side(lab: Lab, monkeypatch) -> tuple[Follow, Follow]:
 
 
 def _words(journeys: list[dict]) -> list[tuple]:
-    return sorted((j["summary"], j["verdict"], tuple((h["event"], h["dev"], h["copy"]) for h in j["hops"]),
+    return sorted((j["summary"], j["verdict"], hops_by_copy(j),
                    tuple(sorted((c["outcome"], c["dev"]) for c in j["copies"])), j["toward_guest"], j["note"],
                    (j.get("drop") or {}).get("reason"), tuple((j.get("flood") or {}).get("ports", [])))
                   for j in journeys)
