@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -159,3 +161,32 @@ def test_sigterm_detaches_every_program():
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+
+def test_a_refresh_still_reading_the_maps_when_the_exporter_stops_finishes_first(monkeypatch):
+    """Found as a refresher-thread traceback at an exporter's SIGTERM under load: the program
+    closed while a refresh was reading its maps (EBADF). The session now stops and joins the
+    refresher before it closes the program. Here a refresh is held inside its map read while
+    the session ends."""
+    from tracer.exporter.service import ExporterConfig, exporter_session
+
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    reading = threading.Event()
+    with exporter_session(ExporterConfig(refresh_seconds=0.01), serve=False) as session:
+        read = session.program.read
+
+        def slow_read():
+            if threading.current_thread().name == "tapttrace-refresh":
+                reading.set()
+                time.sleep(0.3)
+            return read()
+
+        session.program.read = slow_read
+        assert reading.wait(5)
+    for t in threading.enumerate():
+        if t.name == "tapttrace-refresh":
+            t.join(5)  # (with the fix it has ended already)
+    assert failures == []
+    assert session.collector.refresh_errors == 0

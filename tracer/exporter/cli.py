@@ -23,7 +23,7 @@ from .service import ExporterConfig, exporter_session
 @click.option("--bridge", "bridges", multiple=True, metavar="NAME", help="Only count this bridge. Repeatable.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key (PEM).")
-@click.option("--refresh", "refresh_seconds", type=float, default=5.0, show_default=True, metavar="S",
+@click.option("--refresh", "refresh_seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True, metavar="S",
               help="Re-read devices (VMs starting and stopping) every S seconds.")
 @click.option("--max-series", type=int, default=2000, show_default=True, metavar="N",
               help="Series per metric family; more are added into one series labelled _overflow.")

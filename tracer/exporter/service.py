@@ -63,6 +63,14 @@ def open_program(features, max_series: int = 16384):
     return ExporterProgram(features, max_series=max_series)
 
 
+def _stop_refresher(stop: threading.Event, refresher: threading.Thread) -> None:
+    stop.set()
+    refresher.join(REFRESHER_JOIN_S)
+
+
+REFRESHER_JOIN_S = 5.0  # a refresh reads netlink and /proc for every namespace: normally milliseconds
+
+
 @dataclass
 class ExporterSession:
     collector: ExporterCollector
@@ -88,8 +96,10 @@ def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[
                                       filters=config.filters, max_series=config.max_series,
                                       build={"version": __version__, "kernel": os.uname().release})
         collector.refresh()
-        stack.callback(stop.set)
-        collector.run_refresher(stop, config.refresh_seconds)
+        refresher = collector.run_refresher(stop, config.refresh_seconds)
+        # Before the program closes (the stack unwinds backwards): a refresh still reading its maps
+        # then would fail on closed fds and print a traceback at every other Ctrl-C.
+        stack.callback(_stop_refresher, stop, refresher)
         server = None
         if serve:
             server = MetricsServer(collector, config.listen, config.tls)
