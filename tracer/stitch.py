@@ -247,10 +247,7 @@ class Stitcher:
             cs.index += 1
         cs = _CopyState(0, ev.skb)
         js.copies.insert(0, cs)
-        js.first = ev
-        if js.id in self._ended:
-            del self._ended[js.id]  # its parent is live
-            js.ended_ns = 0
+        js.first = ev  # (a journey of clones only is never in _ended: see _add)
         self._live[ev.skb] = (js, cs)
         self._add(js, cs, ev, dev)
 
