@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
+from typing import Optional
 
 import pytest
 
@@ -146,13 +148,16 @@ def test_vms_coming_and_going_leave_no_series_behind(collector):
     assert total(scrape(collector), "tapttrace_decode_errors_total") == 0
 
 
-def test_sigterm_detaches_every_program():
+@contextmanager
+def exporter_process(env: Optional[dict] = None):
+    """`python -m tracer.exporter` serving on a free port: yields the process once it serves, then
+    stops it with SIGTERM, which must exit 0 with its programs detached (killed on any failure)."""
     proc = subprocess.Popen([sys.executable, "-m", "tracer.exporter", "--listen", "127.0.0.1:0"], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stderr.readline()
         assert "serving" in line, line + proc.stderr.read()
-        assert len(our_programs(proc.pid)) >= 6
+        yield proc
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
@@ -161,6 +166,11 @@ def test_sigterm_detaches_every_program():
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_sigterm_detaches_every_program():
+    with exporter_process() as proc:
+        assert len(our_programs(proc.pid)) >= 6
 
 
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,8 +22,8 @@ from tracer.features import EXPORTER_LOADER_ENV, probe_features
 from tracer.lab import Lab, LabSpec
 
 from test_exporter_common import scrape
-from test_exporter_kernel import static_neighbour
-from test_follow_kernel import ROOT, our_programs, programs_gone
+from test_exporter_kernel import exporter_process, static_neighbour
+from test_follow_kernel import our_programs, programs_gone
 
 pytestmark = pytest.mark.kernel
 
@@ -110,23 +107,10 @@ def test_bad_object_is_one_clear_line(tmp_path):
 
 
 def test_the_exporter_process_maps_no_bcc_and_detaches_on_sigterm():
-    env = {**os.environ, EXPORTER_LOADER_ENV: "libbpf"}
-    proc = subprocess.Popen([sys.executable, "-m", "tracer.exporter", "--listen", "127.0.0.1:0"], cwd=ROOT,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stderr.readline()
-        assert "serving" in line, line + proc.stderr.read()
+    with exporter_process({**os.environ, EXPORTER_LOADER_ENV: "libbpf"}) as proc:
         assert len(our_programs(proc.pid)) == 6
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libbcc" not in maps and "libLLVM" not in maps and "libclang" not in maps
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
-        assert "programs detached" in err
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 # -- both loaders on the same frames ----------------------------------------------------------

@@ -106,6 +106,21 @@ def loaded_programs() -> set[int]:
     return {p["id"] for p in json.loads(out)}
 
 
+def follow_pair(args: tuple, monkeypatch, first: dict[str, str], second: dict[str, str]) -> tuple[Follow, Follow]:
+    """Two follows of the same traffic, started one after the other with these environments
+    (loader, trips); the first is killed if the second can't start."""
+    for name, value in first.items():
+        monkeypatch.setenv(name, value)
+    one = Follow(*args)
+    for name, value in second.items():
+        monkeypatch.setenv(name, value)
+    try:
+        return one, Follow(*args)
+    except BaseException:
+        one.proc.kill()
+        raise
+
+
 def hops_by_copy(journey: dict) -> tuple:
     """A journey's hops (event, device, copy) copy by copy, for comparing two follows that watched
     the same traffic: each stamps its own times, so two copies' hops within a microsecond on two

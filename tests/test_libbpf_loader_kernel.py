@@ -15,7 +15,7 @@ from tracer.lab import Lab, LabSpec
 from tracer import libbpf_loader
 from tracer.libbpf_loader import LibbpfFollowProgram, build_object
 
-from test_follow_kernel import Follow, hops_by_copy, our_programs, programs_gone  # noqa: E402
+from test_follow_kernel import Follow, follow_pair, hops_by_copy, our_programs, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -146,14 +146,7 @@ def _journeys(follow: Follow) -> list[tuple]:
 def test_bcc_and_libbpf_follow_the_same_journeys(spec, monkeypatch):
     with Lab(spec) as lab:
         args = (lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
-        monkeypatch.setenv(FOLLOW_LOADER_ENV, "bcc")
-        with_bcc = Follow(*args)
-        monkeypatch.setenv(FOLLOW_LOADER_ENV, "libbpf")
-        try:
-            with_libbpf = Follow(*args)
-        except BaseException:
-            with_bcc.proc.kill()
-            raise
+        with_bcc, with_libbpf = follow_pair(args, monkeypatch, {FOLLOW_LOADER_ENV: "bcc"}, {FOLLOW_LOADER_ENV: "libbpf"})
         assert not with_bcc.programs & with_libbpf.programs
         lab.ping_guest_from_remote(count=3)
         lab.ping_guest_from_host(count=2)

@@ -19,22 +19,14 @@ from tracer.features import FOLLOW_LOADER_ENV
 from tracer.lab import Lab, LabSpec
 from tracer.libbpf_loader import TRIPS_ENV
 
-from test_follow_kernel import Follow, hops_by_copy, programs_gone  # noqa: E402
+from test_follow_kernel import Follow, follow_pair, hops_by_copy, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
 
 def _side_by_side(lab: Lab, monkeypatch) -> tuple[Follow, Follow]:
     args = (lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
-    monkeypatch.setenv(FOLLOW_LOADER_ENV, "libbpf")
-    monkeypatch.setenv(TRIPS_ENV, "off")
-    events = Follow(*args)
-    monkeypatch.setenv(TRIPS_ENV, "on")
-    try:
-        trips = Follow(*args)
-    except BaseException:
-        events.proc.kill()
-        raise
+    events, trips = follow_pair(args, monkeypatch, {FOLLOW_LOADER_ENV: "libbpf", TRIPS_ENV: "off"}, {TRIPS_ENV: "on"})
     return trips, events
 
 
