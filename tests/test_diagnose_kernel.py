@@ -17,26 +17,21 @@ pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from test_follow_kernel import our_links  # noqa: E402
+from test_follow_kernel import run_window  # noqa: E402
 
 
 def diagnose(lab: Lab, traffic, *extra: str, duration: float = 3.0) -> tuple[int, dict]:
-    """Run `tapttrace diagnose --json` while traffic(lab) runs inside its window."""
+    """Run `tapttrace diagnose --json`; with traffic, its window ends (SIGINT) once traffic(lab) is done,
+    else after `duration`."""
+    window = str(duration) if traffic is None else "600"
     argv = [sys.executable, "-m", "tracer", "diagnose", lab.guest_mac, "--ip", lab.guest_ip,
-            "--duration", str(duration), "--json", *extra]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 20
-        while our_links(proc.pid) < 4 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if traffic is not None and proc.poll() is None:
-            traffic(lab)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode in (0, 1), err
-    return proc.returncode, json.loads(out)
+            "--duration", window, "--json", *extra]
+    code, out, err = run_window(argv, None if traffic is None else lambda: traffic(lab))
+    assert code in (0, 1), err
+    report = json.loads(out)
+    if traffic is not None:  # the window was ended by the signal, and the report says how long it was
+        assert 0 < report["window_s"] < 600
+    return code, report
 
 
 def ping(lab: Lab):

@@ -74,6 +74,28 @@ class Follow:
         return journeys, summary, err
 
 
+def run_window(argv: list[str], traffic=None, *, timeout: float = 90) -> tuple[int, str, str]:
+    """Run a tapttrace command that watches a window (diagnose) and let the window end on a
+    condition, never on a clock: traffic() runs once the command holds a BPF link per hook, and
+    SIGINT ends the window when traffic() has returned (the caller's traffic must be done by then:
+    a ping whose replies came back). Without traffic, the command's own --duration ends it."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if traffic is not None:
+            deadline = time.monotonic() + 60
+            while our_links(proc.pid) < 4 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                traffic()
+                proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
 def our_programs(pid: int) -> set[int]:
     """IDs of the BPF programs a process holds open (from /proc/PID/fdinfo)."""
     ids = set()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from test_follow_kernel import Follow, our_programs  # noqa: E402
+from test_follow_kernel import Follow, run_window  # noqa: E402
 
 DIAG_SCHEMA = json.loads((ROOT / "docs" / "causes.md").read_text().split("JSON schema:\n\n```json\n")[1].split("```")[0])
 
@@ -58,30 +57,18 @@ def lv():
         yield lab, br, eth
 
 
-def run_tapttrace(*args: str, traffic=None, timeout: float = 90) -> tuple[int, str, str]:
-    """Run tapttrace; traffic() runs once its BPF programs are attached."""
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        if traffic is not None:
-            deadline = time.monotonic() + 30
-            while len(our_programs(proc.pid)) < 4 and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if proc.poll() is None:
-                traffic()
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, out, err
+def run_tapttrace(*args: str, timeout: float = 90) -> tuple[int, str, str]:
+    return run_window([sys.executable, "-m", "tracer", *args], timeout=timeout)
 
 
 def diagnose_vm(lab, name: str, traffic, *extra: str) -> tuple[int, dict]:
-    code, out, err = run_tapttrace("diagnose", "--vm", name, "--duration", "3", "--json", *extra, traffic=traffic)
+    """diagnose --vm, its window ended (SIGINT) once traffic() is done."""
+    code, out, err = run_window([sys.executable, "-m", "tracer", "diagnose", "--vm", name, "--duration", "600",
+                                 "--json", *extra], traffic)
     assert code in (0, 1) and out.strip(), err
     report = json.loads(out)
     jsonschema.validate(report, DIAG_SCHEMA)
+    assert 0 < report["window_s"] < 600
     return code, report
 
 
@@ -99,7 +86,11 @@ def test_bridge_interface_gets_a_libvirt_tap_and_works(lv):
 
 def test_diagnose_vm_of_a_bridge_interface_says_ok(lv):
     lab, br, _ = lv
-    code, r = diagnose_vm(lab, br.name, lambda: lab.ping_from_remote(br))
+
+    def traffic():  # done once every reply came back: the guest has read each request by then
+        assert lab.ping_from_remote(br, timeout=10).received == 3
+
+    code, r = diagnose_vm(lab, br.name, traffic)
     assert code == 0 and r["cause"] == "ok", (r["summary"], r["counts"], r["evidence"])
     assert r["mac"] == br.mac and r["vm"] == br.name and r["libvirt_domain"] == br.name
     assert r["tap"] == br.tap and r["netns"] == "root" and r["bridge"] == lab.bridge

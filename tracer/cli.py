@@ -115,7 +115,7 @@ def follow(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ip
               help="An address of the guest, so ARP requests for it count. Repeatable; also learned.")
 @click.option("--tap", metavar="DEV", help="The guest's tap, when tapttrace can't find it by itself.")
 @click.option("--duration", type=float, default=5.0, show_default=True, metavar="S",
-              help="How long to watch live traffic.")
+              help="How long to watch live traffic (Ctrl-C ends the window sooner and still reports).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/causes.md).")
 def diagnose(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ips: tuple[str, ...],
              tap: Optional[str], duration: float, as_json: bool) -> None:

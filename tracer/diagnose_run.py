@@ -56,6 +56,7 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
             not_analysed += 1
 
     with follow_session(config, sinks=[], on_journey=keep, stop=stop) as session:
+        started = time.monotonic()
         done = threading.Event()
         ticker = threading.Thread(target=_countdown, args=(console, duration, done), daemon=True)
         ticker.start()
@@ -64,10 +65,13 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
         finally:
             done.set()
             ticker.join()
+    # Ctrl-C (or SIGTERM) ends the window early, once the problem has been reproduced: the report
+    # is still made, from what was seen, and says how long the window really was.
+    window_s = duration if summary.stopped_by != "signal" else round(time.monotonic() - started, 1)
     # After the window: queues have filled and addresses have been learned meanwhile.
     snapshot = collect_snapshot(list_netns(True))
     target = locate(snapshot, mac, tap, ips, domains=domains)
-    result = diagnose(snapshot, target, journeys, duration, process_states=read_process_states(target.holders),
+    result = diagnose(snapshot, target, journeys, window_s, process_states=read_process_states(target.holders),
                       lost_events=summary.lost_events, not_analysed=not_analysed)
     if as_json:
         sys.stdout.write(json.dumps(to_json(result, journeys, wall_offset_ns()), indent=2) + "\n")
