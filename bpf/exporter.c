@@ -32,6 +32,7 @@
  * Kernel struct offsets come as -D constants from BTF (tracer/features.py, tracer/exporter/program.py).
  */
 #include "exporter.h"
+#include "kernel_compat.h"
 
 #ifndef MAX_SERIES
 #define MAX_SERIES 16384
@@ -356,7 +357,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 		struct ttx_qslot *s = qtab.lookup(&i);
 		if (s) {
 			/* Free, or held by this very address (an entry whose end we missed). */
-			__u64 was = __sync_val_compare_and_swap(&s->skb, 0, skb);
+			__u64 was = tt_cas_u64(&s->skb, 0, skb);
 			if (was == 0 || was == skb) {
 				s->q = q;
 				return 0;

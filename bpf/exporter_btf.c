@@ -38,6 +38,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "exporter.h"
+#include "kernel_compat.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -481,7 +482,7 @@ int BPF_PROG(ttx_net_dev_queue, struct sk_buff *skb)
 		struct ttx_qslot *s = bpf_map_lookup_elem(&qtab, &i);
 		if (s) {
 			/* Free, or held by this very address (an entry whose end we missed). */
-			__u64 was = __sync_val_compare_and_swap(&s->skb, 0, skbp);
+			__u64 was = tt_cas_u64(&s->skb, 0, skbp);
 			if (was == 0 || was == skbp) {
 				s->q = q;
 				return 0;

@@ -26,6 +26,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "tapttrace.h"
+#include "kernel_compat.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -286,9 +287,23 @@ static __always_inline void hand_over(struct tt_trip *t, __u8 flags)
 	t->skb = 0;
 }
 
+/* Hop n of a trip, or NULL. The bound is checked on the very register that indexes: a verifier
+ * before 6.2 forgets a bound proven on a value the compiler spilled to the stack and read back
+ * (6.1 refused `t->hops[n]` as "R9 max value is outside of the allowed memory range" although
+ * follow_trip() had checked n < TT_TRIP_HOPS). */
+static __always_inline struct tt_hop *hop_at(struct tt_trip *t, __u32 n)
+{
+	asm volatile("" : "+r"(n));
+	if (n >= TT_TRIP_HOPS)
+		return NULL;
+	return &t->hops[n];
+}
+
 static __always_inline void add_hop(struct tt_hop *h, struct net_device *dev, __u16 hook, __u64 location,
 				    __u32 reason)
 {
+	if (!h)
+		return;
 	h->ts_ns = bpf_ktime_get_ns();
 	h->location = location;
 	h->reason = reason;
@@ -365,7 +380,7 @@ static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, 
 			*last = 0;
 			return 0;
 		} else {
-			add_hop(&t->hops[n], dev, hook, location, reason);
+			add_hop(hop_at(t, n), dev, hook, location, reason);
 			t->nhops = n + 1;
 			if (ends)
 				hand_over(t, TT_TRIP_ENDED);
@@ -384,7 +399,7 @@ static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, 
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + 8 * sizeof(struct tt_trip) >
 	    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
 		return 0;
-	if (__sync_val_compare_and_swap(&t->skb, 0, key) != 0)
+	if (tt_cas_u64(&t->skb, 0, key) != 0)
 		return 0; /* the slot holds another frame's trip: this one goes as tt_events */
 	t->nhops = 0; /* until the first hop is in (user space's sweep skips a trip without hops) */
 	t->flags = 0;

@@ -163,12 +163,16 @@ def doctor(as_json: bool) -> None:
 def demo(keep: bool, guest: str) -> None:
     """Build a throwaway lab with the classic tap-MAC failure, trace it, fix it, trace again, tear down."""
     from .demo import run_demo
+    from .lab.topology import LabCommandFailed
 
     try:
         with stop_on_signals() as stop:
             sys.exit(run_demo(Console(), stop, guest=guest))
     except TapttraceError as err:
         _fail(err)
+    except LabCommandFailed as err:  # e.g. a kernel without veth: one line, not a traceback
+        click.echo(f"tapttrace: the demo's lab could not be built: {err}", err=True)
+        sys.exit(1)
 
 
 def _register_exporter() -> None:

@@ -21,10 +21,10 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from .btf import Btf, BtfError, BtfNotFound, Kind, TracepointArg
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, KernelError
 from .kheaders import KernelHeaders, find_headers
 
 # Every tracepoint tapttrace hooks or plans to; CORE ones carry the follow pipeline.
@@ -204,6 +204,13 @@ class Features:
     bridge_hook: str  # "fentry" | "kprobe" | "none": for bridge-internal functions
     btf_path: str = field(default="", compare=False)
     tp_btf: Availability = Availability(False, "not probed")  # tp_btf (BTF-typed raw tracepoint) programs
+    # BPF compare-and-swap (5.12+): without it journeys are stitched in user space only (no trips)
+    # and the exporter's tap table is a hash map; the objects are built with -DTT_NO_ATOMICS.
+    bpf_atomics: Availability = Availability(False, "not probed")
+    # br_flood's home: "vmlinux", "module" (bridge built as a module: its BTF is /sys/kernel/btf/bridge,
+    # which libbpf's fentry finds and bcc's KFUNC_PROBE does not), or "" (no BTF knows it: not loaded)
+    bridge_btf: str = ""
+    bridge_hook_bcc: str = "none"  # bridge_hook for bcc: kprobe where br_flood is only in a module's BTF
     follow_loader: str = "bcc"  # "libbpf" (bpf/follow_btf.c, tracer/libbpf_loader.py) | "bcc" (bpf/follow.c)
     follow_loader_why: str = ""
     exporter_loader: str = "bcc"  # "libbpf" (bpf/exporter_btf.c, tracer/exporter/program_btf.py) | "bcc"
@@ -500,6 +507,43 @@ def probe_tp_btf(can_load: bool, btf: Optional[Btf]) -> Availability:
     return Availability(True, f"a tp_btf program on {_TP_BTF_TARGET} loaded and attached")
 
 
+# r1 = 0; *(u64 *)(r10 - 8) = r1; r0 = 0; r1 = 1; r0 = cmpxchg(r10 - 8, r0, r1); r0 = 0; exit
+_CMPXCHG_PROG = bytes.fromhex("b701000000000000" "7b1af8ff00000000" "b700000000000000" "b701000001000000"
+                              "db1af8fff1000000" "b700000000000000" "9500000000000000")
+_BPF_PROG_TYPE_SOCKET_FILTER = 1
+
+
+def probe_bpf_atomics(can_load: bool, release: str = "") -> Availability:
+    """BPF_ATOMIC compare-and-swap (5.12+): load a 7-instruction socket filter using it on the stack.
+    Older kernels refuse it ("BPF_XADD uses reserved fields", EINVAL)."""
+    if not can_load:
+        by_version = _version(release or os.uname().release) >= (5, 12)
+        return Availability(by_version, f"kernel is {'5.12 or newer' if by_version else 'older than 5.12'} "
+                                        "(not probed)")
+    insns = ctypes.create_string_buffer(_CMPXCHG_PROG, len(_CMPXCHG_PROG))
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_SOCKET_FILTER, len(_CMPXCHG_PROG) // 8,
+                     ctypes.addressof(insns), ctypes.addressof(license))
+    prog, err = _sys_bpf(_BPF_PROG_LOAD, attr)
+    if prog < 0:
+        return Availability(False, f"a BPF compare-and-swap was refused ({errno.errorcode.get(err, err)}): "
+                                   "BPF atomics need Linux 5.12 or newer")
+    os.close(prog)
+    return Availability(True, "a BPF compare-and-swap loaded")
+
+
+def bridge_btf_home(btf: Optional[Btf], sys_root: str = "/sys") -> str:
+    """Where br_flood's BTF is: "vmlinux", "module" (/sys/kernel/btf/bridge) or "" (nowhere yet)."""
+    if btf is not None:
+        try:
+            if btf.find("br_flood", Kind.FUNC):
+                return "vmlinux"
+        except (BtfNotFound, BtfError, ValueError):
+            pass
+    return "module" if Path(sys_root, "kernel/btf/bridge").is_file() else ""
+
+
 def _choose_loader(env: str, source: str, tp_btf: Availability, btf_path: Path, hook: str, forced: str,
                    extra: str = "") -> tuple[str, str]:
     """("libbpf" | "bcc", why) for the program built from bpf/<source>: libbpf where tp_btf
@@ -546,6 +590,27 @@ def choose_exporter_loader(tp_btf: Availability, btf_path: Path, hook: str, forc
     plain loads of skb fields, no bcc/LLVM in a long-running process) where tp_btf programs load and
     the object is built or can be; bcc (bpf/exporter.c) as the fallback."""
     return _choose_loader(EXPORTER_LOADER_ENV, "exporter_btf.c", tp_btf, btf_path, hook, forced)
+
+
+T = TypeVar("T")
+
+
+def open_with_fallback(program: str, features: "Features", chosen: str, why: str,
+                       openers: dict[str, Callable[[], T]], say: Callable[[str], None]) -> T:
+    """The loader chain, the same for every program: the chosen loader's program (libbpf's CO-RE
+    object first, where features chose it); if libbpf can't load it here (a verifier that refuses
+    it, an object that won't build) and the choice was not forced, bcc's, with one note saying why
+    and what is given up. A forced loader, or no usable bcc, gets the first error as it is."""
+    try:
+        return openers[chosen]()
+    except (KernelError, EnvironmentProblem) as first:
+        if chosen != "libbpf" or why.startswith("forced") or "bcc" not in openers:
+            raise
+        if not features.bcc.ok or features.headers is None:
+            raise
+        say(f"libbpf could not load {program} ({first.message}); using bcc instead (compiled at start: "
+            "slower to start, and journeys are stitched in user space only)")
+        return openers["bcc"]()
 
 
 def _boot_id(roots: ProbeRoots) -> str:
@@ -632,6 +697,13 @@ def _probe(roots: ProbeRoots) -> Features:
     else:
         hook = "none"
     bridge_hook = "fentry" if fentry.ok else "kprobe" if kprobes.ok else "none"
+    bridge_btf = bridge_btf_home(btf, roots.sys)
+    # bcc's KFUNC_PROBE looks for its function in vmlinux's BTF only: a bridge built as a module
+    # (every Debian kernel) gets the kprobe there, which reaches module functions.
+    bridge_hook_bcc = bridge_hook
+    if bridge_hook == "fentry" and bridge_btf != "vmlinux":
+        bridge_hook_bcc = "kprobe" if kprobes.ok else "none"
+    atomics = probe_bpf_atomics(roots.live and is_root, release)
     follow_loader, follow_loader_why = choose_follow_loader(tp_btf, roots.btf, bridge_hook, hook,
                                                             os.environ.get(FOLLOW_LOADER_ENV, ""))
     exporter_loader, exporter_loader_why = choose_exporter_loader(tp_btf, roots.btf, hook,
@@ -663,6 +735,9 @@ def _probe(roots: ProbeRoots) -> Features:
         bridge_hook=bridge_hook,
         btf_path=str(roots.btf),
         tp_btf=tp_btf,
+        bpf_atomics=atomics,
+        bridge_btf=bridge_btf,
+        bridge_hook_bcc=bridge_hook_bcc,
         follow_loader=follow_loader,
         follow_loader_why=follow_loader_why,
         exporter_loader=exporter_loader,
@@ -783,8 +858,17 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
     lines.append(DoctorLine("hooks", f.hook != "none", f"tapttrace will use {hooks[f.hook]}", required=True))
     bridge = {"fentry": "fentry on bridge functions", "kprobe": "kprobes on bridge functions",
               "none": "none: bridge-internal decisions (floods) are not shown; tracepoints still are"}
-    lines.append(DoctorLine("bridge-internal hooks", f.bridge_hook != "none", bridge[f.bridge_hook]))
+    where = {"vmlinux": "; br_flood is in vmlinux", "module": "; br_flood is in the bridge module's BTF",
+             "": "; the bridge module is not loaded yet (hooked when follow starts, if loaded by then)"}
+    bcc_note = (f"; with bcc: {bridge[f.bridge_hook_bcc]} (bcc's fentry finds vmlinux functions only)"
+                if f.bridge_hook_bcc != f.bridge_hook else "")
+    lines.append(DoctorLine("bridge-internal hooks", f.bridge_hook != "none",
+                            bridge[f.bridge_hook] + where.get(f.bridge_btf, "") + bcc_note))
     lines.append(DoctorLine("tp_btf", f.tp_btf.ok, f.tp_btf.detail))
+    lost = "" if f.bpf_atomics.ok else (
+        ": journeys are stitched in user space only (every hop is its own ring-buffer record), and the "
+        "exporter's tap table is a hash map")
+    lines.append(DoctorLine("BPF compare-and-swap", f.bpf_atomics.ok, f.bpf_atomics.detail + lost))
     loaders = {"libbpf": "libbpf, precompiled bpf/follow_btf.c (tp_btf)", "bcc": "bcc, bpf/follow.c compiled at start"}
     lines.append(DoctorLine("follow loader", True, f"{loaders.get(f.follow_loader, f.follow_loader)}: "
                                                    f"{f.follow_loader_why}"))

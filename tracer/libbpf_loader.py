@@ -21,6 +21,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -38,8 +39,8 @@ from .ringbuf import RingBuffer
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 # Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
 OBJECTS = {
-    "follow_btf.c": (("tapttrace.h",), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
-    "exporter_btf.c": (("exporter.h",), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
+    "follow_btf.c": (("tapttrace.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
+    "exporter_btf.c": (("exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
 }
 FOLLOW_SOURCE = "follow_btf.c"
 SOURCES = (FOLLOW_SOURCE, *OBJECTS[FOLLOW_SOURCE][0])
@@ -94,9 +95,17 @@ def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: s
     h = hashlib.sha256()
     for name in (source, *headers):
         h.update((BPF_DIR / name).read_bytes())
-    h.update(" ".join(cflags).encode())
-    h.update(btf.read_bytes())  # vmlinux.h is generated from it
+    h.update(" ".join(cflags + tuple(probed_defines())).encode())
+    h.update(btf.read_bytes())  # vmlinux.h is generated from it (and kernel_defines() reads it)
     return (cache or CACHE_DIR) / f"{Path(source).stem}-{h.hexdigest()[:16]}.o"
+
+
+def probed_defines() -> list[str]:
+    """-D flags for what the running kernel's BPF refuses, found by loading (not in its BTF):
+    TT_NO_ATOMICS before 5.12 (bpf/kernel_compat.h)."""
+    from .features import probe_bpf_atomics
+
+    return [] if probe_bpf_atomics(os.geteuid() == 0).ok else ["-DTT_NO_ATOMICS"]
 
 
 def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
@@ -106,9 +115,10 @@ def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
     from .btf import Btf, BtfError, Kind
 
     try:
-        return ["-DTT_RDONLY_CAST"] if Btf.load(btf).find("bpf_rdonly_cast", Kind.FUNC) else []
+        defines = ["-DTT_RDONLY_CAST"] if Btf.load(btf).find("bpf_rdonly_cast", Kind.FUNC) else []
     except (OSError, BtfError):
-        return []
+        defines = []
+    return defines + probed_defines()
 
 
 def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
@@ -164,13 +174,41 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 _print_cb = None  # kept alive as long as libbpf may call it
 
 
+_PRINT_BUF = 1 << 20  # a verifier log comes as one message of up to libbpf's log buffer
+
+
 def _on_print(level: int, fmt: bytes, args) -> int:
-    buf = ctypes.create_string_buffer(1024)
+    buf = ctypes.create_string_buffer(_PRINT_BUF)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO; not DEBUG
-        _messages.append(buf.value.decode(errors="replace").strip())
+        text = buf.value.decode(errors="replace").strip()
+        said = verifier_error(text)
+        _messages.append(f"verifier: {said}" if said else text[-1000:])
         del _messages[:-20]
     return 0
+
+
+_INSN_OR_STATE = re.compile(r"^(\d+: |\d+: R|; |from \d+ to \d+|R\d+|func |last_idx|regs=|parent |frame\d|"
+                            r"-- BEGIN|Validating |reg type unsupported|arg#|caller:|callee:|propagating)")
+
+
+def verifier_error(log: str) -> str:
+    """The verifier's own words in a libbpf program-load log: the lines after the last instruction
+    it checked ("invalid access to map value, value_size=432 off=12412 size=2; R9 max value is
+    outside of the allowed memory range"), or "" when `log` is no verifier log."""
+    if "-- BEGIN PROG LOAD LOG --" not in log:
+        return ""
+    body = log.split("-- BEGIN PROG LOAD LOG --", 1)[1].split("-- END PROG LOAD LOG --", 1)[0]
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    end = next((i for i, line in enumerate(lines) if line.startswith("processed ")), len(lines))
+    start = end
+    while start > 0 and not re.match(r"^\d+: \(", lines[start - 1]):
+        start -= 1
+    said = [line for line in lines[start:end] if not _INSN_OR_STATE.match(line) or line.startswith("R")]
+    if not said:  # refused before any instruction (a BTF or attach problem)
+        said = [line for line in lines[:3] if not _INSN_OR_STATE.match(line)]
+    prog = re.search(r"prog '([^']+)'", log)
+    return (f"{prog.group(1)}: " if prog else "") + "; ".join(said)[:400]
 
 
 _libc = ctypes.CDLL(None)
@@ -225,7 +263,8 @@ def libbpf() -> ctypes.CDLL:
 
 def _why(err: int) -> str:
     """errno's name, and libbpf's last words about it."""
-    said = "; ".join(m for m in _messages[-3:] if m)[-300:]
+    verifier = next((m for m in reversed(_messages) if m.startswith("verifier: ")), "")
+    said = verifier or "; ".join(m for m in _messages[-3:] if m)[-300:]
     name = errno.errorcode.get(abs(err), str(err))
     return f"{name}" + (f" ({said})" if said else "")
 
@@ -266,7 +305,10 @@ class LibbpfFollowProgram:
         this kernel can load but not attach. trips=False: every hop as its own event record
         (no journeys stitched in the kernel). learn=True: the kernel adds the guest's own addresses
         to the watched ones as soon as it sends from them (follow's address learning)."""
-        self.trips = trips
+        atomics = getattr(features, "bpf_atomics", None)
+        # Without BPF compare-and-swap (before 5.12) no trip slot can be claimed: the object is
+        # built without them (bpf/kernel_compat.h) and every hop comes as its own event.
+        self.trips = trips and (atomics is None or atomics.ok)
         self.learn = learn
         self._next_sweep = 0.0
         lib = libbpf()

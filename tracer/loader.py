@@ -9,6 +9,7 @@ through the Features record as -D integer constants.
 from __future__ import annotations
 
 import ctypes
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,11 +29,18 @@ def follow_cflags(features, mac: str, ringbuf_pages: int) -> list[str]:
         flags.append(f"-DARG_KFREE_REASON={int(features.kfree_skb_reason_arg)}")
     if features.consume_skb_location_arg is not None:
         flags.append(f"-DARG_CONSUME_LOCATION={int(features.consume_skb_location_arg)}")
-    if features.bridge_hook == "fentry":
+    hook = bcc_bridge_hook(features)
+    if hook == "fentry":
         flags.append("-DBRIDGE_HOOKS_FENTRY")
-    elif features.bridge_hook == "kprobe":
+    elif hook == "kprobe":
         flags.append("-DBRIDGE_HOOKS_KPROBE")
     return flags
+
+
+def bcc_bridge_hook(features) -> str:
+    """fentry, kprobe or none for br_flood under bcc: bcc's fentry only finds functions in vmlinux's
+    BTF, so a bridge built as a module (every Debian kernel) is hooked by kprobe (features.bridge_hook_bcc)."""
+    return getattr(features, "bridge_hook_bcc", features.bridge_hook)
 
 
 def _import_bcc():
@@ -56,12 +64,18 @@ class FollowProgram:
         try:
             # Raw tracepoint functions are attached by bcc as it loads them.
             self._bpf = bcc.BPF(src_file=str(BPF_DIR / "follow.c").encode(), cflags=cflags)
-            if features.bridge_hook == "kprobe":
-                self._bpf.attach_kprobe(event=b"br_flood", fn_name=b"tt_br_flood")
         except Exception as exc:  # bcc raises bare Exception for compile and attach failures
             if self._bpf is not None:
                 self._bpf.cleanup()
             raise KernelError(f"could not load bpf/follow.c: {exc}") from None
+        self.notes: list[str] = []
+        if bcc_bridge_hook(features) == "kprobe":
+            try:
+                self._bpf.attach_kprobe(event=b"br_flood", fn_name=b"tt_br_flood")
+            except Exception as exc:  # the bridge module not loaded: br_flood is not there to probe
+                note = f"no br_flood hop (kprobe: {exc}); the tracepoint hops are unaffected"
+                self.notes.append(note)
+                print(f"tapttrace: note: {note}", file=sys.stderr)
         try:
             table = self._bpf["events"]
             self._ring = RingBuffer(table.map_fd, table.max_entries)

@@ -57,7 +57,9 @@ def make_namer(features, vms: Optional[VmInventory] = None) -> Namer:
                                    for h in same_ns)
         return cache[key]
 
-    return Namer(reason=lambda r: reasons.get(r, f"unknown:{r}"),
+    # Before 5.17 kfree_skb has no reason: every drop carries 0, which names nothing.
+    has_reasons = features.kfree_skb_has_reason
+    return Namer(reason=lambda r: reasons.get(r, f"unknown:{r}") if r or has_reasons else "",
                  symbol=lambda a: ksyms.symbolize(a) if a else "",
                  tap_reader=tap_reader)
 
@@ -117,6 +119,32 @@ class FollowSession:
         return self.summary
 
 
+def open_follow_program(features, config: FollowConfig):
+    """follow's BPF program through the loader chain (features.open_with_fallback): libbpf's
+    precompiled tp_btf object where features chose it, else (or when this kernel refuses it) bcc."""
+    from .features import open_with_fallback
+    from .loader import FollowProgram
+
+    def libbpf():
+        from .libbpf_loader import TRIPS_ENV, LibbpfFollowProgram
+
+        return LibbpfFollowProgram(features, config.mac, config.ringbuf_pages,
+                                   trips=os.environ.get(TRIPS_ENV, "on") != "off", learn=config.learn_ips)
+
+    def bcc():
+        from .features import require
+
+        require(features, "bcc")
+        return FollowProgram(features, config.mac, config.ringbuf_pages)
+
+    return open_with_fallback("bpf/follow_btf.c", features, features.follow_loader, features.follow_loader_why,
+                              {"libbpf": libbpf, "bcc": bcc}, _note)
+
+
+def _note(text: str) -> None:
+    print(f"tapttrace: note: {text}", file=sys.stderr)
+
+
 @contextmanager
 def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
                    stop: Optional[threading.Event] = None, sinks: Optional[list[Sink]] = None,
@@ -124,7 +152,6 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
                    vms: Optional[VmInventory] = None) -> Iterator[FollowSession]:
     """Everything follow needs, loaded and attached; leaving the block detaches and closes it all."""
     from .features import require
-    from .loader import FollowProgram
     from .snapshot import machine_devices
 
     from .taps import find_tap_holders
@@ -150,13 +177,6 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
             # Who reads the guest's taps, found now: /proc is walked once, before the first
             # journey needs it, and not while the ring buffer fills under a flood of frames.
             namer.tap_reader(tap.netns, tap.name)
-        if features.follow_loader == "libbpf":  # tp_btf, precompiled: see features.choose_follow_loader
-            from .libbpf_loader import TRIPS_ENV, LibbpfFollowProgram
-
-            program = stack.enter_context(LibbpfFollowProgram(features, config.mac, config.ringbuf_pages,
-                                                              trips=os.environ.get(TRIPS_ENV, "on") != "off",
-                                                              learn=config.learn_ips))
-        else:
-            program = stack.enter_context(FollowProgram(features, config.mac, config.ringbuf_pages))
+        program = stack.enter_context(open_follow_program(features, config))
         yield FollowSession(config, program, devices, namer, sinks, stop or threading.Event(), recorder,
                             on_journey, features)

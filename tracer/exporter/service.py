@@ -3,6 +3,7 @@ Leaving the context detaches every program and stops the server, on every exit p
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -54,13 +55,22 @@ def open_program(features, max_series: int = 16384):
     """The exporter's BPF program, loaded and attached by the loader features chose
     (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one). The libbpf path
     never imports bcc."""
-    if features.exporter_loader == "libbpf":
+    from ..features import open_with_fallback, require
+
+    def libbpf():
         from .program_btf import LibbpfExporterProgram
 
         return LibbpfExporterProgram(features, max_series=max_series)
-    from .program import ExporterProgram
 
-    return ExporterProgram(features, max_series=max_series)
+    def bcc():
+        from .program import ExporterProgram
+
+        require(features, "bcc")
+        return ExporterProgram(features, max_series=max_series)
+
+    return open_with_fallback("bpf/exporter_btf.c", features, features.exporter_loader,
+                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc},
+                              lambda text: print(f"tapttrace: note: {text}", file=sys.stderr))
 
 
 def _stop_refresher(stop: threading.Event, refresher: threading.Thread) -> None:

@@ -35,7 +35,7 @@ from .guest import link_local
 
 PREFIX = "ttlab"
 RUN_NETNS = Path("/run/netns")
-GUEST_START_TIMEOUT = 10.0
+GUEST_START_TIMEOUT = 60.0  # a stand-in guest is a Python process: seconds to start under qemu TCG (the kernel matrix)
 # A qemu guest boots in ~4-5 s under TCG on an idle machine; a loaded CI box can take several times that.
 QEMU_BOOT_TIMEOUT = float(os.environ.get("TAPTTRACE_QEMU_BOOT_TIMEOUT", "90"))
 LAB_TMP = Path(tempfile.gettempdir())

@@ -31,16 +31,17 @@ def describe_hop(h: Hop) -> str:
     if h.event == "read":
         who = f" by {h.reader}" if h.reader else " by the process holding the tap"
         return f"read from {h.dev}{who}"
-    if h.event == "dropped":
-        return f"dropped: {h.reason} at {h.location or '?'}" + (f" (on {h.dev})" if h.dev else "")
+    on = f" (on {h.dev})" if h.dev else ""
+    if h.event == "dropped":  # no reason before 5.17, nor a location for a consume before 6.3: not said
+        return f"dropped{': ' + h.reason if h.reason else ''} at {h.location or '?'}" + on
     if h.event == "consumed":
-        return f"consumed at {h.location or '?'}" + (f" (on {h.dev})" if h.dev else "")
+        return "consumed" + (f" at {h.location}" if h.location else "") + on
     return h.event
 
 
 def describe_verdict(j: Journey) -> str:
     if j.verdict == "dropped":
-        text = f"DROPPED: {j.reason} at {j.location}"
+        text = f"DROPPED{': ' + j.reason if j.reason else ''} at {j.location}"
     elif j.verdict == "flooded":
         text = f"FLOODED to {', '.join(j.flood_ports) or 'no port'}"
         if any(c.outcome == "local" for c in j.copies):
