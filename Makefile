@@ -1,11 +1,14 @@
 # Each target sets itself up first (scripts/setup.sh is quick when nothing changed).
-.PHONY: setup demo test doctor bench
+.PHONY: setup demo test test-kernels doctor bench
 setup:
 	@bash scripts/setup.sh
 demo: setup
 	.venv/bin/tapttrace demo
 test: setup
 	.venv/bin/pytest -q
+# The kernel matrix (docs/kernels.md): stock Debian 5.10, 6.1 and 6.12 under qemu, and this kernel.
+test-kernels: setup
+	.venv/bin/python -m tests.kernels.matrix matrix
 doctor: setup
 	.venv/bin/tapttrace doctor
 bench: setup

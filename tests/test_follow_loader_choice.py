@@ -97,3 +97,63 @@ def test_exporter_object_is_its_own(tmp_path, monkeypatch):
     assert "first use" in choose_follow_loader(OK, btf, "none", "raw_tracepoint")[1]
     with pytest.raises(ValueError, match="no BPF object"):
         libbpf_loader.object_path(btf, source="nope.c")
+
+
+# -- the loader chain (features.open_with_fallback) ------------------------------------------------
+
+
+def _chain(chosen="libbpf", why="tp_btf programs load", bcc_ok=True, headers=True, libbpf_error=None):
+    from types import SimpleNamespace
+
+    from tracer.errors import KernelError
+    from tracer.features import Availability, open_with_fallback
+
+    features = SimpleNamespace(bcc=Availability(bcc_ok, "bcc 0.26.0"), headers=object() if headers else None)
+    said: list[str] = []
+
+    def libbpf():
+        if libbpf_error:
+            raise KernelError(libbpf_error)
+        return "libbpf program"
+
+    result = open_with_fallback("bpf/follow_btf.c", features, chosen, why,
+                                {"libbpf": libbpf, "bcc": lambda: "bcc program"}, said.append)
+    return result, said
+
+
+def test_the_chain_takes_libbpf_first():
+    assert _chain() == ("libbpf program", [])
+
+
+def test_a_kernel_refusing_the_object_falls_back_to_bcc_with_the_verifier_s_words():
+    program, said = _chain(libbpf_error="could not load bpf/follow_btf.c: EACCES (verifier: tt_x: invalid access)")
+    assert program == "bcc program"
+    (note,) = said
+    assert "invalid access" in note and "using bcc instead" in note
+
+
+@pytest.mark.parametrize("kw", [{"why": "forced by TAPTTRACE_FOLLOW_LOADER=libbpf"}, {"bcc_ok": False},
+                                {"headers": False}])
+def test_no_fallback_when_forced_or_bcc_cannot_run(kw):
+    from tracer.errors import KernelError
+
+    with pytest.raises(KernelError, match="EACCES"):
+        _chain(libbpf_error="could not load bpf/follow_btf.c: EACCES", **kw)
+
+
+def test_verifier_error_is_the_verifier_s_own_words():
+    from tracer.libbpf_loader import verifier_error
+
+    log = """prog 'tt_netif_receive_skb': BPF program load failed: Permission denied
+-- BEGIN PROG LOAD LOG --
+reg type unsupported for arg#0 function tt_netif_receive_skb#54
+0: R1=ctx(off=0,imm=0) R10=fp0
+; h->hook = hook;
+776: (6b) *(u16 *)(r9 +172) = r1
+invalid access to map value, value_size=432 off=12412 size=2
+R9 max value is outside of the allowed memory range
+processed 1818 insns (limit 1000000) max_states_per_insn 7 total_states 116 peak_states 93 mark_read 13
+-- END PROG LOAD LOG --"""
+    assert verifier_error(log) == ("tt_netif_receive_skb: invalid access to map value, value_size=432 off=12412 "
+                                   "size=2; R9 max value is outside of the allowed memory range")
+    assert verifier_error("libbpf: failed to open") == ""

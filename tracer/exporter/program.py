@@ -120,8 +120,17 @@ class ExporterProgram:
         self._bpf = None
         self._first_devices = True
         features.headers.apply()
-        cflags = exporter_cflags(features, bridge_offsets(features.btf_path or "/sys/kernel/btf/vmlinux"),
-                                 max_series, max_frames)
+        from ..btf import BtfNotFound
+
+        try:
+            bridge = bridge_offsets(features.btf_path or "/sys/kernel/btf/vmlinux")
+        except BtfNotFound:
+            # The bridge built as a module keeps its structs in /sys/kernel/btf/bridge, split BTF
+            # this reader does not parse; libbpf's object (the chain's first choice) reads it.
+            raise EnvironmentProblem("the bcc exporter needs the bridge's structs in vmlinux's BTF, and this "
+                                     "kernel has the bridge as a module: use the libbpf exporter "
+                                     "(TAPTTRACE_EXPORTER_LOADER=libbpf; needs clang-14 libbpf-dev bpftool)") from None
+        cflags = exporter_cflags(features, bridge, max_series, max_frames)
         try:
             # bcc attaches RAW_TRACEPOINT_PROBE functions as it loads them.
             self._bpf = bcc.BPF(src_file=str(BPF_DIR / "exporter.c").encode(), cflags=cflags)

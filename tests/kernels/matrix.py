@@ -1,0 +1,360 @@
+"""The kernel matrix: fetch stock Debian kernels by package name, boot each under qemu with
+virtme-ng (sharing this machine's root filesystem, so the checkout and its .venv are there), run
+tapttrace's doctor, its demo and the kernel tests each kernel is held to, and render the README's
+"Supported kernels" table from the results.
+
+    python -m tests.kernels.matrix fetch [--kernel 6.1]
+    python -m tests.kernels.matrix run --kernel 6.1 -- .venv/bin/tapttrace doctor
+    python -m tests.kernels.matrix matrix [--kernel 6.1 ...] [--host] [--results DIR]
+    python -m tests.kernels.matrix table [--write-readme]
+
+Kernels and results live under /var/lib/tapttrace (never in the repository). Not /var/cache or
+/var/tmp: virtme-ng mounts a tmpfs on those inside the guest, so a guest could not see a kernel's
+modules there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import click
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("TAPTTRACE_KERNELS", "/var/lib/tapttrace/kernels"))
+RESULTS = Path(os.environ.get("TAPTTRACE_MATRIX_RESULTS", "/var/lib/tapttrace/matrix-results"))
+README = ROOT / "README.md"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+MIRROR = "http://deb.debian.org/debian"
+GUEST_SCRIPT = Path(__file__).with_name("guest.sh")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One row of the matrix: a stock kernel, named by its series, found by package name."""
+
+    name: str  # "6.1"
+    distro: str  # "Debian 12"
+    suite: str  # the Debian suite whose newest kernel of the series is taken
+    package: str  # regex of the linux-image-…-unsigned package; group 1 is the release (uname -r)
+    # pytest node ids run inside this kernel (beyond doctor and demo). Fewer on slow kernels:
+    # under TCG a Python process starts in ~10 s on 6.x and ~40 s on 5.10, whose 9p root is ~8x
+    # slower (tests/kernels/support.py says what that leaves unproven there).
+    tests: tuple[str, ...] = ()
+
+
+FOLLOW = "tests/test_follow_kernel.py"
+DIAGNOSE = "tests/test_diagnose_kernel.py"
+EXPORTER = "tests/test_exporter_kernel.py"
+CORE_TESTS = (
+    f"{FOLLOW}::test_healthy_guest_frames_are_delivered_to_the_tap",
+    f"{FOLLOW}::test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap",
+    f"{DIAGNOSE}::test_tap_carrying_the_guest_mac_is_local_mac",
+    f"{FOLLOW}::test_bcc_loader_delivers_the_same_journeys",
+    f"{EXPORTER}::test_delivered_and_forwarded_pings_are_counted_exactly",
+)
+KERNELS = (
+    Kernel("5.10", "Debian 11", "bullseye", r"linux-image-(5\.10\.0-\d+-amd64)-unsigned", ()),
+    Kernel("6.1", "Debian 12", "bookworm", r"linux-image-(6\.1\.0-\d+-amd64)-unsigned", CORE_TESTS),
+    Kernel("6.12", "Debian 13", "trixie", r"linux-image-(6\.12\.\d+\+deb13-amd64)-unsigned", CORE_TESTS),
+)
+BY_NAME = {k.name: k for k in KERNELS}
+
+
+class MatrixError(click.ClickException):
+    exit_code = 2
+
+
+# -- fetching --------------------------------------------------------------------------
+
+
+def _apt_options() -> list[str]:
+    """apt options for a private configuration under CACHE: the system's sources are untouched."""
+    base = CACHE / "apt"
+    sources = base / "sources.list"
+    if not sources.is_file():
+        (base / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (base / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for k in KERNELS:  # the newest kernel of a release comes through its security or updates suite
+            lines += [f"deb [signed-by={KEYRING}] {MIRROR} {k.suite} {k.suite}-updates main",
+                      f"deb [signed-by={KEYRING}] {MIRROR}-security {k.suite}-security main"]
+        sources.write_text("\n".join(lines) + "\n")
+    return [f"-oDir::Etc::sourcelist={sources}", "-oDir::Etc::sourceparts=-", f"-oDir::State::Lists={base / 'lists'}",
+            f"-oDir::Cache={base / 'cache'}", "-oAPT::Sandbox::User=root", "-qq"]
+
+
+def _run(*argv: str, cwd: Optional[Path] = None) -> str:
+    p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise MatrixError(f"{' '.join(argv[:3])}…: exit {p.returncode}: {(p.stderr or p.stdout).strip()[-300:]}")
+    return p.stdout
+
+
+def newest_package(kernel: Kernel) -> tuple[str, str]:
+    """(package, release) of the newest kernel of the series the archive offers."""
+    opts = _apt_options()
+    if not any((CACHE / "apt" / "lists").glob("*Packages*")):
+        _run("apt-get", *opts, "update")
+    found = []
+    for line in _run("apt-cache", *opts, "pkgnames", "linux-image-").split():
+        m = re.fullmatch(kernel.package, line)
+        if m:
+            found.append((tuple(int(x) for x in re.findall(r"\d+", m.group(1))), line, m.group(1)))
+    if not found:
+        raise MatrixError(f"no package matching {kernel.package} in {kernel.suite}")
+    _, package, release = max(found)
+    return package, release
+
+
+@dataclass(frozen=True)
+class Fetched:
+    kernel: Kernel
+    release: str
+    root: Path  # the extracted package
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.release}"
+
+
+def fetch(kernel: Kernel) -> Fetched:
+    """Download and extract the kernel once; make its modules loadable by virtme-ng's initramfs
+    (looked for in <root>/lib/modules/<release>, not compressed) and by the guest's modprobe."""
+    stamp = CACHE / f"{kernel.name}.json"
+    if stamp.is_file():
+        saved = json.loads(stamp.read_text())
+        done = Fetched(kernel, saved["release"], Path(saved["root"]))
+        if done.vmlinuz.is_file():
+            return done
+    package, release = newest_package(kernel)
+    root = CACHE / release
+    work = Path(tempfile.mkdtemp(prefix="fetch-", dir=CACHE))
+    try:
+        _run("apt-get", *_apt_options(), "download", package, cwd=work)
+        (deb,) = work.glob("*.deb")
+        _run("dpkg-deb", "-x", str(deb), str(work / "root"))
+        modules = work / "root" / "lib" / "modules"
+        usr_modules = work / "root" / "usr" / "lib" / "modules"  # Debian 13 ships them under /usr
+        if usr_modules.is_dir() and not modules.is_dir():
+            modules.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(usr_modules), str(modules))
+        compressed = [str(p) for p in modules.rglob("*.ko.xz")]
+        for i in range(0, len(compressed), 200):  # virtme-ng's initramfs loads .ko and .ko.zst only
+            _run("xz", "-d", "-T0", *compressed[i:i + 200])
+        _run("depmod", "-b", str(work / "root"), release)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(work / "root", root)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    done = Fetched(kernel, release, root)
+    stamp.write_text(json.dumps({"release": release, "root": str(root), "package": package}))
+    return done
+
+
+# -- booting ------------------------------------------------------------------------------
+
+
+def vng() -> str:
+    """virtme-ng in the checkout's venv (installed there if missing)."""
+    venv_bin = ROOT / ".venv" / "bin"
+    if not (venv_bin / "vng").exists():
+        _run(str(venv_bin / "pip"), "install", "-q", "--disable-pip-version-check", "virtme-ng")
+    return str(venv_bin / "vng")
+
+
+def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
+    """Run `command` (bash) as root inside the kernel, in the checkout; its output goes to
+    out_dir/console.log. The guest writes out_dir (shared read-write); everything else it writes
+    lands in tmpfs overlays. qemu is gone on every exit path (its own process group)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rc_file = out_dir / "rc"
+    rc_file.unlink(missing_ok=True)
+    inner = f"cd {shlex.quote(str(ROOT))}; ( {command} ) > {out_dir}/console.log 2>&1; echo $? > {rc_file}"
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
+    argv = [vng(), "-r", str(fetched.vmlinuz), "--disable-kvm", "--memory", "2G", "--cpus", "2",
+            # TCG's two vCPUs' TSCs look unsynchronised to 5.10, which then reads the emulated HPET
+            # on every clock read (64 µs each): everything ran ~3x slower.
+            "--append", "tsc=reliable clocksource=tsc",
+            "--overlay-rwdir", "/tmp", "--rwdir", str(out_dir), "--exec", inner]
+    with open(out_dir / "vng.log", "w") as log:
+        p = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             env=env, start_new_session=True)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            (out_dir / "console.log").open("a").write(f"\nmatrix: the guest was stopped after {timeout:.0f} s\n")
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    try:
+        return int(rc_file.read_text())
+    except (OSError, ValueError):
+        return 124  # the guest never finished its command
+
+
+# -- the matrix ----------------------------------------------------------------------------
+
+
+def guest_command(name: str, out_dir: Path, tests: tuple[str, ...]) -> str:
+    return " ".join(shlex.quote(a) for a in ("bash", str(GUEST_SCRIPT), name, str(out_dir), *tests))
+
+
+def run_row(name: str, out_dir: Path, timeout: float) -> dict:
+    """One kernel's row: doctor, demo and its tests, inside that kernel (or here, for --host)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    started = time.monotonic()
+    if name == "host":
+        tests = CORE_TESTS
+        with open(out_dir / "console.log", "w") as log:
+            rc = subprocess.run(["bash", str(GUEST_SCRIPT), "host", str(out_dir), *tests], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT).returncode
+        release = os.uname().release
+    else:
+        kernel = BY_NAME[name]
+        fetched = fetch(kernel)
+        rc = boot(fetched, guest_command(name, out_dir, kernel.tests), out_dir, timeout)
+        release = fetched.release
+    row = {"kernel": name, "release": release, "rc": rc, "seconds": round(time.monotonic() - started)}
+    (out_dir / "row.json").write_text(json.dumps(row))
+    return row
+
+
+@click.group()
+def main() -> None:
+    """The kernel matrix (docs/kernels.md)."""
+
+
+def _kernels(names: tuple[str, ...]) -> list[Kernel]:
+    bad = [n for n in names if n not in BY_NAME]
+    if bad:
+        raise MatrixError(f"unknown kernel {bad[0]!r} (known: {', '.join(BY_NAME)})")
+    return [BY_NAME[n] for n in names] if names else list(KERNELS)
+
+
+@main.command("fetch")
+@click.option("--kernel", "names", multiple=True, help="A kernel of the matrix (all by default).")
+def fetch_command(names: tuple[str, ...]) -> None:
+    """Download and extract the kernels (cached)."""
+    for k in _kernels(names):
+        f = fetch(k)
+        click.echo(f"{k.name}: {f.release} at {f.root}")
+
+
+@main.command("run")
+@click.option("--kernel", "name", required=True)
+@click.option("--timeout", type=float, default=1800, show_default=True)
+@click.argument("command", nargs=-1, required=True)
+def run_command(name: str, timeout: float, command: tuple[str, ...]) -> None:
+    """Run COMMAND as root inside one kernel of the matrix."""
+    (kernel,) = _kernels((name,))
+    out = Path(tempfile.mkdtemp(prefix=f"run-{name}-", dir=CACHE))
+    try:
+        rc = boot(fetch(kernel), " ".join(shlex.quote(c) for c in command), out, timeout)
+        sys.stdout.write((out / "console.log").read_text(errors="replace"))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    sys.exit(rc)
+
+
+@main.command("matrix")
+@click.option("--kernel", "names", multiple=True, help="A kernel of the matrix (all by default).")
+@click.option("--host/--no-host", default=True, show_default=True, help="Also the row of the running kernel.")
+@click.option("--results", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
+@click.option("--timeout", type=float, default=1500, show_default=True, help="Seconds per kernel.")
+def matrix_command(names: tuple[str, ...], host: bool, results: Path, timeout: float) -> None:
+    """Doctor, demo and each kernel's tests on every kernel; exit 1 if any failed."""
+    rows = ([run_row("host", results / "host", timeout)] if host else [])
+    for k in _kernels(names):
+        rows.append(run_row(k.name, results / k.name, timeout))
+        row = rows[-1]  # noqa
+        click.echo(f"matrix: {row['kernel']} ({row['release']}): {'ok' if row['rc'] == 0 else 'FAILED'} "
+                   f"in {row['seconds']} s", err=True)
+    failed = [r for r in rows if r["rc"] != 0]
+    for r in failed:
+        log = results / r["kernel"] / "console.log"
+        tail = log.read_text(errors="replace").splitlines()[-40:] if log.is_file() else []
+        click.echo(f"---- {r['kernel']} ({r['release']}) failed, exit {r['rc']}; last lines:\n" + "\n".join(tail),
+                   err=True)
+    click.echo(render_table(results))
+    sys.exit(1 if failed else 0)
+
+
+# -- the README's table --------------------------------------------------------------------
+
+
+def render_table(results: Path = RESULTS) -> str:
+    from .support import lost_features
+
+    lines = ["| kernel | distribution | follow / exporter loader | hooks | what is lost | demo | kernel tests |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ("host", *BY_NAME):
+        d = results / name
+        try:
+            row = json.loads((d / "row.json").read_text())
+            f = json.loads((d / "facts.json").read_text())
+        except (OSError, ValueError):
+            continue
+        distro = BY_NAME[name].distro if name in BY_NAME else "this machine"
+        loaders = f"{f.get('follow_loader', '?')} / {f.get('exporter_loader', '?')}"
+        hooks = "tp_btf" if f.get("tp_btf") else "raw tracepoints"
+        bridge = f.get("bridge_hook", "none")
+        hooks += f"; br_flood: {bridge}" + (" (bridge module)" if f.get("bridge_btf") == "module" else "")
+        lost = "; ".join(lost_features(f)) or "nothing"
+        demo = _read(d / "demo.rc")
+        demo_text = ("exit 0" if demo == "0" else f"exit {demo}") + f" ({_read(d / 'demo.seconds')} s)"
+        tests = _junit(d / "pytest.xml")
+        lines.append(f"| {row['release']} | {distro} | {loaders} | {hooks} | {lost} | {demo_text} | {tests} |")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _junit(path: Path) -> str:
+    import xml.etree.ElementTree as ET
+
+    try:
+        suite = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return "none run (see tests/kernels/support.py)"
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    n, failed = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    skipped = int(suite.get("skipped", 0))
+    return f"{n - failed - skipped} passed, {failed} failed" + (f", {skipped} skipped" if skipped else "")
+
+
+@main.command("table")
+@click.option("--results", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
+@click.option("--write-readme", is_flag=True, help="Replace the table between the README's kernels markers.")
+def table_command(results: Path, write_readme: bool) -> None:
+    """The "Supported kernels" table from the last matrix run."""
+    table = render_table(results)
+    if write_readme:
+        text = README.read_text()
+        begin, end = "<!-- kernels:begin -->", "<!-- kernels:end -->"
+        if begin not in text or end not in text:
+            raise MatrixError(f"README.md has no {begin} … {end} block")
+        head, rest = text.split(begin, 1)
+        README.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    click.echo(table)
+
+
+if __name__ == "__main__":
+    main()
