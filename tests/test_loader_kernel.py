@@ -16,7 +16,7 @@ def test_kprobe_bridge_hook_passes_the_verifier():
     program must load (verifier) so the code path is proven before it meets such a kernel."""
     import bcc
 
-    features = dataclasses.replace(probe_features(), bridge_hook="kprobe")
+    features = dataclasses.replace(probe_features(), bridge_hook="kprobe", bridge_hook_bcc="kprobe")
     features.headers.apply()
     b = bcc.BPF(src_file=str(BPF_DIR / "follow.c").encode(),
                 cflags=follow_cflags(features, "52:54:00:00:00:01", 8))
