@@ -34,6 +34,8 @@ def test_losses_are_said_in_words():
                                   "journeys stitched in the kernel (5.12+): stitched in user space"]
     assert lost_features({**old, "kfree_skb_has_reason": True, "consume_skb_has_location": True,
                           "bpf_atomics": True}) == []
+    assert lost_features({"fentry": False, "kprobes": False}) == [
+        "hooks inside the bridge (no fentry, no kprobes): floods are inferred"]
 
 
 def test_table_rows_come_from_the_results(tmp_path):

@@ -311,7 +311,9 @@ def render_table(results: Path = RESULTS) -> str:
         loaders = f"{f.get('follow_loader', '?')} / {f.get('exporter_loader', '?')}"
         hooks = "tp_btf" if f.get("tp_btf") else "raw tracepoints"
         bridge = f.get("bridge_hook", "none")
-        hooks += f"; br_flood: {bridge}" + (" (bridge module)" if f.get("bridge_btf") == "module" else "")
+        home = {"module": " (bridge module)", "vmlinux": "",
+                "": " (no BTF of br_flood: not hooked; module BTF needs 5.11+)"}.get(f.get("bridge_btf", ""), "")
+        hooks += f"; br_flood: {bridge}" + (home if bridge == "fentry" else "")
         lost = "; ".join(lost_features(f)) or "nothing"
         demo = _read(d / "demo.rc")
         demo_text = ("exit 0" if demo == "0" else f"exit {demo}") + f" ({_read(d / 'demo.seconds')} s)"

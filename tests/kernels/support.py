@@ -26,4 +26,8 @@ NOT_RUN = {
 
 def lost_features(facts: dict) -> list[str]:
     """What this kernel makes tapttrace give up, in words, from facts.json."""
-    return [words for key, missing, words in LOSSES if key in facts and bool(facts[key]) == missing]
+    lost = [words for key, missing, words in LOSSES if key in facts and bool(facts[key]) == missing]
+    if "fentry: kprobes instead" in lost and "kprobes" in lost:
+        lost = [w for w in lost if w not in ("fentry: kprobes instead", "kprobes")]
+        lost.append("hooks inside the bridge (no fentry, no kprobes): floods are inferred")
+    return lost
