@@ -1,5 +1,8 @@
-"""Errors that end a command with one clear line and a meaningful exit code."""
+"""Errors that end a command with one clear line and a meaningful exit code, and the notes that
+don't end it (what was given up, said once on stderr)."""
 from __future__ import annotations
+
+import sys
 
 # Exit codes (documented in docs/cli.md):
 #   0 ok / diagnose found nothing wrong, 1 diagnose found a cause,
@@ -33,3 +36,8 @@ class EnvironmentProblem(TapttraceError):
 
 class KernelError(TapttraceError):
     exit_code = EXIT_KERNEL
+
+
+def say_note(text: str) -> None:
+    """What a command gave up and why (a hook that wouldn't attach, a loader it fell back from), on stderr."""
+    print(f"tapttrace: note: {text}", file=sys.stderr)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
 
 from .btf import Btf, BtfError, BtfNotFound, Kind, TracepointArg
-from .errors import EnvironmentProblem, KernelError
+from .errors import EnvironmentProblem, KernelError, say_note
 from .kheaders import KernelHeaders, find_headers
 
 # Every tracepoint tapttrace hooks or plans to; CORE ones carry the follow pipeline.
@@ -596,7 +596,7 @@ T = TypeVar("T")
 
 
 def open_with_fallback(program: str, features: "Features", chosen: str, why: str,
-                       openers: dict[str, Callable[[], T]], say: Callable[[str], None]) -> T:
+                       openers: dict[str, Callable[[], T]], say: Callable[[str], None] = say_note) -> T:
     """The loader chain, the same for every program: the chosen loader's program (libbpf's CO-RE
     object first, where features chose it); if libbpf can't load it here (a verifier that refuses
     it, an object that won't build) and the choice was not forced, bcc's, with one note saying why

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -33,7 +34,7 @@ from typing import Callable, Iterable, Optional
 
 from . import trips
 from .config import ip_key, mac_to_int
-from .errors import EnvironmentProblem, KernelError
+from .errors import EnvironmentProblem, KernelError, say_note
 from .ringbuf import RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -95,17 +96,19 @@ def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: s
     h = hashlib.sha256()
     for name in (source, *headers):
         h.update((BPF_DIR / name).read_bytes())
-    h.update(" ".join(cflags + tuple(probed_defines())).encode())
+    h.update(" ".join(cflags + probed_defines()).encode())
     h.update(btf.read_bytes())  # vmlinux.h is generated from it (and kernel_defines() reads it)
     return (cache or CACHE_DIR) / f"{Path(source).stem}-{h.hexdigest()[:16]}.o"
 
 
-def probed_defines() -> list[str]:
+@functools.lru_cache(maxsize=None)
+def probed_defines() -> tuple[str, ...]:
     """-D flags for what the running kernel's BPF refuses, found by loading (not in its BTF):
-    TT_NO_ATOMICS before 5.12 (bpf/kernel_compat.h)."""
+    TT_NO_ATOMICS before 5.12 (bpf/kernel_compat.h). Probed once a process: object_path() runs at
+    every loader choice and again at the build."""
     from .features import probe_bpf_atomics
 
-    return [] if probe_bpf_atomics(os.geteuid() == 0).ok else ["-DTT_NO_ATOMICS"]
+    return () if probe_bpf_atomics(os.geteuid() == 0).ok else ("-DTT_NO_ATOMICS",)
 
 
 def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
@@ -118,7 +121,7 @@ def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
         defines = ["-DTT_RDONLY_CAST"] if Btf.load(btf).find("bpf_rdonly_cast", Kind.FUNC) else []
     except (OSError, BtfError):
         defines = []
-    return defines + probed_defines()
+    return defines + list(probed_defines())
 
 
 def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
@@ -188,7 +191,7 @@ def _on_print(level: int, fmt: bytes, args) -> int:
     return 0
 
 
-_INSN_OR_STATE = re.compile(r"^(\d+: |\d+: R|; |from \d+ to \d+|R\d+|func |last_idx|regs=|parent |frame\d|"
+_INSN_OR_STATE = re.compile(r"^(\d+: |; |from \d+ to \d+|func |last_idx|regs=|parent |frame\d|"
                             r"-- BEGIN|Validating |reg type unsupported|arg#|caller:|callee:|propagating)")
 
 
@@ -204,9 +207,9 @@ def verifier_error(log: str) -> str:
     start = end
     while start > 0 and not re.match(r"^\d+: \(", lines[start - 1]):
         start -= 1
-    said = [line for line in lines[start:end] if not _INSN_OR_STATE.match(line) or line.startswith("R")]
-    if not said:  # refused before any instruction (a BTF or attach problem)
-        said = [line for line in lines[:3] if not _INSN_OR_STATE.match(line)]
+    said = [line for line in lines[start:end] if not _INSN_OR_STATE.match(line)]
+    if not said:  # refused before any instruction (a BTF or attach problem): not the registers' state
+        said = [line for line in lines[:3] if not _INSN_OR_STATE.match(line) and not re.match(r"R\d", line)]
     prog = re.search(r"prog '([^']+)'", log)
     return (f"{prog.group(1)}: " if prog else "") + "; ".join(said)[:400]
 
@@ -305,10 +308,9 @@ class LibbpfFollowProgram:
         this kernel can load but not attach. trips=False: every hop as its own event record
         (no journeys stitched in the kernel). learn=True: the kernel adds the guest's own addresses
         to the watched ones as soon as it sends from them (follow's address learning)."""
-        atomics = getattr(features, "bpf_atomics", None)
         # Without BPF compare-and-swap (before 5.12) no trip slot can be claimed: the object is
         # built without them (bpf/kernel_compat.h) and every hop comes as its own event.
-        self.trips = trips and (atomics is None or atomics.ok)
+        self.trips = trips and features.bpf_atomics.ok
         self.learn = learn
         self._next_sweep = 0.0
         lib = libbpf()
@@ -341,7 +343,7 @@ class LibbpfFollowProgram:
     def _give_up_flood(self, why: str) -> None:
         note = f"no br_flood hop ({self.bridge_hook}: {why}); the tracepoint hops are unaffected"
         self.notes.append(note)
-        print(f"tapttrace: note: {note}", file=sys.stderr)
+        say_note(note)
         self.bridge_hook = "none"
 
     def _map(self, name: str) -> int:

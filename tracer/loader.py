@@ -9,12 +9,11 @@ through the Features record as -D integer constants.
 from __future__ import annotations
 
 import ctypes
-import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
 from .config import ip_key, mac_to_int
-from .errors import EnvironmentProblem, KernelError
+from .errors import EnvironmentProblem, KernelError, say_note
 from .ringbuf import RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -29,18 +28,14 @@ def follow_cflags(features, mac: str, ringbuf_pages: int) -> list[str]:
         flags.append(f"-DARG_KFREE_REASON={int(features.kfree_skb_reason_arg)}")
     if features.consume_skb_location_arg is not None:
         flags.append(f"-DARG_CONSUME_LOCATION={int(features.consume_skb_location_arg)}")
-    hook = bcc_bridge_hook(features)
+    # bcc's fentry finds functions in vmlinux's BTF only: a bridge built as a module (every Debian
+    # kernel) gets the kprobe (features.bridge_hook_bcc).
+    hook = features.bridge_hook_bcc
     if hook == "fentry":
         flags.append("-DBRIDGE_HOOKS_FENTRY")
     elif hook == "kprobe":
         flags.append("-DBRIDGE_HOOKS_KPROBE")
     return flags
-
-
-def bcc_bridge_hook(features) -> str:
-    """fentry, kprobe or none for br_flood under bcc: bcc's fentry only finds functions in vmlinux's
-    BTF, so a bridge built as a module (every Debian kernel) is hooked by kprobe (features.bridge_hook_bcc)."""
-    return getattr(features, "bridge_hook_bcc", features.bridge_hook)
 
 
 def _import_bcc():
@@ -69,13 +64,13 @@ class FollowProgram:
                 self._bpf.cleanup()
             raise KernelError(f"could not load bpf/follow.c: {exc}") from None
         self.notes: list[str] = []
-        if bcc_bridge_hook(features) == "kprobe":
+        if features.bridge_hook_bcc == "kprobe":
             try:
                 self._bpf.attach_kprobe(event=b"br_flood", fn_name=b"tt_br_flood")
             except Exception as exc:  # the bridge module not loaded: br_flood is not there to probe
                 note = f"no br_flood hop (kprobe: {exc}); the tracepoint hops are unaffected"
                 self.notes.append(note)
-                print(f"tapttrace: note: {note}", file=sys.stderr)
+                say_note(note)
         try:
             table = self._bpf["events"]
             self._ring = RingBuffer(table.map_fd, table.max_entries)

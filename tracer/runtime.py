@@ -138,11 +138,7 @@ def open_follow_program(features, config: FollowConfig):
         return FollowProgram(features, config.mac, config.ringbuf_pages)
 
     return open_with_fallback("bpf/follow_btf.c", features, features.follow_loader, features.follow_loader_why,
-                              {"libbpf": libbpf, "bcc": bcc}, _note)
-
-
-def _note(text: str) -> None:
-    print(f"tapttrace: note: {text}", file=sys.stderr)
+                              {"libbpf": libbpf, "bcc": bcc})
 
 
 @contextmanager

@@ -193,7 +193,8 @@ def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
         try:
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            (out_dir / "console.log").open("a").write(f"\nmatrix: the guest was stopped after {timeout:.0f} s\n")
+            with open(out_dir / "console.log", "a") as console:
+                console.write(f"\nmatrix: the guest was stopped after {timeout:.0f} s\n")
         finally:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -279,7 +280,7 @@ def matrix_command(names: tuple[str, ...], host: bool, results: Path, timeout: f
     rows = ([run_row("host", results / "host", timeout)] if host else [])
     for k in _kernels(names):
         rows.append(run_row(k.name, results / k.name, timeout))
-        row = rows[-1]  # noqa
+        row = rows[-1]
         click.echo(f"matrix: {row['kernel']} ({row['release']}): {'ok' if row['rc'] == 0 else 'FAILED'} "
                    f"in {row['seconds']} s", err=True)
     failed = [r for r in rows if r["rc"] != 0]

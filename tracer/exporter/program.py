@@ -103,8 +103,7 @@ def exporter_cflags(features, bridge: dict[str, int], max_series: int, max_frame
     flags.append(f"-DARG_KFREE_LOCATION={int(features.kfree_skb_location_arg)}")
     if features.kfree_skb_reason_arg is not None:
         flags.append(f"-DARG_KFREE_REASON={int(features.kfree_skb_reason_arg)}")
-    atomics = getattr(features, "bpf_atomics", None)
-    if atomics is not None and not atomics.ok:
+    if not features.bpf_atomics.ok:
         flags.append("-DTT_NO_ATOMICS")  # bpf/kernel_compat.h: no compare-and-swap before 5.12
     return flags
 

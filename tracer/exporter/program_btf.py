@@ -16,13 +16,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import struct
-import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
-from ..errors import KernelError
+from ..errors import KernelError, say_note
 from ..libbpf_loader import _why, build_object, find_map, libbpf, open_object
 from .program import COUNT_FIELDS, HEALTH, MAP_LAYOUT, ROLE_BRIDGE, ROLE_PORT, Counts, DevKey, Role, count_key
 
@@ -323,7 +322,7 @@ class LibbpfExporterProgram:
 
     def _note(self, note: str) -> None:
         self.notes.append(note)
-        print(f"tapttrace: note: {note}", file=sys.stderr)
+        say_note(note)
 
     @property
     def attached(self) -> int:

@@ -3,7 +3,6 @@ Leaving the context detaches every program and stops the server, on every exit p
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -69,8 +68,7 @@ def open_program(features, max_series: int = 16384):
         return ExporterProgram(features, max_series=max_series)
 
     return open_with_fallback("bpf/exporter_btf.c", features, features.exporter_loader,
-                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc},
-                              lambda text: print(f"tapttrace: note: {text}", file=sys.stderr))
+                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc})
 
 
 def _stop_refresher(stop: threading.Event, refresher: threading.Thread) -> None:
