@@ -25,7 +25,7 @@ DEFAULTS = [HERE / "recordings" / "bench-flow.jsonl", ROOT / "tests" / "recordin
 
 
 def trip_budget(recording: Path, journeys: int) -> dict:
-    """The same for journeys the kernel stitched (bpf/follow_btf.c's trips): each copy of the
+    """The same for journeys the kernel stitched (bpf/follow.c's trips): each copy of the
     recording as the trip records and events the kernel would hand over (trips.as_kernel_sends)."""
     from tracer import events as ev_codec
     from tracer import replay, trips
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--journeys", type=int, default=20_000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--trips", action="store_true",
-                    help="journeys stitched in the kernel (bpf/follow_btf.c's trip records), not events")
+                    help="journeys stitched in the kernel (bpf/follow.c's trip records), not events")
     a = ap.parse_args(argv)
     path = a.recording or next((p for p in DEFAULTS if p.exists()), None)
     if path is None:

@@ -1,54 +1,184 @@
 /* tapttrace follow: report every kernel moment a frame that concerns one MAC goes through.
  *
- * Hooks are raw tracepoints (the cheapest attachable hook everywhere since 4.17). Each one
- * decides in a couple of reads whether the skb's Ethernet header concerns the watched MAC
- * (source or destination, or an ARP request / IPv6 neighbour solicitation for one of the
- * guest's addresses) before it touches a map or the ring buffer.
+ * One source for both loaders (bpf/loaders.h says how): libbpf builds it once into a CO-RE object
+ * (tracer/libbpf_loader.py), bcc compiles it with -DTT_BCC where libbpf can't be used or this
+ * kernel's verifier refuses the object (tracer/features.py's loader chain).
  *
- * Everything kernel-version specific comes in as -D constants computed from BTF by
- * tracer/features.py: struct offsets (OFF_*), raw tracepoint argument positions (ARG_*),
- * and the watched MAC (WATCH_MAC, a validated 48-bit integer).
+ * Hooks are the tracepoints a frame passes on every kernel (receive, queue, drop, consume) and,
+ * where the kernel lets us hook functions, br_flood. Each one decides in a couple of reads whether
+ * the skb's Ethernet header concerns the watched MAC (source or destination, or an ARP request /
+ * IPv6 neighbour solicitation for one of the guest's addresses) before it touches a map or the
+ * ring buffer.
+ *
+ * Under libbpf the tracepoints are tp_btf programs: the skb is a BTF-typed pointer, so skb->head,
+ * skb->mac_header, skb->data and skb->dev->… are plain loads the verifier allows (CO-RE relocated
+ * against the running kernel's BTF); the only helper a non-matching frame costs is the read of
+ * its Ethernet header in the packet buffer. Under bcc they are raw tracepoints and fields are
+ * read with bpf_probe_read_kernel at offsets features.py read from BTF (-DOFF_*).
+ *
+ * Per-run values (the watched MAC, which tracepoint argument carries what) are TT_CFG(): .rodata
+ * set before load under libbpf (the verifier sees constants, so branches for argument layouts this
+ * kernel doesn't have are never checked), -D constants under bcc.
+ *
+ * The br_flood hop: libbpf builds both a fentry and a kprobe program, off by default, and the
+ * loader turns on (autoload) the one features.bridge_hook names; bcc gets the one
+ * features.bridge_hook_bcc names (-DBRIDGE_HOOKS_FENTRY / _KPROBE), or neither. The kprobe can't
+ * make plain loads through skb (a kprobe's skb is a number to the verifier): report_skb()'s
+ * `probed` reads through BPF_CORE_READ there.
  */
+#include "loaders.h"
 #include "tapttrace.h"
+#include "kernel_compat.h"
 
-#ifndef WATCH_MAC
-#error "WATCH_MAC must be defined"
+#ifdef TT_BCC
+/* The loader's -DTT_CFG_… constants; bcc has no in-kernel trips (see below). */
+#define TT_CFG_trips 0
+#ifndef TT_CFG_learn
+#define TT_CFG_learn 0
+#endif
+#else
+/* Set before load by tracer/libbpf_loader.py, which packs it as "<Qiiii" and checks that
+ * .rodata holds exactly this (one struct, so no symbol lookup is needed to find the fields).
+ * bcc gets the same fields as -DTT_CFG_<field>=… (tracer/loader.py). */
+struct tt_follow_config {
+	__u64 watch_mac;	      /* 48-bit MAC as an integer */
+	__s32 kfree_reason_arg;	      /* ctx index of kfree_skb's drop reason (2), -1 = none */
+	__s32 consume_location_arg;   /* ctx index of consume_skb's location, -1 = none */
+	__u32 trips;		      /* 1: stitch single-copy journeys here (struct tt_trip) */
+	__u32 learn;		      /* 1: add the guest's own addresses to watch_ips as it uses them */
+};
+const volatile struct tt_follow_config tt_config = {
+	.watch_mac = 0,
+	.kfree_reason_arg = -1,
+	.consume_location_arg = -1,
+	.trips = 0,
+	.learn = 0,
+};
 #endif
 
-BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-/* Events the ring buffer had no room for, per CPU: user space adds them up and reports them. */
-BPF_PERCPU_ARRAY(lost, __u64, 1);
-/* The guest's addresses, given with --ip or learned by user space from the guest's own frames. */
-BPF_HASH(watch_ips, struct tt_ip, __u8, 64);
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256 /* libbpf: resized by the loader; bcc: -DRINGBUF_PAGES */
+#endif
+TT_RINGBUF(events, RINGBUF_PAGES);
 
-#define ETH_P_ARP TT_ETH_P_ARP
-#define ETH_P_IPV6 TT_ETH_P_IPV6
-#define MAC_HEADER_UNSET TT_MAC_HEADER_UNSET
-#define mac48 tt_mac48
+/* Events the ring buffer had no room for, per CPU: user space adds them up and reports them. */
+TT_PERCPU_ARRAY(lost, __u64, 1);
+
+/* The guest's addresses, given with --ip or learned from the guest's own frames. */
+TT_HASH(watch_ips, struct tt_ip, __u8, 64);
+
+#ifndef TT_BCC
+/* Journeys being stitched (struct tt_trip in tapttrace.h), direct-mapped by skb address: a
+ * slot is claimed with a compare-and-swap on its skb and freed by writing 0, so a frame costs no
+ * map helper at all (a hash map's insert and delete cost ≈ 500 ns a frame here). A frame whose
+ * slot is taken goes as tt_events. User space maps the array (BPF_F_MMAPABLE) to take trips that
+ * have waited too long (a frame stuck in a tap's queue): tracer/trips.py, sweep.
+ * libbpf only: bcc can't map an array into user space, and its raw tracepoints can't read the
+ * bitfields starts_trip() needs without more -D offsets; under bcc every hop is a tt_event and
+ * user space stitches (tracer/stitch.py), as it does for any cut trip. */
+#define TT_TRIP_BITS 12
+#define TT_GOLDEN 0x9E3779B97F4A7C15ULL
+TT_ARRAY(trips, struct tt_trip, 1 << TT_TRIP_BITS, BPF_F_MMAPABLE);
+
+/* The skb whose trip this CPU touched last. A clone's first event follows its parent's latest
+ * hop on the same CPU (br_flood's clones, a packet socket's clone at transmit): the parent's
+ * hops must reach user space before the clone's events, so that trip is cut first. */
+struct tt_cpu_trip {
+	__u64 last; /* that skb, 0 = none */
+	__u64 key;  /* scratch: see skb_key() */
+};
+TT_PERCPU_ARRAY(last_trip, struct tt_cpu_trip, 1);
+
+/* The skb's address as a number: the verifier allows no arithmetic on a BTF-typed pointer (the
+ * slot's hash is some), and a value read back from memory is a plain number. */
+static __always_inline __u64 skb_key(struct tt_cpu_trip *c, struct sk_buff *skb)
+{
+	*(volatile __u64 *)&c->key = (__u64)skb;
+	return *(volatile __u64 *)&c->key;
+}
+#endif
+
+/* Map operations, each in both loaders' spelling (bpf/loaders.h says why). */
+static __always_inline int ip_watched(struct tt_ip *key)
+{
+#ifdef TT_BCC
+	return watch_ips.lookup(key) != NULL;
+#else
+	return bpf_map_lookup_elem(&watch_ips, key) != NULL;
+#endif
+}
+
+static __always_inline void watch_ip(struct tt_ip *key)
+{
+	__u8 one = 1;
+#ifdef TT_BCC
+	watch_ips.insert(key, &one);
+#else
+	bpf_map_update_elem(&watch_ips, key, &one, BPF_NOEXIST);
+#endif
+}
+
+static __always_inline void count_lost(__u32 n_events)
+{
+	__u32 zero = 0;
+#ifdef TT_BCC
+	__u64 *n = lost.lookup(&zero);
+#else
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+#endif
+	if (n)
+		*n += n_events;
+}
+
+static __always_inline struct tt_event *event_reserve(void)
+{
+#ifdef TT_BCC
+	return events.ringbuf_reserve(sizeof(struct tt_event));
+#else
+	return bpf_ringbuf_reserve(&events, sizeof(struct tt_event), 0);
+#endif
+}
+
+static __always_inline void event_submit(struct tt_event *e)
+{
+#ifdef TT_BCC
+	events.ringbuf_submit(e, 0);
+#else
+	bpf_ringbuf_submit(e, 0);
+#endif
+}
+
+/* The fields of skb this program reads (TT_FIELD: bpf/loaders.h). */
+#define skb_data(probed, skb) TT_FIELD(probed, skb, data, OFF_SKB_DATA, unsigned char *)
+#define skb_len(probed, skb) TT_FIELD(probed, skb, len, OFF_SKB_LEN, __u32)
+#define skb_dev(probed, skb) TT_FIELD(probed, skb, dev, OFF_SKB_DEV, struct net_device *)
 
 /* Where the frame's Ethernet header starts: head + mac_header, or data when the MAC header
  * was never set (a locally built frame before dev_queue_xmit resets it). */
-static __always_inline __u64 frame_start(__u64 skb)
+static __always_inline unsigned char *frame_start(struct sk_buff *skb, const int probed)
 {
-	__u16 mac_header = MAC_HEADER_UNSET;
-	__u64 head = 0, data = 0;
-#if OFF_SKB_MAC_HEADER < OFF_SKB_HEAD && OFF_SKB_HEAD < OFF_SKB_DATA && OFF_SKB_DATA + 8 - OFF_SKB_MAC_HEADER <= 64
-	/* mac_header, head and data sit within a few bytes of each other (6.x): one read for all
-	 * three, since each bpf_probe_read_kernel() costs about as much as the bytes it copies. */
+#if defined(TT_BCC) && OFF_SKB_MAC_HEADER < OFF_SKB_HEAD && OFF_SKB_HEAD < OFF_SKB_DATA && \
+	OFF_SKB_DATA + 8 - OFF_SKB_MAC_HEADER <= 64
+	/* bcc: mac_header, head and data sit within a few bytes of each other (6.x): one read for
+	 * all three, since each bpf_probe_read_kernel() costs about as much as the bytes it copies. */
 #define SPAN_LO OFF_SKB_MAC_HEADER
 #define SPAN_HI (OFF_SKB_DATA + 8)
+	__u16 mac_header = TT_MAC_HEADER_UNSET;
+	__u64 head = 0, data = 0;
 	__u8 span[SPAN_HI - SPAN_LO] __attribute__((aligned(8)));
-	if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + SPAN_LO)))
+	if (bpf_probe_read_kernel(span, sizeof(span), (void *)((__u64)skb + SPAN_LO)))
 		return 0;
 	__builtin_memcpy(&mac_header, span + (OFF_SKB_MAC_HEADER - SPAN_LO), sizeof(mac_header));
 	__builtin_memcpy(&head, span + (OFF_SKB_HEAD - SPAN_LO), sizeof(head));
 	__builtin_memcpy(&data, span + (OFF_SKB_DATA - SPAN_LO), sizeof(data));
+	return (unsigned char *)(mac_header != TT_MAC_HEADER_UNSET ? head + mac_header : data);
 #else
-	bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
-	bpf_probe_read_kernel(&mac_header, sizeof(mac_header), (void *)(skb + OFF_SKB_MAC_HEADER));
-	bpf_probe_read_kernel(&data, sizeof(data), (void *)(skb + OFF_SKB_DATA));
+	__u16 mac_header = TT_FIELD(probed, skb, mac_header, OFF_SKB_MAC_HEADER, __u16);
+
+	return mac_header != TT_MAC_HEADER_UNSET
+		       ? TT_FIELD(probed, skb, head, OFF_SKB_HEAD, unsigned char *) + mac_header
+		       : skb_data(probed, skb);
 #endif
-	return mac_header != MAC_HEADER_UNSET ? head + mac_header : data;
 }
 
 static __always_inline int watched_ip(const __u8 *addr, int v4)
@@ -62,23 +192,23 @@ static __always_inline int watched_ip(const __u8 *addr, int v4)
 	} else {
 		__builtin_memcpy(key.addr, addr, 16);
 	}
-	return watch_ips.lookup(&key) != NULL;
+	return ip_watched(&key);
 }
 
 /* Broadcast/multicast frames concern the guest when they ask for one of its addresses. */
-static __always_inline int asks_for_guest(__u64 eth, __u16 proto)
+static __always_inline int asks_for_guest(unsigned char *eth, __u16 proto)
 {
-	if (proto == ETH_P_ARP) {
+	if (proto == TT_ETH_P_ARP) {
 		/* ARP for IPv4 over Ethernet: the target protocol address sits at byte 24 of the ARP header */
 		__u8 tpa[4];
-		if (bpf_probe_read_kernel(tpa, sizeof(tpa), (void *)(eth + 14 + 24)))
+		if (bpf_probe_read_kernel(tpa, sizeof(tpa), eth + 14 + 24))
 			return 0;
 		return watched_ip(tpa, 1);
 	}
-	if (proto == ETH_P_IPV6) {
+	if (proto == TT_ETH_P_IPV6) {
 		/* IPv6 header (40) then ICMPv6: type 135 is a neighbour solicitation, target at +8 */
 		__u8 hdr[40 + 24];
-		if (bpf_probe_read_kernel(hdr, sizeof(hdr), (void *)(eth + 14)))
+		if (bpf_probe_read_kernel(hdr, sizeof(hdr), eth + 14))
 			return 0;
 		if (hdr[6] != 58 || hdr[40] != 135)
 			return 0;
@@ -87,127 +217,387 @@ static __always_inline int asks_for_guest(__u64 eth, __u16 proto)
 	return 0;
 }
 
-static __always_inline int concerns_watched_mac(__u64 eth)
+#ifdef TT_RDONLY_CAST
+/* 6.2+ (the builder defines TT_RDONLY_CAST when the kernel's BTF has this kfunc). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#endif
+
+static __always_inline int concerns_watched_mac(unsigned char *eth)
 {
 	__u8 h[14];
 
-	if (bpf_probe_read_kernel(h, sizeof(h), (void *)eth))
+#ifdef TT_RDONLY_CAST
+	/* The header through an untrusted, read-only BTF pointer: plain loads that the JIT guards
+	 * with an exception-table entry (a fault reads 0), no helper call at all. */
+	struct ethhdr *hdr = bpf_rdonly_cast(eth, bpf_core_type_id_kernel(struct ethhdr));
+	__builtin_memcpy(h, hdr, sizeof(h));
+#else
+	/* The one helper call of a frame that doesn't concern us: the header is packet data. */
+	if (bpf_probe_read_kernel(h, sizeof(h), eth))
 		return 0;
-	if (mac48(h) == WATCH_MAC || mac48(h + 6) == WATCH_MAC)
+#endif
+	if (tt_mac48(h) == TT_CFG(watch_mac) || tt_mac48(h + 6) == TT_CFG(watch_mac))
 		return 1;
 	if (!(h[0] & 1)) /* unicast to someone else */
 		return 0;
 	return asks_for_guest(eth, ((__u16)h[12] << 8) | h[13]);
 }
 
-static __always_inline void count_lost(void)
+/* The guest's own frame, received from its tap: the address it uses goes into watch_ips at once,
+ * so the next ARP or neighbour solicitation for it is followed (user space learns the same from
+ * the frame, for its summary, but only after the frame's journey ends). The same addresses as
+ * tracer/frames.py's guest_addresses: an ARP's sender, else the IP source, never 0.0.0.0 or ::. */
+static __always_inline void learn_address(unsigned char *eth)
 {
-	int zero = 0;
-	__u64 *n = lost.lookup(&zero);
-	if (n)
-		*n += 1;
+	struct tt_ip key = {};
+	__u8 h[14 + 40];
+	__u16 proto;
+
+	if (bpf_probe_read_kernel(h, sizeof(h), eth))
+		return;
+	proto = ((__u16)h[12] << 8) | h[13];
+	if (proto == TT_ETH_P_ARP) {
+		key.addr[10] = key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &h[14 + 14], 4);
+	} else if (proto == 0x0800) {
+		key.addr[10] = key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &h[14 + 12], 4);
+	} else if (proto == TT_ETH_P_IPV6) {
+		__builtin_memcpy(key.addr, &h[14 + 8], 16);
+	} else {
+		return;
+	}
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, key.addr, 8);
+	__builtin_memcpy(&lo, &key.addr[8], 8);
+	if (!hi && (!lo || lo == 0x0000ffff00000000ULL))
+		return; /* :: or ::ffff:0.0.0.0 (a DHCP client, DAD) */
+	if (!ip_watched(&key))
+		watch_ip(&key);
 }
 
-static __always_inline int report(__u64 skb, __u16 hook, __u64 location, __u32 reason)
+/* Which device, in which namespace: the same for a tt_event and a trip's hop. Plain loads where
+ * dev is BTF-typed (tp_btf, fentry), probe reads where it is only a number (kprobe, bcc). */
+static __always_inline void device_ids(struct net_device *dev, __u32 *netns, __u32 *ifindex, char *ifname,
+				       const int probed)
 {
-	__u64 eth = frame_start(skb);
+	*netns = 0;
+	*ifindex = 0;
+	if (!dev) {
+		__builtin_memset(ifname, 0, TT_IFNAMSIZ);
+		return;
+	}
+#ifdef TT_BCC
+	__u64 d = (__u64)dev;
+	bpf_probe_read_kernel(ifindex, sizeof(*ifindex), (void *)(d + OFF_NETDEV_IFINDEX));
+	bpf_probe_read_kernel(ifname, TT_IFNAMSIZ, (void *)(d + OFF_NETDEV_NAME));
+#if defined(OFF_NETDEV_NET) && defined(OFF_NET_INUM) /* no netns member: a kernel without CONFIG_NET_NS */
+	__u64 net = 0;
+	bpf_probe_read_kernel(&net, sizeof(net), (void *)(d + OFF_NETDEV_NET));
+	if (net)
+		bpf_probe_read_kernel(netns, sizeof(*netns), (void *)(net + OFF_NET_INUM));
+#endif
+#else
+	if (probed) {
+		*ifindex = BPF_CORE_READ(dev, ifindex);
+		bpf_probe_read_kernel(ifname, TT_IFNAMSIZ, dev->name);
+		if (bpf_core_field_exists(dev->nd_net.net)) {
+			struct net *net = BPF_CORE_READ(dev, nd_net.net);
+			if (net)
+				*netns = BPF_CORE_READ(net, ns.inum);
+		}
+		return;
+	}
+	*ifindex = dev->ifindex;
+	__builtin_memcpy(ifname, dev->name, TT_IFNAMSIZ);
+	if (bpf_core_field_exists(dev->nd_net.net)) {
+		struct net *net = dev->nd_net.net;
+		if (net)
+			*netns = net->ns.inum;
+	}
+#endif
+}
+
+/* The frame's length from its MAC header: skb->len counts from skb->data, which the receive
+ * path has already pulled past the MAC header. */
+static __always_inline __u32 wire_len(struct sk_buff *skb, unsigned char *eth, const int probed)
+{
+	unsigned char *data = skb_data(probed, skb);
+	__u32 len = skb_len(probed, skb);
+
+	if (data >= eth && data - eth < 256)
+		len += data - eth;
+	return len;
+}
+
+#ifndef TT_BCC
+/* -- journeys stitched in the kernel (TT_CFG(trips), libbpf only) ------------------------- */
+
+static __always_inline struct tt_trip *trip_slot(__u64 skb)
+{
+	__u32 i = (__u32)((skb * TT_GOLDEN) >> (64 - TT_TRIP_BITS));
+	return bpf_map_lookup_elem(&trips, &i);
+}
+
+/* Hand a trip to user space and free its slot. A trip that finds no room counts as its events lost. */
+static __always_inline void hand_over(struct tt_trip *t, __u8 flags)
+{
+	t->flags |= flags;
+	if (bpf_ringbuf_output(&events, t, sizeof(*t), 0))
+		count_lost(t->nhops);
+	t->nhops = 0;
+	/* skb = 0 last: the slot is free. The compiler keeps the order; x86 keeps stores in order. */
+	asm volatile("" ::: "memory");
+	t->skb = 0;
+}
+
+/* Hop n of a trip, or NULL. The bound is checked on the very register that indexes: a verifier
+ * before 6.2 forgets a bound proven on a value the compiler spilled to the stack and read back
+ * (6.1 refused `t->hops[n]` as "R9 max value is outside of the allowed memory range" although
+ * follow_trip() had checked n < TT_TRIP_HOPS). */
+static __always_inline struct tt_hop *hop_at(struct tt_trip *t, __u32 n)
+{
+	asm volatile("" : "+r"(n));
+	if (n >= TT_TRIP_HOPS)
+		return NULL;
+	return &t->hops[n];
+}
+
+static __always_inline void add_hop(struct tt_hop *h, struct net_device *dev, __u16 hook, __u64 location,
+				    __u32 reason)
+{
+	if (!h)
+		return;
+	h->ts_ns = bpf_ktime_get_ns();
+	h->location = location;
+	h->reason = reason;
+	h->hook = hook;
+	h->cpu = bpf_get_smp_processor_id();
+	device_ids(dev, &h->netns, &h->ifindex, h->ifname, 0);
+}
+
+/* Where a journey can begin, as tracer/stitch.py decides it: a device (not the bridge) receiving
+ * a frame, or a stack sending one on a device that is not a bridge port; and never an skb that
+ * shares its data with a clone (the clone's events would have to be stitched with it). */
+static __always_inline int starts_trip(struct sk_buff *skb, struct net_device *dev, __u16 hook)
+{
+	if (!dev || BPF_CORE_READ_BITFIELD(skb, cloned))
+		return 0;
+	__u32 flags = BPF_CORE_READ_BITFIELD(dev, priv_flags);
+	if (hook == TT_HOOK_RECEIVE)
+		return !(flags & bpf_core_enum_value(enum netdev_priv_flags, IFF_EBRIDGE));
+	if (hook == TT_HOOK_QUEUE)
+		return !(flags & bpf_core_enum_value(enum netdev_priv_flags, IFF_BRIDGE_PORT));
+	return 0;
+}
+
+/* The same frame as the trip's, or the skb's address was reused after a free no hook saw. */
+static __always_inline int same_frame(struct tt_trip *t, unsigned char *eth, __u32 frame_len)
+{
+	__u64 head[4], was[4];
+
+	if (t->frame_len != frame_len || bpf_probe_read_kernel(head, sizeof(head), eth))
+		return 0;
+	__builtin_memcpy(was, t->data, sizeof(was));
+	return head[0] == was[0] && head[1] == was[1] && head[2] == was[2] && head[3] == was[3];
+}
+
+/* The CPU's last trip, if it is still open: handed over before an event that may be its clone's. */
+static __always_inline void cut_last(__u64 *last)
+{
+	__u64 parent = *last;
+
+	if (parent) {
+		struct tt_trip *p = trip_slot(parent);
+		if (p && p->skb == parent)
+			hand_over(p, TT_TRIP_CUT);
+		*last = 0;
+	}
+}
+
+/* 1 when the event became a hop of a trip; 0 when it must go as a tt_event (after any trip whose
+ * hops must precede it has been handed over). */
+static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, __u16 hook, __u64 location,
+				       __u32 reason)
+{
+	__u32 zero = 0;
+	struct tt_cpu_trip *c = bpf_map_lookup_elem(&last_trip, &zero);
+	if (!c)
+		return 0;
+	__u64 key = skb_key(c, skb);
+	__u64 *last = &c->last;
+	struct tt_trip *t = trip_slot(key);
+	struct net_device *dev = skb->dev;
+	__u32 frame_len = wire_len(skb, eth, 0);
+
+	if (!t)
+		return 0;
+	if (t->skb == key) {
+		int ends = hook == TT_HOOK_DROP || hook == TT_HOOK_CONSUME;
+		__u8 n = t->nhops;
+
+		/* a drop or consume belongs to the skb whatever its bytes are by then (as in stitch.py) */
+		if (!ends && !same_frame(t, eth, frame_len)) {
+			hand_over(t, TT_TRIP_CUT);
+		} else if (hook == TT_HOOK_FLOOD || BPF_CORE_READ_BITFIELD(skb, cloned) || n >= TT_TRIP_HOPS) {
+			hand_over(t, TT_TRIP_CUT);
+			*last = 0;
+			return 0;
+		} else {
+			add_hop(hop_at(t, n), dev, hook, location, reason);
+			t->nhops = n + 1;
+			if (ends)
+				hand_over(t, TT_TRIP_ENDED);
+			*last = ends ? 0 : key;
+			return 1;
+		}
+	}
+	if (!starts_trip(skb, dev, hook)) {
+		/* Not a journey's start and no trip of its own: most likely a clone, made right after
+		 * its parent's latest hop on this CPU. */
+		cut_last(last);
+		return 0;
+	}
+	/* The ring buffer nearly full (user space behind): a trip would do all its work only to find no
+	 * room at the end. The frame goes as events, whose reservations fail at once and are counted. */
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + 8 * sizeof(struct tt_trip) >
+	    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
+		return 0;
+	if (tt_cas_u64(&t->skb, 0, key) != 0)
+		return 0; /* the slot holds another frame's trip: this one goes as tt_events */
+	t->nhops = 0; /* until the first hop is in (user space's sweep skips a trip without hops) */
+	t->flags = 0;
+	t->frame_len = frame_len;
+	t->cap_len = frame_len < TT_SNAPLEN ? frame_len : TT_SNAPLEN;
+	if (bpf_probe_read_kernel(t->data, TT_SNAPLEN, eth))
+		t->cap_len = 0;
+	add_hop(&t->hops[0], dev, hook, location, reason);
+	t->nhops = 1;
+	*last = key;
+	return 1;
+}
+
+/* The kprobe variant of the br_flood hop can't read through skb directly: it only cuts the
+ * frame's trip (a flood clones it next) and the CPU's last one. */
+static __always_inline void cut_trip(struct sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct tt_cpu_trip *c = bpf_map_lookup_elem(&last_trip, &zero);
+	if (!c)
+		return;
+	__u64 key = skb_key(c, skb);
+	struct tt_trip *t = trip_slot(key);
+
+	if (t && t->skb == key)
+		hand_over(t, TT_TRIP_CUT);
+	cut_last(&c->last);
+}
+#endif /* !TT_BCC: trips */
+
+static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason,
+				      const int probed)
+{
+	unsigned char *eth = frame_start(skb, probed);
 
 	if (!eth || !concerns_watched_mac(eth))
 		return 0;
+	if (TT_CFG(learn) && hook == TT_HOOK_RECEIVE) {
+		__u8 src[6];
+		if (!bpf_probe_read_kernel(src, sizeof(src), eth + 6) && tt_mac48(src) == TT_CFG(watch_mac))
+			learn_address(eth);
+	}
+#ifndef TT_BCC
+	if (TT_CFG(trips)) {
+		if (probed)
+			cut_trip(skb);
+		else if (follow_trip(skb, eth, hook, location, reason))
+			return 0;
+	}
+#endif
 
-	struct tt_event *e = events.ringbuf_reserve(sizeof(struct tt_event));
+	struct tt_event *e = event_reserve();
 	if (!e) {
-		count_lost();
+		count_lost(1);
 		return 0;
 	}
-	__u64 dev = 0, net = 0, data = 0;
-	__u32 len = 0;
-
 	e->ts_ns = bpf_ktime_get_ns();
-	e->skb = skb;
+	e->skb = (__u64)skb;
 	e->location = location;
 	e->reason = reason;
 	e->hook = hook;
 	e->cpu = bpf_get_smp_processor_id();
-	e->netns = 0;
-	e->ifindex = 0;
-	__builtin_memset(e->ifname, 0, sizeof(e->ifname));
-
-	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + OFF_SKB_DEV));
-	if (dev) {
-		bpf_probe_read_kernel(&e->ifindex, sizeof(e->ifindex), (void *)(dev + OFF_NETDEV_IFINDEX));
-		bpf_probe_read_kernel(e->ifname, sizeof(e->ifname), (void *)(dev + OFF_NETDEV_NAME));
-#if defined(OFF_NETDEV_NET) && defined(OFF_NET_INUM)
-		bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_NETDEV_NET));
-		if (net)
-			bpf_probe_read_kernel(&e->netns, sizeof(e->netns), (void *)(net + OFF_NET_INUM));
-#endif
-	}
-	/* skb->len counts from skb->data; the frame starts at the MAC header, which the receive
-	 * path has already pulled past. */
-	bpf_probe_read_kernel(&len, sizeof(len), (void *)(skb + OFF_SKB_LEN));
-	bpf_probe_read_kernel(&data, sizeof(data), (void *)(skb + OFF_SKB_DATA));
-	if (data >= eth && data - eth < 256)
-		len += data - eth;
+	device_ids(skb_dev(probed, skb), &e->netns, &e->ifindex, e->ifname, probed);
+	__u32 len = wire_len(skb, eth, probed);
 	e->frame_len = len;
 	e->cap_len = len < TT_SNAPLEN ? len : TT_SNAPLEN;
-	if (bpf_probe_read_kernel(e->data, TT_SNAPLEN, (void *)eth))
+	if (bpf_probe_read_kernel(e->data, TT_SNAPLEN, eth))
 		e->cap_len = 0;
-	events.ringbuf_submit(e, 0);
+	event_submit(e);
 	return 0;
+}
+
+static __always_inline int report(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason)
+{
+	return report_skb(skb, hook, location, reason, 0);
 }
 
 /* A device hands a received frame to the stack: on a bridge port this is the frame arriving
  * from the wire/peer; on the bridge device itself it is the bridge passing it up to the host. */
-RAW_TRACEPOINT_PROBE(netif_receive_skb)
+TT_TRACEPOINT(netif_receive_skb, tt_netif_receive_skb)
 {
-	return report(ctx->args[0], TT_HOOK_RECEIVE, 0, 0);
+	return report((struct sk_buff *)TT_ARG(0), TT_HOOK_RECEIVE, 0, 0);
 }
 
 /* dev_queue_xmit() queues the frame on a device: the bridge sending it out of a port, or a
  * host/namespace stack sending it. For a tap this is the moment it enters the tap's queue. */
-RAW_TRACEPOINT_PROBE(net_dev_queue)
+TT_TRACEPOINT(net_dev_queue, tt_net_dev_queue)
 {
-	return report(ctx->args[0], TT_HOOK_QUEUE, 0, 0);
+	return report((struct sk_buff *)TT_ARG(0), TT_HOOK_QUEUE, 0, 0);
 }
 
-/* The skb is freed as a drop: the kernel says why (reason) and where (location). */
-RAW_TRACEPOINT_PROBE(kfree_skb)
+/* The skb is freed as a drop: the kernel says why (reason, 5.17+) and where (location, its
+ * second argument on every kernel). Arguments are read by constant index: tp_btf's verifier
+ * checks each against the tracepoint's BTF prototype, a raw tracepoint's attach against its
+ * argument count, and the indexes this kernel lacks sit behind branches TT_CFG rules out. */
+TT_TRACEPOINT(kfree_skb, tt_kfree_skb)
 {
-#ifdef ARG_KFREE_REASON
-	__u32 reason = (__u32)ctx->args[ARG_KFREE_REASON];
-#else
 	__u32 reason = 0;
-#endif
-	return report(ctx->args[0], TT_HOOK_DROP, ctx->args[ARG_KFREE_LOCATION], reason);
+
+	/* Every kernel with a reason (5.17+) passes it third; one constant index only, since
+	 * clang folds alternatives into a computed ctx offset, which the verifier refuses. */
+	if (TT_CFG(kfree_reason_arg) == 2)
+		reason = (__u32)TT_ARG(2);
+	return report((struct sk_buff *)TT_ARG(0), TT_HOOK_DROP, TT_ARG(1), reason);
 }
 
 /* The skb is freed after normal use; for a tap, tun_do_read() consuming it means the process
- * holding the tap fd (qemu, the guest) read the frame. */
-RAW_TRACEPOINT_PROBE(consume_skb)
+ * holding the tap fd (qemu, the guest) read the frame. The location argument exists from 6.3. */
+TT_TRACEPOINT(consume_skb, tt_consume_skb)
 {
-#ifdef ARG_CONSUME_LOCATION
-	return report(ctx->args[0], TT_HOOK_CONSUME, ctx->args[ARG_CONSUME_LOCATION], 0);
-#else
-	return report(ctx->args[0], TT_HOOK_CONSUME, 0, 0);
-#endif
+	__u64 location = 0;
+
+	if (TT_CFG(consume_location_arg) == 1)
+		location = TT_ARG(1);
+	return report((struct sk_buff *)TT_ARG(0), TT_HOOK_CONSUME, location, 0);
 }
 
-/* Bridge-internal moments, where the kernel lets us hook functions (production hypervisors
- * usually do; tracer/features.py picks fentry, else kprobe, else neither). br_flood() is the
- * bridge deciding to flood: the destination is unknown to the FDB (unicast), or the frame is
- * broadcast/multicast. Tracepoints can't tell a flood from a forward to the only other port.
- * reason carries pkt_type (0 unicast, 1 multicast, 2 broadcast) | local_rcv << 8. */
-#if defined(BRIDGE_HOOKS_FENTRY)
-KFUNC_PROBE(br_flood, void *br, struct sk_buff *skb, int pkt_type, bool local_rcv)
+/* Bridge-internal: br_flood() is the bridge deciding to flood (destination unknown to the FDB,
+ * or broadcast/multicast), which tracepoints can't tell from a forward to the only other port.
+ * reason = pkt_type (0 unicast, 1 multicast, 2 broadcast) | local_rcv << 8. libbpf builds both
+ * programs, off unless the loader turns one on; bcc builds the one the loader names, since it
+ * loads every KFUNC_PROBE it compiles. */
+#if !defined(TT_BCC) || defined(BRIDGE_HOOKS_FENTRY)
+TT_FENTRY(br_flood, tt_br_flood_fentry, void *br, struct sk_buff *skb, __u64 pkt_type, __u64 local_rcv)
 {
-	return report((__u64)skb, TT_HOOK_FLOOD, 0, (__u32)pkt_type | ((__u32)local_rcv << 8));
+	return report_skb(skb, TT_HOOK_FLOOD, 0, (__u32)pkt_type | (((__u32)local_rcv & 1) << 8), 0);
 }
-#elif defined(BRIDGE_HOOKS_KPROBE)
-#include <uapi/linux/ptrace.h> /* struct pt_regs: the architecture's ABI, stable across versions */
-int tt_br_flood(struct pt_regs *ctx)
+#endif
+
+#if !defined(TT_BCC) || defined(BRIDGE_HOOKS_KPROBE)
+/* The kprobe's arguments are registers (struct pt_regs: the architecture's ABI). */
+TT_KPROBE(br_flood, tt_br_flood_kprobe)
 {
-	return report(PT_REGS_PARM2(ctx), TT_HOOK_FLOOD, 0,
-		      (__u32)PT_REGS_PARM3(ctx) | (((__u32)PT_REGS_PARM4(ctx) & 1) << 8));
+	return report_skb((struct sk_buff *)PT_REGS_PARM2(ctx), TT_HOOK_FLOOD, 0,
+			  (__u32)PT_REGS_PARM3(ctx) | (((__u32)PT_REGS_PARM4(ctx) & 1) << 8), 1);
 }
 #endif

@@ -59,7 +59,7 @@ def test_nothing_to_build_with_means_bcc(tmp_path, monkeypatch):
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"fake btf")
     monkeypatch.setattr(libbpf_loader, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(libbpf_loader, "build_tools", lambda *_: (None, None, "no clang to build bpf/follow_btf.c"))
+    monkeypatch.setattr(libbpf_loader, "build_tools", lambda *_: (None, None, "no clang to build bpf/follow.c"))
     loader, why = choose_follow_loader(OK, Path(btf), "none", "raw_tracepoint")
     assert loader == "bcc" and "no clang" in why
 
@@ -116,7 +116,7 @@ def _chain(chosen="libbpf", why="tp_btf programs load", bcc_ok=True, headers=Tru
             raise KernelError(libbpf_error)
         return "libbpf program"
 
-    result = open_with_fallback("bpf/follow_btf.c", features, chosen, why,
+    result = open_with_fallback("bpf/follow.c", features, chosen, why,
                                 {"libbpf": libbpf, "bcc": lambda: "bcc program"}, said.append)
     return result, said
 
@@ -126,7 +126,7 @@ def test_the_chain_takes_libbpf_first():
 
 
 def test_a_kernel_refusing_the_object_falls_back_to_bcc_with_the_verifier_s_words():
-    program, said = _chain(libbpf_error="could not load bpf/follow_btf.c: EACCES (verifier: tt_x: invalid access)")
+    program, said = _chain(libbpf_error="could not load bpf/follow.c: EACCES (verifier: tt_x: invalid access)")
     assert program == "bcc program"
     (note,) = said
     assert "invalid access" in note and "using bcc instead" in note
@@ -138,7 +138,7 @@ def test_no_fallback_when_forced_or_bcc_cannot_run(kw):
     from tracer.errors import KernelError
 
     with pytest.raises(KernelError, match="EACCES"):
-        _chain(libbpf_error="could not load bpf/follow_btf.c: EACCES", **kw)
+        _chain(libbpf_error="could not load bpf/follow.c: EACCES", **kw)
 
 
 def test_verifier_error_is_the_verifier_s_own_words():

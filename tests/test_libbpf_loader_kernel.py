@@ -1,4 +1,4 @@
-"""follow's libbpf path (bpf/follow_btf.c, tracer/libbpf_loader.py) on the real kernel: it loads,
+"""follow's libbpf path (bpf/follow.c, tracer/libbpf_loader.py) on the real kernel: it loads,
 attaches and detaches, fails in one clear line, and follows the lab's traffic exactly as the bcc
 path does (both run side by side on the same frames)."""
 from __future__ import annotations

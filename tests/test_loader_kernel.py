@@ -21,7 +21,7 @@ def test_kprobe_bridge_hook_passes_the_verifier():
     b = bcc.BPF(src_file=str(BPF_DIR / "follow.c").encode(),
                 cflags=follow_cflags(features, "52:54:00:00:00:01", 8))
     try:
-        fn = b.load_func(b"tt_br_flood", bcc.BPF.KPROBE)
+        fn = b.load_func(b"tt_br_flood_kprobe", bcc.BPF.KPROBE)
         assert fn.fd > 0
     finally:
         b.cleanup()

@@ -1,6 +1,6 @@
 """Journeys the kernel stitched (tracer/trips.py, Stitcher.feed_trip), replayed without root.
 
-The event streams were recorded on the real kernel. Each is turned into what bpf/follow_btf.c
+The event streams were recorded on the real kernel. Each is turned into what bpf/follow.c
 hands over with trips on (trips.as_kernel_sends: a frame's events as one trip record where the
 kernel would have stitched it, every other event as it came). The journeys must be the ones the
 events give, word for word, and the JSON lines the ones journey_to_dict gives, byte for byte.

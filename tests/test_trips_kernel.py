@@ -1,4 +1,4 @@
-"""Journeys stitched in the kernel (bpf/follow_btf.c's trips, tracer/trips.py) on the real kernel.
+"""Journeys stitched in the kernel (bpf/follow.c's trips, tracer/trips.py) on the real kernel.
 
 Two `tapttrace follow` processes watch the same lab traffic side by side: one with trips (the
 default), one with every hop sent as its own event (TAPTTRACE_FOLLOW_TRIPS=off). They must write

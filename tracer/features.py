@@ -211,7 +211,7 @@ class Features:
     # which libbpf's fentry finds and bcc's KFUNC_PROBE does not), or "" (no BTF knows it: not loaded)
     bridge_btf: str = ""
     bridge_hook_bcc: str = "none"  # bridge_hook for bcc: kprobe where br_flood is only in a module's BTF
-    follow_loader: str = "bcc"  # "libbpf" (bpf/follow_btf.c, tracer/libbpf_loader.py) | "bcc" (bpf/follow.c)
+    follow_loader: str = "bcc"  # "libbpf" (bpf/follow.c built once, tracer/libbpf_loader.py) | "bcc" (the same source compiled at start, tracer/loader.py)
     follow_loader_why: str = ""
     exporter_loader: str = "bcc"  # "libbpf" (bpf/exporter_btf.c, tracer/exporter/program_btf.py) | "bcc"
     exporter_loader_why: str = ""
@@ -578,11 +578,11 @@ def _choose_loader(env: str, source: str, tp_btf: Availability, btf_path: Path, 
 
 def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str, hook: str,
                          forced: str = "") -> tuple[str, str]:
-    """("libbpf" | "bcc", why). libbpf (bpf/follow_btf.c: plain loads of skb fields, no LLVM in the
+    """("libbpf" | "bcc", why). libbpf (bpf/follow.c: plain loads of skb fields, no LLVM in the
     process) where tp_btf programs load and the CO-RE object is built or can be (the object has
     the br_flood hop too, fentry or kprobe, as bridge_hook says); bcc as the fallback."""
     flood = f"; br_flood hop through {bridge_hook}" if bridge_hook != "none" else ""
-    return _choose_loader(FOLLOW_LOADER_ENV, "follow_btf.c", tp_btf, btf_path, hook, forced, flood)
+    return _choose_loader(FOLLOW_LOADER_ENV, "follow.c", tp_btf, btf_path, hook, forced, flood)
 
 
 def choose_exporter_loader(tp_btf: Availability, btf_path: Path, hook: str, forced: str = "") -> tuple[str, str]:
@@ -869,7 +869,7 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
         ": journeys are stitched in user space only (every hop is its own ring-buffer record), and the "
         "exporter's tap table is a hash map")
     lines.append(DoctorLine("BPF compare-and-swap", f.bpf_atomics.ok, f.bpf_atomics.detail + lost))
-    loaders = {"libbpf": "libbpf, precompiled bpf/follow_btf.c (tp_btf)", "bcc": "bcc, bpf/follow.c compiled at start"}
+    loaders = {"libbpf": "libbpf, bpf/follow.c precompiled (tp_btf)", "bcc": "bcc, bpf/follow.c compiled at start"}
     lines.append(DoctorLine("follow loader", True, f"{loaders.get(f.follow_loader, f.follow_loader)}: "
                                                    f"{f.follow_loader_why}"))
     exporters = {"libbpf": "libbpf, precompiled bpf/exporter_btf.c (tp_btf)",

@@ -1,4 +1,4 @@
-"""Load bpf/follow_btf.c's precompiled CO-RE object with libbpf (through ctypes); the libbpf
+"""Load bpf/follow.c's precompiled CO-RE object with libbpf (through ctypes); the libbpf
 twin of loader.FollowProgram, with the same EventSource interface (poll_batch, poll, drain,
 lost, watch_ips, close, context manager).
 
@@ -11,7 +11,7 @@ against the running kernel's BTF. The watched MAC and the tracepoint argument la
 Building and caching serve every object in OBJECTS: bpf/exporter_btf.c too, which
 tracer/exporter/program_btf.py loads with the ctypes wrapper `libbpf()` below.
 
-`python -m tracer.libbpf_loader [SOURCE...]` builds the objects (follow_btf.c, exporter_btf.c: all
+`python -m tracer.libbpf_loader [SOURCE...]` builds the objects (follow.c, exporter_btf.c: all
 by default) and prints their paths.
 """
 from __future__ import annotations
@@ -40,10 +40,10 @@ from .ringbuf import RingBuffer
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 # Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
 OBJECTS = {
-    "follow_btf.c": (("tapttrace.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
+    "follow.c": (("loaders.h", "tapttrace.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
     "exporter_btf.c": (("exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
 }
-FOLLOW_SOURCE = "follow_btf.c"
+FOLLOW_SOURCE = "follow.c"
 SOURCES = (FOLLOW_SOURCE, *OBJECTS[FOLLOW_SOURCE][0])
 CACHE_DIR = Path(os.environ.get("TAPTTRACE_BPF_CACHE", "/var/cache/tapttrace/bpf"))
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
@@ -54,7 +54,7 @@ BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
 # The br_flood hop, by features.bridge_hook: off (autoload false) unless chosen.
 FLOOD_PROGRAMS = {"fentry": "tt_br_flood_fentry", "kprobe": "tt_br_flood_kprobe"}
-# struct tt_follow_config in bpf/follow_btf.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
+# struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
 CONFIG = struct.Struct("<QiiII")
 # "off": every hop as its own event record, no journey stitched in the kernel (for comparisons:
 # tests/test_trips_kernel.py, bench follow-match-events).
@@ -298,7 +298,7 @@ class _FloodHookFailed(Exception):
 
 
 class LibbpfFollowProgram:
-    """bpf/follow_btf.c loaded and attached by libbpf. Leaving the context detaches everything."""
+    """bpf/follow.c loaded and attached by libbpf. Leaving the context detaches everything."""
 
     loader = "libbpf"
 
@@ -362,7 +362,7 @@ class LibbpfFollowProgram:
         size = ctypes.c_size_t(0)
         lib.bpf_map__initial_value(rodata, ctypes.byref(size))
         if size.value != CONFIG.size:
-            raise KernelError(f"bpf/follow_btf.c's .rodata is {size.value} bytes, not the {CONFIG.size} of "
+            raise KernelError(f"bpf/follow.c's .rodata is {size.value} bytes, not the {CONFIG.size} of "
                               "struct tt_follow_config: rebuild the object (scripts/setup.sh)")
         reason = features.kfree_skb_reason_arg
         location = features.consume_skb_location_arg
@@ -379,7 +379,7 @@ class LibbpfFollowProgram:
         if err:
             if flood and any(flood in m or "br_flood" in m for m in _messages):
                 raise _FloodHookFailed(f"could not load {flood}: {_why(err)}")
-            raise KernelError(f"could not load bpf/follow_btf.c: {_why(err)}")
+            raise KernelError(f"could not load bpf/follow.c: {_why(err)}")
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog and attach:
             name = lib.bpf_program__name(prog).decode()
@@ -390,7 +390,7 @@ class LibbpfFollowProgram:
             elif name == flood:  # br_flood not there to hook (bridge a module not loaded, no kprobes…)
                 self._give_up_flood(f"could not attach {name}: {_why(ctypes.get_errno())}")
             else:
-                raise KernelError(f"could not attach {name} of bpf/follow_btf.c: {_why(ctypes.get_errno())}")
+                raise KernelError(f"could not attach {name} of bpf/follow.c: {_why(ctypes.get_errno())}")
             prog = lib.bpf_object__next_program(self._obj, prog)
         self._lost_fd = lib.bpf_map__fd(self._map("lost"))
         self._ips_fd = lib.bpf_map__fd(self._map("watch_ips"))
@@ -399,7 +399,7 @@ class LibbpfFollowProgram:
         try:
             self._ring = RingBuffer(lib.bpf_map__fd(events), ring_bytes)
         except (OSError, ValueError) as exc:
-            raise KernelError(f"could not map the ring buffer of bpf/follow_btf.c: {exc}") from None
+            raise KernelError(f"could not map the ring buffer of bpf/follow.c: {exc}") from None
 
     @property
     def attached(self) -> int:
@@ -490,7 +490,7 @@ class LibbpfFollowProgram:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Build the objects named (sources in bpf/: follow_btf.c, exporter_btf.c), or all of them;
+    """Build the objects named (sources in bpf/: follow.c, exporter_btf.c), or all of them;
     print each one's path."""
     from .errors import TapttraceError
 

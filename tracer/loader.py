@@ -1,7 +1,9 @@
 """Compile and attach bpf/follow.c with bcc; hand its ring-buffer records over as raw bytes.
 
-The ring buffer is read through its mmap by tracer/ringbuf.py (many records a call, no ctypes
-callback per record); bcc only compiles, attaches and gives the map's fd.
+bcc is the loader chain's fallback (tracer/features.py): it compiles the same bpf/follow.c that
+libbpf builds into a CO-RE object, with -DTT_BCC (bpf/loaders.h spells each hook, map and field
+read for both). The ring buffer is read through its mmap by tracer/ringbuf.py (many records a
+call, no ctypes callback per record); bcc only compiles, attaches and gives the map's fd.
 
 The only module of the follow pipeline that imports bcc. Everything kernel-specific arrives
 through the Features record as -D integer constants.
@@ -17,17 +19,23 @@ from .errors import EnvironmentProblem, KernelError, say_note
 from .ringbuf import RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+FOLLOW_SOURCE = "follow.c"
+# The kprobe variant of the br_flood hop in bpf/follow.c, attached by name (bcc attaches the
+# tracepoint and KFUNC_PROBE programs itself as it loads them).
+FLOOD_KPROBE = "tt_br_flood_kprobe"
 
 
-def follow_cflags(features, mac: str, ringbuf_pages: int) -> list[str]:
-    """Everything the BPF C needs to know, as integer defines (nothing user-supplied but the MAC as an int)."""
-    flags = [f"-I{BPF_DIR}", f"-DWATCH_MAC={mac_to_int(mac):#x}ULL", f"-DRINGBUF_PAGES={int(ringbuf_pages)}"]
+def follow_cflags(features, mac: str, ringbuf_pages: int, learn: bool = False) -> list[str]:
+    """Everything the BPF C needs to know, as integer defines (nothing user-supplied but the MAC
+    as an int). TT_CFG_* are the fields libbpf sets in .rodata (struct tt_follow_config)."""
+    reason = features.kfree_skb_reason_arg
+    location = features.consume_skb_location_arg
+    flags = [f"-I{BPF_DIR}", "-DTT_BCC", f"-DRINGBUF_PAGES={int(ringbuf_pages)}",
+             f"-DTT_CFG_watch_mac={mac_to_int(mac):#x}ULL",
+             f"-DTT_CFG_kfree_reason_arg={2 if reason == 2 else -1}",
+             f"-DTT_CFG_consume_location_arg={1 if location == 1 else -1}",
+             f"-DTT_CFG_learn={int(bool(learn))}"]
     flags += features.offsets.as_cflags()
-    flags.append(f"-DARG_KFREE_LOCATION={int(features.kfree_skb_location_arg)}")
-    if features.kfree_skb_reason_arg is not None:
-        flags.append(f"-DARG_KFREE_REASON={int(features.kfree_skb_reason_arg)}")
-    if features.consume_skb_location_arg is not None:
-        flags.append(f"-DARG_CONSUME_LOCATION={int(features.consume_skb_location_arg)}")
     # bcc's fentry finds functions in vmlinux's BTF only: a bridge built as a module (every Debian
     # kernel) gets the kprobe (features.bridge_hook_bcc).
     hook = features.bridge_hook_bcc
@@ -51,14 +59,16 @@ def _import_bcc():
 class FollowProgram:
     """The loaded, attached follow program. Use as a context manager: leaving it detaches everything."""
 
-    def __init__(self, features, mac: str, ringbuf_pages: int = 256):
+    def __init__(self, features, mac: str, ringbuf_pages: int = 256, learn: bool = False):
+        """learn=True: the kernel adds the guest's own addresses to the watched ones as soon as
+        it sends from them (follow's address learning), as under libbpf."""
         bcc = _import_bcc()
         self._bpf = None
         features.headers.apply()
-        cflags = follow_cflags(features, mac, ringbuf_pages)
+        cflags = follow_cflags(features, mac, ringbuf_pages, learn)
         try:
             # Raw tracepoint functions are attached by bcc as it loads them.
-            self._bpf = bcc.BPF(src_file=str(BPF_DIR / "follow.c").encode(), cflags=cflags)
+            self._bpf = bcc.BPF(src_file=str(BPF_DIR / FOLLOW_SOURCE).encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception for compile and attach failures
             if self._bpf is not None:
                 self._bpf.cleanup()
@@ -66,7 +76,7 @@ class FollowProgram:
         self.notes: list[str] = []
         if features.bridge_hook_bcc == "kprobe":
             try:
-                self._bpf.attach_kprobe(event=b"br_flood", fn_name=b"tt_br_flood")
+                self._bpf.attach_kprobe(event=b"br_flood", fn_name=FLOOD_KPROBE.encode())
             except Exception as exc:  # the bridge module not loaded: br_flood is not there to probe
                 note = f"no br_flood hop (kprobe: {exc}); the tracepoint hops are unaffected"
                 self.notes.append(note)

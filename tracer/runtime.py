@@ -135,9 +135,9 @@ def open_follow_program(features, config: FollowConfig):
         from .features import require
 
         require(features, "bcc")
-        return FollowProgram(features, config.mac, config.ringbuf_pages)
+        return FollowProgram(features, config.mac, config.ringbuf_pages, learn=config.learn_ips)
 
-    return open_with_fallback("bpf/follow_btf.c", features, features.follow_loader, features.follow_loader_why,
+    return open_with_fallback("bpf/follow.c", features, features.follow_loader, features.follow_loader_why,
                               {"libbpf": libbpf, "bcc": bcc})
 
 

@@ -1,6 +1,6 @@
 """Journeys the kernel stitched: struct tt_trip (bpf/tapttrace.h, stated once more here).
 
-bpf/follow_btf.c keeps the hops of an skb that was never cloned in a slot of an array (direct-mapped
+bpf/follow.c keeps the hops of an skb that was never cloned in a slot of an array (direct-mapped
 by the skb's address), from the frame's first sighting until the skb is freed, and hands them over
 in one record. A trip that ended
 (TRIP_ENDED) and that user space knows nothing else about is a whole single-copy journey: the
@@ -22,7 +22,7 @@ from .events import EVENT_SIZE, SNAPLEN, encode, event_name
 from .records import Event, Hook
 
 TRIP_HOPS = 6
-TRIP_SLOTS = 1 << 12  # TT_TRIP_BITS in bpf/follow_btf.c
+TRIP_SLOTS = 1 << 12  # TT_TRIP_BITS in bpf/follow.c
 TRIP_ENDED = 1  # the last hop freed the skb (dropped or consumed)
 TRIP_CUT = 2  # handed over before its end; the skb's later events come as tt_events
 
@@ -126,7 +126,7 @@ def pack(hops: list[Event], flags: int = TRIP_ENDED) -> bytes:
 
 
 def as_kernel_sends(events: list[Event]) -> tuple[list[bytes], int]:
-    """A recorded event stream as bpf/follow_btf.c hands it over with trips on (for replays:
+    """A recorded event stream as bpf/follow.c hands it over with trips on (for replays:
     tests/test_trips.py, bench/pipeline.py): the events of a frame that one skb carried alone
     (no other skb with the same bytes: never cloned or copied) from a journey's start to its
     free, as one whole trip at the moment of the free; every other event as it came. Returns the
@@ -160,7 +160,7 @@ def as_kernel_sends(events: list[Event]) -> tuple[list[bytes], int]:
 
 
 class TripSlots:
-    """bpf/follow_btf.c's trip slots (a BPF_F_MMAPABLE array), mapped into this process.
+    """bpf/follow.c's trip slots (a BPF_F_MMAPABLE array), mapped into this process.
 
     A slot is in use while its skb word is not 0. The kernel hands a trip over when its skb is
     freed; a trip still there after a while is a frame stuck somewhere (a guest not reading its
