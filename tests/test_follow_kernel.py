@@ -356,3 +356,33 @@ def test_no_tracefs_names_the_mount_command(tmp_path):
                        timeout=60, env={**os.environ, "TAPTTRACE_SYSFS": str(tmp_path)})
     assert p.returncode == 3 and p.stderr.count("\n") == 1
     assert "tracefs" in p.stderr and "mount -t tracefs" in p.stderr
+
+
+def _doctor_line(item: str, env: dict[str, str]) -> dict:
+    p = subprocess.run(tapttrace("doctor", "--json"), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **env})
+    assert p.returncode == 0, p.stderr
+    (line,) = [x for x in json.loads(p.stdout) if x["item"] == item]
+    return line
+
+
+def test_doctor_loads_follow_s_program_through_the_chain():
+    """doctor proves the chain on this kernel: the program it reports was loaded (verifier
+    included) by the loader features chose, then closed."""
+    line = _doctor_line("follow program", {})
+    assert line["ok"], line
+    assert line["detail"] == "bpf/follow.c loaded by libbpf: the verifier accepted it"
+
+
+def test_doctor_says_why_libbpf_failed_and_that_bcc_took_over(tmp_path):
+    """An object libbpf can't load (here: a damaged cache file under the object's own name) →
+    doctor names libbpf's error and the fallback taken; bcc loads the same source."""
+    from tracer.libbpf_loader import object_path
+
+    damaged = object_path(cache=tmp_path)
+    damaged.parent.mkdir(parents=True, exist_ok=True)
+    damaged.write_bytes(b"not an ELF object\n")
+    line = _doctor_line("follow program", {"TAPTTRACE_BPF_CACHE": str(tmp_path)})
+    assert line["ok"], line
+    assert "libbpf could not load bpf/follow.c" in line["detail"] and "not a proper ELF object" in line["detail"]
+    assert line["detail"].endswith("bcc loaded it")

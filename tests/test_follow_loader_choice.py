@@ -157,3 +157,66 @@ processed 1818 insns (limit 1000000) max_states_per_insn 7 total_states 116 peak
     assert verifier_error(log) == ("tt_netif_receive_skb: invalid access to map value, value_size=432 off=12412 "
                                    "size=2; R9 max value is outside of the allowed memory range")
     assert verifier_error("libbpf: failed to open") == ""
+
+
+# -- doctor's load check (features.load_line) ----------------------------------------------------------
+
+
+class _Program:
+    def __init__(self, loader):
+        self.loader = loader
+        self.closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+
+def _load_line(libbpf_error=None, bcc_error=None, root=True):
+    from types import SimpleNamespace
+
+    from tracer.errors import KernelError
+    from tracer.features import Availability, load_line, open_with_fallback
+
+    features = SimpleNamespace(bcc=Availability(True, "bcc 0.26.0"), headers=object(), is_root=root)
+    opened: list[_Program] = []
+
+    def opener(loader, error):
+        def open_():
+            if error:
+                raise KernelError(error)
+            opened.append(_Program(loader))
+            return opened[-1]
+        return open_
+
+    line = load_line("follow program", "bpf/follow.c", features,
+                     lambda say: open_with_fallback("bpf/follow.c", features, "libbpf", "tp_btf programs load",
+                                                    {"libbpf": opener("libbpf", libbpf_error),
+                                                     "bcc": opener("bcc", bcc_error)}, say))
+    assert all(p.closed for p in opened)  # doctor never leaves a program loaded
+    return line
+
+
+def test_doctor_says_the_program_loads():
+    line = _load_line()
+    assert line.ok and line.detail == "bpf/follow.c loaded by libbpf: the verifier accepted it"
+
+
+def test_doctor_says_the_verifier_s_words_and_the_fallback_taken():
+    line = _load_line(libbpf_error="could not load bpf/follow.c: EACCES (verifier: R9 max value is outside "
+                                   "of the allowed memory range)")
+    assert line.ok
+    assert "R9 max value is outside of the allowed memory range" in line.detail
+    assert line.detail.endswith("bcc loaded it")
+
+
+def test_doctor_fails_the_line_when_no_loader_can_load_it():
+    line = _load_line(libbpf_error="could not load bpf/follow.c: EACCES", bcc_error="could not load bpf/follow.c: x")
+    assert not line.ok and line.required and "did not load" in line.detail
+
+
+def test_doctor_does_not_load_without_root():
+    line = _load_line(root=False)
+    assert not line.ok and "needs root" in line.detail

@@ -136,11 +136,20 @@ def diagnose(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(as_json: bool) -> None:
     """Report what the running kernel offers and what tapttrace will use."""
-    from .features import doctor_lines
-    from .runtime import machine_features
+    from .config import FollowConfig
+    from .features import doctor_lines, load_line
+    from .runtime import machine_features, open_follow_program
 
     try:
-        lines = doctor_lines(machine_features())
+        features = machine_features()
+        lines = doctor_lines(features)
+        if features.hook != "none":
+            # Loaded through the chain, as follow would, and closed at once: a verifier that refuses
+            # the object shows here with its own words and the fallback taken (a locally
+            # administered MAC no frame carries; the smallest ring buffer).
+            probe = FollowConfig(mac="02:00:00:00:00:00", ringbuf_pages=1)
+            lines.append(load_line("follow program", "bpf/follow.c", features,
+                                   lambda say: open_follow_program(features, probe, say=say)))
     except TapttraceError as err:
         _fail(err)
         return

@@ -613,6 +613,26 @@ def open_with_fallback(program: str, features: "Features", chosen: str, why: str
         return openers["bcc"]()
 
 
+def load_line(item: str, program: str, features: "Features",
+              open_program: Callable[[Callable[[str], None]], object]) -> DoctorLine:
+    """doctor's proof that a program loads here: opened through the loader chain (the verifier has
+    its say), closed at once. open_program(say) runs the chain with `say` for its note, so a
+    verifier refusal shows with the verifier's own words and the fallback taken."""
+    if not features.is_root:
+        return DoctorLine(item, False, f"{program} not loaded: loading BPF programs needs root", ROOT_FIX)
+    said: list[str] = []
+    try:
+        program_object = open_program(said.append)
+    except (KernelError, EnvironmentProblem) as err:
+        return DoctorLine(item, False, f"{program} did not load: {err.message}",
+                          "tapttrace doctor's lines above say what this kernel lacks", True)
+    with program_object:  # type: ignore[attr-defined]  # every program is a context manager
+        loader = getattr(program_object, "loader", "bcc")
+    if said:
+        return DoctorLine(item, True, f"{said[0]}: bcc loaded it")
+    return DoctorLine(item, True, f"{program} loaded by {loader}: the verifier accepted it")
+
+
 def _boot_id(roots: ProbeRoots) -> str:
     try:
         return Path(roots.proc, "sys/kernel/random/boot_id").read_text().strip()

@@ -59,6 +59,8 @@ def _import_bcc():
 class FollowProgram:
     """The loaded, attached follow program. Use as a context manager: leaving it detaches everything."""
 
+    loader = "bcc"
+
     def __init__(self, features, mac: str, ringbuf_pages: int = 256, learn: bool = False):
         """learn=True: the kernel adds the guest's own addresses to the watched ones as soon as
         it sends from them (follow's address learning), as under libbpf."""

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from .config import FollowConfig
 from .devices import DeviceTable
+from .errors import say_note
 from .follow import FollowSummary, Recorder, Sink, guest_taps, run_follow
 from .records import Journey
 from .sinks.jsonl import JsonLinesSink
@@ -119,9 +120,10 @@ class FollowSession:
         return self.summary
 
 
-def open_follow_program(features, config: FollowConfig):
+def open_follow_program(features, config: FollowConfig, say: Callable[[str], None] = say_note):
     """follow's BPF program through the loader chain (features.open_with_fallback): libbpf's
-    precompiled tp_btf object where features chose it, else (or when this kernel refuses it) bcc."""
+    precompiled tp_btf object where features chose it, else (or when this kernel refuses it) bcc.
+    `say` gets the chain's note when it falls back (doctor collects it)."""
     from .features import open_with_fallback
     from .loader import FollowProgram
 
@@ -138,7 +140,7 @@ def open_follow_program(features, config: FollowConfig):
         return FollowProgram(features, config.mac, config.ringbuf_pages, learn=config.learn_ips)
 
     return open_with_fallback("bpf/follow.c", features, features.follow_loader, features.follow_loader_why,
-                              {"libbpf": libbpf, "bcc": bcc})
+                              {"libbpf": libbpf, "bcc": bcc}, say=say)
 
 
 @contextmanager
