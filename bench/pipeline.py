@@ -112,7 +112,7 @@ def budget(recording: Path, journeys: int) -> dict:
     stitcher = Stitcher(rec.devices, rec.namer)
     built = []
     start = 0
-    for k, end in enumerate(bounds):
+    for end in bounds:
         chunk = decoded[start:end]
         start = end
 
@@ -121,7 +121,7 @@ def budget(recording: Path, journeys: int) -> dict:
                 stitcher.feed(e)
 
         timed("Stitcher.feed", feed)
-        built += timed("Stitcher.flush (build)", lambda: stitcher.flush(chunk[-1].ts_ns + shift // 2))
+        built += timed("Stitcher.flush (build)", lambda now=chunk[-1].ts_ns + shift // 2: stitcher.flush(now))
     built += timed("Stitcher.flush (build)", lambda: stitcher.flush(decoded[-1].ts_ns + shift, final=True))
     annotate = Annotator(rec.mac, set(rec.ips), rec.devices)
     timed("Annotator", lambda: [annotate(j) for j in built])

@@ -42,7 +42,7 @@ class Topology:
     def ns_cmd(self, ns: str, *cmd: str) -> list[str]:
         return ["ip", "netns", "exec", ns, *cmd]
 
-    def create(self) -> "Topology":
+    def create(self) -> Topology:
         hv, rm = self.hv, self.remote
         try:
             sh("ip", "netns", "add", hv)
@@ -97,7 +97,7 @@ class Topology:
             sh("ip", "netns", "del", ns, check=False)
         self.up = False
 
-    def __enter__(self) -> "Topology":
+    def __enter__(self) -> Topology:
         return self.create()
 
     def __exit__(self, *exc) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import subprocess
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +45,7 @@ _netns_before_key = pytest.StashKey[set]()
 # ---------------------------------------------------------------------------- kernel tests
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_unavailable() -> Optional[str]:
     """Why kernel tests can't run here, or None when they can."""
     if os.geteuid() != 0:

@@ -16,18 +16,29 @@ import jsonschema
 import pytest
 from rich.console import Console
 
-from tracer.diagnosis import (CAUSES, RULES, Target, diagnose, in_ns, journey_path, load_journeys, locate,
-                              parse_domain_xml, read_process_states, render_text, to_json)
+from tracer.diagnosis import (
+    CAUSES,
+    RULES,
+    Target,
+    diagnose,
+    in_ns,
+    journey_path,
+    load_journeys,
+    locate,
+    parse_domain_xml,
+    read_process_states,
+    render_text,
+    to_json,
+)
 from tracer.diagnosis import rules as R
 from tracer.diagnosis.context import Context
-from tracer.taps import qemu_guest_name
 from tracer.diagnosis.netfilter import Probe, Ruleset
 from tracer.diagnosis.record import trimmed
 from tracer.errors import UsageError
 from tracer.records import Copy, Hop, Journey
 from tracer.sinks.jsonl import journey_from_dict, journey_to_dict
 from tracer.snapshot import FdbEntry, Nftables, Snapshot
-from tracer.taps import TapHolder
+from tracer.taps import TapHolder, qemu_guest_name
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_GUEST_IP = ("198.51.100.10",)  # the lab's guest address (recordings made before "ips" was kept lack it)
@@ -540,6 +551,16 @@ def test_netfilter_drop_rule_with_prefix_set_and_wildcard():
         "inet", "fwd", 7, 1)
     assert d.culprit.tool == "nft" and "198.51.100.0/24" in d.culprit.text and d.culprit.packets == 3
     assert rs.decide([dataclasses.replace(FWD, daddr="203.0.113.5")]).verdict == "accept"
+
+
+def test_netfilter_address_ranges():
+    daddr = {"payload": {"protocol": "ip", "field": "daddr"}}
+    for rng, verdict in ((["198.51.100.1", "198.51.100.20"], "drop"), (["198.51.100.11", "198.51.100.20"], "accept"),
+                         # another IP version's range never holds the address (comparing them raised TypeError)
+                         (["2001:db8::1", "2001:db8::ff"], "accept")):
+        rs = Ruleset([_chain("inet", "fw", "fwd", "forward", "accept"),
+                      _rule("inet", "fw", "fwd", 7, _m(daddr, {"range": rng}), {"drop": None})])
+        assert rs.decide([FWD]).verdict == verdict, rng
 
 
 def test_netfilter_unknown_expressions_and_netdev_chains():

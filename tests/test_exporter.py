@@ -8,13 +8,14 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tracer.errors import UsageError
+from tracer.errors import EXIT_USAGE, UsageError
 from tracer.exporter import program as prog
 from tracer.exporter import program_btf as btf_prog
 from tracer.exporter.collector import ExporterCollector, SeriesCap
@@ -186,6 +187,15 @@ def test_tls_serves_metrics_over_https(tmp_path):
         server.close()
 
 
+@pytest.mark.parametrize("given", ["--tls-cert", "--tls-key"])
+def test_tls_cert_and_key_go_together(tmp_path, given):
+    pem = tmp_path / "x.pem"
+    pem.write_text("")
+    r = subprocess.run([sys.executable, "-m", "tracer", "exporter", given, str(pem)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (EXIT_USAGE, "tapttrace: --tls-cert and --tls-key go together\n")
+
+
 def _header_structs() -> dict[str, list[tuple[str, str]]]:
     text = (ROOT / "bpf" / "exporter.h").read_text()
     out = {}
@@ -293,7 +303,8 @@ def test_a_device_that_changes_bridge_gets_a_new_index_and_the_old_stays_readabl
     moved = {**LAB, (NS, 4): (P, 9), (NS, 9): (B, 9)}
     table.assign(moved, lambda idx: False)
     assert table.of(NS, 4, 9) not in (0, old) and table.owner[old] == (NS, 4, 3) and old in table.retired
-    assert [k for _, i, series in table.series() if i == old for _, k in series][2] == (NS, 3, 4, 0, 2)  # its flooded verdicts, under bridge 3
+    # its flooded verdicts, under bridge 3
+    assert [k for _, i, series in table.series() if i == old for _, k in series][2] == (NS, 3, 4, 0, 2)
 
 
 def test_full_tables_leave_the_rest_to_the_hash_maps():

@@ -1,8 +1,8 @@
 """Shared by the exporter tests (no tests here): the in-process exporter and scrape readers."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from tracer.exporter.collector import ExporterCollector
 from tracer.exporter.service import kernel_namer, machine_inventory, open_program

@@ -14,11 +14,10 @@ from contextlib import contextmanager
 from typing import Optional
 
 import pytest
-
-from tracer.lab import Lab, LabSpec
-
 from test_exporter_common import exporter, scrape, total
 from test_follow_kernel import ROOT, Follow, our_programs
+
+from tracer.lab import Lab, LabSpec
 
 pytestmark = pytest.mark.kernel
 N = 5

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from test_exporter_common import scrape
+from test_exporter_kernel import exporter_process, static_neighbour
+from test_follow_kernel import our_programs, programs_gone
 
 from tracer import libbpf_loader
 from tracer.errors import KernelError
@@ -20,10 +23,6 @@ from tracer.exporter.program_btf import FDB_PROGRAMS, PROGRAMS, LibbpfExporterPr
 from tracer.exporter.service import kernel_namer, machine_inventory
 from tracer.features import EXPORTER_LOADER_ENV, probe_features
 from tracer.lab import Lab, LabSpec
-
-from test_exporter_common import scrape
-from test_exporter_kernel import exporter_process, static_neighbour
-from test_follow_kernel import our_programs, programs_gone
 
 pytestmark = pytest.mark.kernel
 

@@ -10,9 +10,9 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -174,7 +174,7 @@ def world(tmp_path_factory):
                 run(labs[name])
             counts = main.collector.program.read()
             frames, fdb = sum(counts.verdicts.values()), sum(counts.fdb.values())
-            until(lambda: scraped('sum(tapttrace_frames_total{job="tapttrace"})') >= frames and
+            until(lambda frames=frames, fdb=fdb: scraped('sum(tapttrace_frames_total{job="tapttrace"})') >= frames and
                   scraped('sum(tapttrace_fdb_events_total{job="tapttrace"})') >= fdb, f"round {round_} scraped")
         until(lambda: query(url, 'tapttrace_lost_events_total{job="tapttrace-tiny",cause="counter_map_full"} > 0'),
               "lost counts scraped")

@@ -46,7 +46,8 @@ class Follow:
         # follow prints nothing on stdout before the first journey; its programs are attached
         # once it holds a BPF link for each of its four hooks (a loaded program is not yet
         # attached: frames sent in between would be missed by this follow only).
-        deadline = time.monotonic() + 120  # a deadline, not a wait: Python starts slowly under qemu TCG (the kernel matrix)
+        # a deadline, not a wait: Python starts slowly under qemu TCG (the kernel matrix)
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"follow exited early: {self.proc.stderr.read()}")

@@ -52,7 +52,8 @@ def test_libbpf_when_the_object_is_built_or_buildable(tmp_path, monkeypatch):
     obj = libbpf_loader.object_path(btf)
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"")
-    assert choose_follow_loader(OK, btf, "none", "raw_tracepoint") == ("libbpf", f"tp_btf programs load and {obj} is built")
+    assert choose_follow_loader(OK, btf, "none", "raw_tracepoint") == \
+        ("libbpf", f"tp_btf programs load and {obj} is built")
 
 
 def test_nothing_to_build_with_means_bcc(tmp_path, monkeypatch):

@@ -22,8 +22,16 @@ import pytest
 
 from tracer.errors import EnvironmentProblem
 from tracer.lab import Lab, LabSpec, libvirt_tap_mac, remove_stale
-from tracer.lab.guest_image import (BUSYBOX, READY_MARKER, _download, cpio_newc, guest_cmdline, modinfo, modules_in_load_order,
-                                    read_cpio_newc)
+from tracer.lab.guest_image import (
+    BUSYBOX,
+    READY_MARKER,
+    _download,
+    cpio_newc,
+    guest_cmdline,
+    modinfo,
+    modules_in_load_order,
+    read_cpio_newc,
+)
 from tracer.lab.topology import RUN_NETNS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,14 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from test_follow_kernel import Follow, follow_pair, hops_by_copy, our_programs, programs_gone  # noqa: E402
 
+from tracer import libbpf_loader
 from tracer.errors import EnvironmentProblem, KernelError
 from tracer.features import FOLLOW_LOADER_ENV, probe_features
 from tracer.lab import Lab, LabSpec
-from tracer import libbpf_loader
 from tracer.libbpf_loader import LibbpfFollowProgram, build_object
-
-from test_follow_kernel import Follow, follow_pair, hops_by_copy, our_programs, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 
@@ -146,7 +145,8 @@ def _journeys(follow: Follow) -> list[tuple]:
 def test_bcc_and_libbpf_follow_the_same_journeys(spec, monkeypatch):
     with Lab(spec) as lab:
         args = (lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
-        with_bcc, with_libbpf = follow_pair(args, monkeypatch, {FOLLOW_LOADER_ENV: "bcc"}, {FOLLOW_LOADER_ENV: "libbpf"})
+        with_bcc, with_libbpf = follow_pair(args, monkeypatch, {FOLLOW_LOADER_ENV: "bcc"},
+                                            {FOLLOW_LOADER_ENV: "libbpf"})
         assert not with_bcc.programs & with_libbpf.programs
         lab.ping_guest_from_remote(count=3)
         lab.ping_guest_from_host(count=2)

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from test_follow_kernel import Follow, run_window  # noqa: E402
 
-DIAG_SCHEMA = json.loads((ROOT / "docs" / "causes.md").read_text().split("JSON schema:\n\n```json\n")[1].split("```")[0])
+DIAG_SCHEMA = json.loads(
+    (ROOT / "docs" / "causes.md").read_text().split("JSON schema:\n\n```json\n")[1].split("```")[0])
 
 
 def _libvirt_missing() -> str:

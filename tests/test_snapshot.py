@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pytest
+from netns_helpers import lab_namespaces
 from pyroute2 import IPRoute
 
 from tracer.errors import UsageError
@@ -25,8 +27,6 @@ from tracer.snapshot import (
     machine_devices,
     normalize_mac,
 )
-
-from netns_helpers import lab_namespaces
 
 RECORDING = Path(__file__).parent / "recordings" / "snapshot-lab.json"
 VM_MAC = "52:54:00:aa:bb:01"  # static FDB entry on vnet0, dropped by the nft bridge rule

@@ -4,16 +4,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from netns_helpers import lab_namespaces
 
 from tracer.netns import Netns, entered, iproute
 from tracer.taps import TapHolder, find_tap_holders, parse_fdinfo_iff
-
-from netns_helpers import lab_namespaces
 
 # ------------------------------------------------------------------ fixture /proc trees
 

@@ -226,7 +226,8 @@ def test_a_clone_whose_parent_is_still_in_the_kernel_after_the_grace_waits_for_i
     (j,) = stitcher.flush(dropped.ts_ns + 20 * 1_000_000)
     assert (j.verdict, [(h.event, h.copy) for h in j.hops]) == (
         "local", [("received", 0), ("passed-up", 0), ("consumed", 1), ("dropped", 0)])
-    stitcher.feed(replace(clone_consumed, skb=1, ts_ns=dropped.ts_ns + 10**9))  # a lone clone: reported after the idle second
+    # a lone clone: reported after the idle second
+    stitcher.feed(replace(clone_consumed, skb=1, ts_ns=dropped.ts_ns + 10**9))
     assert stitcher.flush(dropped.ts_ns + 10**9 + 30 * 1_000_000) == []
     (alone,) = stitcher.flush(dropped.ts_ns + 2 * 10**9 + 1)
     assert [(h.event, h.copy) for h in alone.hops] == [("consumed", 0)]

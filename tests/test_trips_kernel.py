@@ -14,12 +14,11 @@ import subprocess
 import time
 
 import pytest
+from test_follow_kernel import Follow, follow_pair, hops_by_copy, programs_gone  # noqa: E402
 
 from tracer.features import FOLLOW_LOADER_ENV
 from tracer.lab import Lab, LabSpec
 from tracer.libbpf_loader import TRIPS_ENV
-
-from test_follow_kernel import Follow, follow_pair, hops_by_copy, programs_gone  # noqa: E402
 
 pytestmark = pytest.mark.kernel
 

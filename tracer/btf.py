@@ -12,9 +12,10 @@ import hashlib
 import os
 import struct
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -178,7 +179,7 @@ class Btf:
         self._name_offs = name_offs.tobytes()
 
     @classmethod
-    def load(cls, path: Union[str, Path] = VMLINUX_BTF, index_cache: Optional[Path] = None) -> "Btf":
+    def load(cls, path: Union[str, Path] = VMLINUX_BTF, index_cache: Optional[Path] = None) -> Btf:
         """Read a raw BTF file, /sys/kernel/btf/vmlinux by default.
 
         index_cache: a file keeping the type index between runs. Walking vmlinux's 120k+ type

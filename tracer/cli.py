@@ -5,8 +5,9 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import click
 from rich.console import Console

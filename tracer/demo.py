@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable, TypeVar
 
 from rich.console import Console
 from rich.rule import Rule
@@ -13,9 +14,10 @@ from .records import Journey
 from .runtime import follow_session, wall_offset_ns
 from .sinks.terminal import TerminalSink
 
+T = TypeVar("T")
 
-def trace_while(console: Console, config: FollowConfig, action, stop: threading.Event
-                ) -> tuple[list[Journey], FollowSummary, object]:
+def trace_while(console: Console, config: FollowConfig, action: Callable[[], T], stop: threading.Event
+                ) -> tuple[list[Journey], FollowSummary, T]:
     """Follow config.mac while action() runs; return the journeys, the summary and action's result."""
     journeys: list[Journey] = []
     done = threading.Event()

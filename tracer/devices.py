@@ -6,7 +6,8 @@ name (the device was replaced), at most every `min_refresh_s`.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Optional
+from collections.abc import Iterable
+from typing import Callable, Optional
 
 from .records import Device, DeviceKey
 
@@ -25,7 +26,7 @@ class DeviceTable:
         self.refresh(force=True)
 
     @classmethod
-    def static(cls, netns: dict[int, str], devices: Iterable[Device]) -> "DeviceTable":
+    def static(cls, netns: dict[int, str], devices: Iterable[Device]) -> DeviceTable:
         """A table that never changes: for replaying recordings."""
         devs = list(devices)
         return cls(lambda: (netns, devs), min_refresh_s=float("inf"))

@@ -14,7 +14,6 @@ from .diagnosis import diagnose, locate, read_process_states, render_text, to_js
 from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
 
-
 MAX_ANALYSED = 10_000  # journeys kept for the rules (≈ 20 MB); later ones are only counted
 
 

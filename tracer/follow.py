@@ -7,16 +7,17 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Callable, Iterable, Optional, Protocol
+from typing import IO, Callable, Optional, Protocol
 
 from . import events as ev_codec
 from . import frames, trips
 from .config import FollowConfig
 from .devices import DeviceTable
 from .records import Device, Event, Journey
+from .ringbuf import Record
 from .stitch import Namer, Stitcher
-
 
 EXIT_BUDGET_S = 0.5  # after a signal: time allowed for the backlog once the BPF program is detached
 # While the kernel is losing events, a journey whose last event was lost would stay open for the
@@ -32,8 +33,8 @@ class EventSource(Protocol):
     (what poll would hand to sink one by one): run_follow then decodes the batch in one go; and
     read_up_to_ns() -> the moment before which every record has been read (see stitch_clock)."""
 
-    def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None: ...
-    def drain(self, sink: Callable[[bytes], None]) -> None: ...
+    def poll(self, sink: Callable[[Record], None], timeout_ms: int) -> None: ...
+    def drain(self, sink: Callable[[Record], None]) -> None: ...
     def lost(self) -> int: ...
     def watch_ips(self, addrs: Iterable[str]) -> None: ...
 
@@ -43,7 +44,7 @@ class Sink(Protocol):
     sink can write a batch in one system call) and before it waits for events."""
 
     def journey(self, j: Journey) -> None: ...
-    def summary(self, s: "FollowSummary") -> None: ...
+    def summary(self, s: FollowSummary) -> None: ...
     def close(self) -> None: ...
 
 
@@ -183,7 +184,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
     if known_ips:
         source.watch_ips(known_ips)
 
-    def take(raw: bytes) -> None:
+    def take(raw: Record) -> None:
         take_all((raw,))
 
     feed = stitcher.feed
@@ -309,7 +310,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
     finally:
         # Detach first: take the ring buffer's raw records (a copy each) and the lost count, close
         # the BPF program, and only then work through what user space still has to do.
-        backlog: list[bytes] = []
+        backlog: list[Record] = []
         source.drain(backlog.append)
         summary.lost_events = source.lost()
         close = getattr(source, "close", None)

@@ -61,7 +61,7 @@ class FrameInfo:
 
 _INFO_DEFAULTS = {"src_ip": None, "dst_ip": None, "arp_op": None, "arp_sender_ip": None, "arp_target_ip": None,
                   "nd_target": None}
-_DECODED: dict[bytes, "FrameInfo"] = {}
+_DECODED: dict[bytes, FrameInfo] = {}
 _DECODED_MAX = 4096
 
 
@@ -83,7 +83,7 @@ def _remembered(cache: dict, key: bytes, frame: bytes) -> FrameInfo:
     return info
 
 
-_FLOWS: dict[bytes, "FrameInfo"] = {}
+_FLOWS: dict[bytes, FrameInfo] = {}
 
 
 def decode_flow(frame: bytes) -> FrameInfo:

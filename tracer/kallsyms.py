@@ -44,11 +44,11 @@ class Kallsyms:
         self._preload: Optional[threading.Thread] = None
 
     @classmethod
-    def load(cls, path: Union[str, Path] = PROC_KALLSYMS) -> "Kallsyms":
+    def load(cls, path: Union[str, Path] = PROC_KALLSYMS) -> Kallsyms:
         """A lazily loaded table of the symbols in `path`."""
         return cls(path)
 
-    def preload(self) -> "Kallsyms":
+    def preload(self) -> Kallsyms:
         """Read the file now, in a background thread: follow's first journey needs the table
         while the ring buffer fills, and reading /proc/kallsyms takes ≈ 0.2 s. A failure shows
         at first use, as without it."""

@@ -16,9 +16,10 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from .errors import EnvironmentProblem
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Optional
 from . import trips
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
-from .ringbuf import RingBuffer
+from .ringbuf import Record, RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 # Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
@@ -135,7 +135,7 @@ def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: 
     if target.is_file():
         return target
     clang, bpftool, problem = build_tools(source)
-    if problem:
+    if problem or clang is None or bpftool is None:  # no problem means both were found
         raise EnvironmentProblem(problem)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -303,21 +303,21 @@ class LibbpfFollowProgram:
     loader = "libbpf"
 
     def __init__(self, features, mac: str, ringbuf_pages: int = 256, obj_path: Optional[Path] = None,
-                 attach: bool = True, trips: bool = True, learn: bool = False):
+                 attach: bool = True, kernel_trips: bool = True, learn: bool = False):
         """attach=False loads (the verifier's say) without attaching: for tests of the variants
-        this kernel can load but not attach. trips=False: every hop as its own event record
+        this kernel can load but not attach. kernel_trips=False: every hop as its own event record
         (no journeys stitched in the kernel). learn=True: the kernel adds the guest's own addresses
         to the watched ones as soon as it sends from them (follow's address learning)."""
         # Without BPF compare-and-swap (before 5.12) no trip slot can be claimed: the object is
         # built without them (bpf/kernel_compat.h) and every hop comes as its own event.
-        self.trips = trips and features.bpf_atomics.ok
+        self.trips = kernel_trips and features.bpf_atomics.ok
         self.learn = learn
         self._next_sweep = 0.0
         lib = libbpf()
         self._lib = lib
-        self._obj = None
+        self._obj: Optional[int] = None  # the bpf_object pointer while open
         self._links: list[int] = []
-        self._ring = None
+        self._ring: Optional[RingBuffer] = None
         self._trip_slots: Optional[trips.TripSlots] = None
         self.notes: list[str] = []  # what was given up on the way (a br_flood hook that wouldn't go)
         mac_int = mac_to_int(mac)
@@ -347,6 +347,8 @@ class LibbpfFollowProgram:
         self.bridge_hook = "none"
 
     def _map(self, name: str) -> int:
+        if self._obj is None:
+            raise RuntimeError(f"bpf/{FOLLOW_SOURCE}'s object is closed: no map {name}")
         return find_map(self._lib, self._obj, name, FOLLOW_SOURCE)
 
     def _load(self, features, mac_int: int, ringbuf_pages: int, attach: bool = True) -> None:
@@ -407,7 +409,8 @@ class LibbpfFollowProgram:
 
     def loaded_programs(self) -> set[str]:
         """Names of the object's programs that are in the kernel (passed the verifier)."""
-        names, lib = set(), self._lib
+        names: set[str] = set()
+        lib = self._lib
         prog = lib.bpf_object__next_program(self._obj, None) if self._obj else None
         while prog:
             if lib.bpf_program__fd(prog) > 0:
@@ -417,7 +420,7 @@ class LibbpfFollowProgram:
 
     def poll_batch(self, timeout_ms: int) -> list:
         """As loader.FollowProgram.poll_batch: the records now in the ring buffer, as memoryviews."""
-        records = self._ring.poll_batch(timeout_ms)
+        records: list = self._open_ring().poll_batch(timeout_ms)  # memoryviews, then swept trips' bytes
         if self.trips and time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + TRIP_SWEEP_EVERY_S
             records += self.sweep_trips(TRIP_SWEEP_AGE_NS)
@@ -434,21 +437,26 @@ class LibbpfFollowProgram:
         """Every record reserved before this moment has been read (RingBuffer.caught_up_ns)."""
         return self._ring.caught_up_ns if self._ring is not None else 0
 
-    def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
-        for raw in self._ring.poll(timeout_ms):
+    def _open_ring(self) -> RingBuffer:
+        if self._ring is None:
+            raise RuntimeError(f"bpf/{FOLLOW_SOURCE}'s ring buffer is closed")
+        return self._ring
+
+    def poll(self, sink: Callable[[Record], None], timeout_ms: int) -> None:
+        for raw in self._open_ring().poll(timeout_ms):
             sink(raw)
 
-    def drain(self, sink: Callable[[bytes], None]) -> None:
+    def drain(self, sink: Callable[[Record], None]) -> None:
         """What the ring buffer holds, then the trips still in the kernel's map (unfinished)."""
         while True:
-            records = self._ring.read()
+            records = self._open_ring().read()
             if not records:
                 break
             for raw in records:
                 sink(raw)
         if self.trips:
-            for raw in self.sweep_trips(0):
-                sink(raw)
+            for trip in self.sweep_trips(0):
+                sink(trip)
 
     def lost(self) -> int:
         """Events the kernel had no ring-buffer room for, since load (summed over CPUs)."""

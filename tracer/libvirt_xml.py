@@ -7,8 +7,9 @@ gave; /etc/libvirt/qemu/*.xml: defined domains).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Optional
 
 from .snapshot import normalize_mac
 
@@ -62,6 +63,7 @@ def parse_domain_xml(text: str, path: str = "", *, live: Optional[bool] = None,
         target = iface.find("target")
         source = iface.find("source")
         mtu = iface.find("mtu")
+        mtu_size = mtu.get("size", "") if mtu is not None else ""
         port = iface.find("port")
         link = iface.find("link")
         filt = iface.find("filterref")
@@ -71,7 +73,7 @@ def parse_domain_xml(text: str, path: str = "", *, live: Optional[bool] = None,
             target_managed=(target.get("managed", "yes") != "no") if target is not None else True,
             source_bridge=source.get("bridge", "") if source is not None else "",
             source_network=source.get("network", "") if source is not None else "",
-            mtu=int(mtu.get("size")) if mtu is not None and (mtu.get("size") or "").isdigit() else None,
+            mtu=int(mtu_size) if mtu_size.isdecimal() else None,
             isolated=port is not None and port.get("isolated") == "yes",
             link_down=link is not None and link.get("state") == "down",
             filterref=filt.get("filter", "") if filt is not None else "",

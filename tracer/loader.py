@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
-from .ringbuf import RingBuffer
+from .ringbuf import Record, RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 FOLLOW_SOURCE = "follow.c"
@@ -101,12 +101,12 @@ class FollowProgram:
         """Every record reserved before this moment has been read (RingBuffer.caught_up_ns)."""
         return self._ring.caught_up_ns if self._ring is not None else 0
 
-    def poll(self, sink: Callable[[bytes], None], timeout_ms: int) -> None:
+    def poll(self, sink: Callable[[Record], None], timeout_ms: int) -> None:
         """Wait up to timeout_ms for events and hand each raw record to sink."""
         for raw in self._ring.poll(timeout_ms):
             sink(raw)
 
-    def drain(self, sink: Callable[[bytes], None]) -> None:
+    def drain(self, sink: Callable[[Record], None]) -> None:
         while True:
             records = self._ring.read()
             if not records:
@@ -119,6 +119,8 @@ class FollowProgram:
         return sum(int(v) for v in self._bpf["lost"][0]) if self._bpf else 0
 
     def watch_ips(self, addrs: Iterable[str]) -> None:
+        if self._bpf is None:
+            raise RuntimeError("bpf/follow.c's program is closed: no addresses can be watched")
         table = self._bpf["watch_ips"]
         for addr in addrs:
             key = table.Key()

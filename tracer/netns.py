@@ -4,9 +4,10 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 from pyroute2 import IPRoute
 

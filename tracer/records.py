@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # tracer.stitch builds on these records
+    from .stitch import JourneyShape
 
 
 class Hook(enum.IntEnum):
@@ -132,4 +135,4 @@ class Journey:
     vm: str = ""  # the watched guest's VM name (libvirt domain, or the tap holder's), when known
     # Journeys the kernel stitched that took the same path share one template (stitch.JourneyShape):
     # sinks may cache their rendering of what doesn't change from one such journey to the next.
-    shape: Optional[object] = field(default=None, repr=False, compare=False)
+    shape: Optional[JourneyShape] = field(default=None, repr=False, compare=False)

@@ -26,7 +26,11 @@ import mmap
 import select
 import struct
 import time
-from typing import Optional
+from typing import Optional, Union
+
+# A raw record as the event sources hand it on: a memoryview into a ring-buffer read, or bytes
+# (a kernel-stitched trip swept from its map, tracer/trips.py).
+Record = Union[bytes, memoryview]
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -166,7 +170,7 @@ class RingBuffer:
         if ep is not None and not ep.closed:
             ep.close()
 
-    def __enter__(self) -> "RingBuffer":
+    def __enter__(self) -> RingBuffer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,26 +5,36 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 from rich.console import Console
 
 from .config import FollowConfig
 from .devices import DeviceTable
 from .errors import say_note
-from .follow import FollowSummary, Recorder, Sink, guest_taps, run_follow
+from .follow import EventSource, FollowSummary, Recorder, Sink, guest_taps, run_follow
 from .records import Journey
 from .sinks.jsonl import JsonLinesSink
 from .sinks.terminal import TerminalSink
 from .stitch import Namer
 
 if TYPE_CHECKING:
+    from .features import Features
     from .vms import VmInventory
 
 
-def machine_features():
+class LoadedProgram(EventSource, Protocol):
+    """follow's BPF program as the loader chain opens it (loader.FollowProgram under bcc,
+    libbpf_loader.LibbpfFollowProgram): an event source that leaving its block detaches."""
+
+    def __enter__(self) -> LoadedProgram: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def machine_features() -> Features:
     """The running kernel's features. TAPTTRACE_SYSFS points the probes at another sysfs root
     (a container's view, or a test's tree without BTF or tracefs)."""
     from .features import ProbeRoots, probe_features
@@ -96,14 +106,14 @@ class PcapJourneys:
 @dataclass
 class FollowSession:
     config: FollowConfig
-    program: object
+    program: LoadedProgram
     devices: DeviceTable
     namer: Namer
     sinks: list[Sink]
     stop: threading.Event
     recorder: Optional[Recorder] = None
     on_journey: Optional[Callable[[Journey], None]] = None
-    features: object = None
+    features: Optional[Features] = None
     summary: Optional[FollowSummary] = field(default=None)
 
     def describe(self) -> str:
@@ -120,20 +130,21 @@ class FollowSession:
         return self.summary
 
 
-def open_follow_program(features, config: FollowConfig, say: Callable[[str], None] = say_note):
+def open_follow_program(features: Features, config: FollowConfig,
+                        say: Callable[[str], None] = say_note) -> LoadedProgram:
     """follow's BPF program through the loader chain (features.open_with_fallback): libbpf's
     precompiled tp_btf object where features chose it, else (or when this kernel refuses it) bcc.
     `say` gets the chain's note when it falls back (doctor collects it)."""
     from .features import open_with_fallback
     from .loader import FollowProgram
 
-    def libbpf():
+    def libbpf() -> LoadedProgram:
         from .libbpf_loader import TRIPS_ENV, LibbpfFollowProgram
 
         return LibbpfFollowProgram(features, config.mac, config.ringbuf_pages,
-                                   trips=os.environ.get(TRIPS_ENV, "on") != "off", learn=config.learn_ips)
+                                   kernel_trips=os.environ.get(TRIPS_ENV, "on") != "off", learn=config.learn_ips)
 
-    def bcc():
+    def bcc() -> LoadedProgram:
         from .features import require
 
         require(features, "bcc")
@@ -151,7 +162,6 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
     """Everything follow needs, loaded and attached; leaving the block detaches and closes it all."""
     from .features import require
     from .snapshot import machine_devices
-
     from .taps import find_tap_holders
     from .vms import read_domains, vm_of_mac
 

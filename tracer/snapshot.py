@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from pyroute2 import IPRoute
 
@@ -300,7 +301,7 @@ class Snapshot:
         return json.dumps(_encode(self), indent=1, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Snapshot":
+    def from_json(cls, text: str) -> Snapshot:
         """Rebuild a Snapshot from Snapshot.to_json's text."""
         data = json.loads(text)
         if data.get("format") != FORMAT:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from . import frames, trips
 from .records import Copy, Device, Event, Hook, Hop, Journey, Verdict
@@ -78,7 +78,7 @@ class JourneyShape:
                          if k in ("copies", "verdict", "reason", "location", "drop_dev", "flood_ports",
                                   "flood_missed", "bridge"))
         self.generation = generation
-        self.cache: dict = {}
+        self.cache: dict[Callable[..., Any], Any] = {}  # keyed by the function that rendered it
 
 
 @dataclass
@@ -124,6 +124,7 @@ class Stitcher:
         self.stats.events += 1
         fp = frames.fingerprint(ev.data, ev.frame_len)
         dev = self.devices.device(ev.netns, ev.ifindex, ev.ifname) if ev.ifindex else None
+        js: Optional[_JourneyState]
         known = self._live.get(ev.skb)
         if known is not None:
             js, cs = known
@@ -203,7 +204,7 @@ class Stitcher:
             journey.shape = self._shapes[key] = JourneyShape(journey, getattr(self.devices, "refreshes", 0))
         return journey
 
-    def _whole_trip(self, trip: "trips.Trip") -> Journey:
+    def _whole_trip(self, trip: trips.Trip) -> Journey:
         """A whole trip built as the events it stands for would have been: the exact path."""
         self.stats.events += len(trip.hops)
         self.stats.trips += 1
@@ -273,6 +274,7 @@ class Stitcher:
         between; within one call they come in the order of their first event."""
         cap = len(self._open) if limit is None else limit
         done: list[_JourneyState] = []
+        js: Optional[_JourneyState]
         ended = self._ended
         if final:
             done = list(islice(self._open.values(), cap))
@@ -504,7 +506,7 @@ def _bridge_ingress(js: _JourneyState) -> Optional[Device]:
             if ev.hook == Hook.RECEIVE and dev is not None and dev.master is not None:
                 return dev
     for cs in js.copies:  # sent by the host through the bridge device
-        for ev, dev in cs.events:
+        for _ev, dev in cs.events:
             if dev is not None and dev.is_bridge:
                 return Device(dev.netns, dev.netns_name, dev.ifindex, dev.name, master=dev.ifindex,
                               master_name=dev.name)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 from .config import parse_mac
-from .libvirt_xml import LibvirtInterface, parse_domain_xml
 from .errors import EnvironmentProblem, UsageError
+from .libvirt_xml import LibvirtInterface, parse_domain_xml
 from .taps import TapHolder
 
 DEFAULT_URI = "qemu:///system"

@@ -4,10 +4,10 @@ Pure: locate() finds the guest's tap in a Snapshot, diagnose() runs the rules (r
 specific first) over the snapshot and the journeys `follow` produced. Nothing here reads the
 system except read_process_states(), which the caller runs (libvirt's domains come from tracer.vms).
 """
+from ..libvirt_xml import LibvirtInterface, parse_domain_xml
 from .commands import in_ns
 from .engine import diagnose, read_process_states, remarks
 from .journeys import load_journeys
-from ..libvirt_xml import LibvirtInterface, parse_domain_xml
 from .locate import libvirt_tap_mac, locate
 from .model import CAUSES, FOUND_BY, Diagnosis, Finding, Target
 from .render import SCHEMA_ID, journey_path, render_text, to_json

@@ -1,9 +1,10 @@
 """What every rule looks at: the snapshot, the target and the journeys, with the questions they ask of them."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping, Optional
+from typing import Optional
 
 from ..records import Journey
 from ..snapshot import Bridge, BridgePort, NetnsSnapshot, Snapshot

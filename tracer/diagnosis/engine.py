@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Optional, Union
 
 from ..records import Journey
 from ..snapshot import Snapshot

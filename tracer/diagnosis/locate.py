@@ -1,12 +1,13 @@
 """Find the guest's tap in a snapshot: --tap, libvirt's domain XML, libvirt's fe: convention, its MAC, the FDB."""
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 from ..errors import UsageError
+from ..libvirt_xml import LibvirtInterface, interfaces_for
 from ..records import Device
 from ..snapshot import FdbHit, Snapshot, normalize_mac
-from ..libvirt_xml import LibvirtInterface, interfaces_for
 from .model import Target
 
 

@@ -1,13 +1,14 @@
 """The records diagnose works with: where the guest is (Target), what a rule found (Finding), the answer (Diagnosis)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
+from ..libvirt_xml import LibvirtInterface
 from ..records import Device
 from ..snapshot import Bridge, BridgePort, FdbHit, NetnsSnapshot
 from ..taps import TapHolder, qemu_guest_name
-from ..libvirt_xml import LibvirtInterface
 
 # The stable vocabulary of causes (docs/causes.md). Order: the order the rules try them in.
 CAUSES: dict[str, str] = {

@@ -9,8 +9,9 @@ evaluate (conntrack state, xt matches, marks...) make the answer uncertain rathe
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 # The bridge's netfilter hooks in the order a forwarded frame crosses them.
 HOOK_ORDER = ("ingress", "prerouting", "forward", "postrouting", "egress")
@@ -306,9 +307,14 @@ def _compare(value: str, right: Any) -> Optional[bool]:
         if "range" in right:
             try:
                 lo, hi = (ipaddress.ip_address(str(x)) for x in right["range"])
-                return lo <= ipaddress.ip_address(value) <= hi
+                addr = ipaddress.ip_address(value)
             except ValueError:
                 return None
+            if lo.version != hi.version:
+                return None
+            # An IPv6 address is never in an IPv4 range (and the other way round); comparing
+            # addresses of two versions raises TypeError.
+            return addr.version == lo.version and int(lo) <= int(addr) <= int(hi)
     return None  # named sets (@name), maps, ...: not evaluated
 
 

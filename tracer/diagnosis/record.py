@@ -35,8 +35,9 @@ class Scenario:
     name: str
     expected: str
     spec: LabSpec = LabSpec()
-    breaks: Callable[[Lab], None] = lambda lab: None
-    traffic: Callable[[Lab], None] = lambda lab: lab.ping_guest_from_remote(count=3, interval=0.2)
+    # what either returns is not used (the traffic's ping result, say)
+    breaks: Callable[[Lab], object] = lambda lab: None
+    traffic: Callable[[Lab], object] = lambda lab: lab.ping_guest_from_remote(count=3, interval=0.2)
     duration: float = 4.0
 
 
@@ -70,6 +71,17 @@ def _no_holder(lab: Lab) -> None:
     lab.stop_guest()  # the tap stays, nobody holds it: no carrier
 
 
+def _isolated(lab: Lab) -> None:
+    _hv(lab, "bridge", "link", "set", "dev", lab.tap, "isolated", "on")
+    _hv(lab, "bridge", "link", "set", "dev", lab.uplink, "isolated", "on")
+
+
+def _nft_bridge_policy(lab: Lab) -> None:
+    _hv(lab, "nft", "add table bridge vmfw")
+    _hv(lab, "nft", "add chain bridge vmfw fw { type filter hook forward priority 0; policy drop; }")
+    _hv(lab, "nft", f"add rule bridge vmfw fw oifname \"{lab.uplink}\" accept")
+
+
 def _tap_listening(lab: Lab) -> None:
     _hv(lab, "ip", "link", "set", "dev", lab.bridge, "type", "bridge", "forward_delay", "3000", "stp_state", "1")
     _hv(lab, "ip", "link", "set", "dev", lab.tap, "down")
@@ -93,19 +105,14 @@ SCENARIOS = (
                                                                           lab.bridge, "down")),
     Scenario("no-holder", "port-not-forwarding", breaks=_no_holder),
     Scenario("ingress-listening", "port-not-forwarding", breaks=_ingress_listening),
-    Scenario("isolated", "flood-blocked", breaks=lambda lab: (
-        _hv(lab, "bridge", "link", "set", "dev", lab.tap, "isolated", "on"),
-        _hv(lab, "bridge", "link", "set", "dev", lab.uplink, "isolated", "on"))),
+    Scenario("isolated", "flood-blocked", breaks=_isolated),
     Scenario("fdb-ingress", "fdb-wrong-port", breaks=lambda lab: _hv(
         lab, "bridge", "fdb", "replace", lab.guest_mac, "dev", lab.uplink, "master", "static", "sticky")),
     Scenario("iptables-rule", "netfilter-drop", LabSpec(br_netfilter=True), breaks=lambda lab: _hv(
         lab, "iptables", "-A", "FORWARD", "-d", lab.guest_ip, "-p", "icmp", "-j", "DROP")),
     Scenario("ebtables", "netfilter-drop", breaks=lambda lab: _hv(
         lab, "ebtables", "-A", "FORWARD", "-d", lab.guest_mac, "-j", "DROP")),
-    Scenario("nft-bridge-policy", "netfilter-drop", breaks=lambda lab: (
-        _hv(lab, "nft", "add table bridge vmfw"),
-        _hv(lab, "nft", "add chain bridge vmfw fw { type filter hook forward priority 0; policy drop; }"),
-        _hv(lab, "nft", f"add rule bridge vmfw fw oifname \"{lab.uplink}\" accept"))),
+    Scenario("nft-bridge-policy", "netfilter-drop", breaks=_nft_bridge_policy),
     Scenario("stopped", "guest-not-reading", breaks=_pause, traffic=_flood, duration=6.0),
     Scenario("wrong-bridge", "wrong-bridge", breaks=_wrong_bridge),
 )
@@ -140,7 +147,7 @@ def follow(lab: Lab, s: Scenario) -> tuple[list[dict], dict]:
     if proc.returncode != 0:
         raise RuntimeError(f"follow failed: {err.strip()}")
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    summary = next((d for d in lines if d.get("schema") == "tapttrace.summary/1"), {})
+    summary: dict = next((d for d in lines if d.get("schema") == "tapttrace.summary/1"), {})
     return [d for d in lines if d.get("schema") == "tapttrace.journey/1"], summary
 
 

@@ -1,7 +1,8 @@
 """A Diagnosis for people (rich text) and for programs (one JSON object, docs/causes.md)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from rich.console import Group
 from rich.panel import Panel

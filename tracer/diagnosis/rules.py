@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable, Optional
 
+from ..libvirt_xml import bridge_interface_xml
 from . import journeys as jv
 from .context import Context
-from ..libvirt_xml import bridge_interface_xml
 from .locate import libvirt_tap_mac
 from .model import Finding
 from .netfilter import Culprit, Probe, Ruleset
@@ -173,8 +173,8 @@ def rule_local_mac(ctx: Context) -> Optional[Finding]:
     evidence = [f"FDB of {br.name}{ctx.where()}: {t.mac} is a local (permanent) entry on {holder}",
                 f"{ctx.tap}'s MAC is {t.tap.mac}; libvirt gives the taps it creates {fe}, never the guest's own MAC"]
     lv = t.libvirt
-    unmanaged = lv is not None and (lv.type == "ethernet" or not lv.target_managed)
-    if unmanaged and holder == ctx.tap:
+    # a tap libvirt uses as it finds it: <interface type='ethernet'> or <target managed='no'/>
+    if lv is not None and (lv.type == "ethernet" or not lv.target_managed) and holder == ctx.tap:
         why = f"because {ctx.tap}, the tap of vm {lv.domain}, carries the guest's MAC"
         managed = "" if lv.target_managed else " managed='no'"
         evidence += [
@@ -209,8 +209,8 @@ def rule_port_not_forwarding(ctx: Context) -> Optional[Finding]:
     if br is None or p is None or t.tap is None:
         return None
     skipped = [j for j in ctx.lost if not jv.dropped_copies(j)]
-    seen = (f"{_n(len(skipped), 'frame')} for the guest {_were(len(skipped))} never sent to {ctx.tap} (the bridge skips ports "
-            "that don't forward; nothing is dropped)",) if skipped else ()
+    seen = (f"{_n(len(skipped), 'frame')} for the guest {_were(len(skipped))} never sent to {ctx.tap} "
+            "(the bridge skips ports that don't forward; nothing is dropped)",) if skipped else ()
     facts = {"bridge": br.name, "port": p.name, "admin_up": p.admin_up, "carrier": p.carrier,
              "stp_state": p.stp_state, "stp_mode": br.stp_mode}
     ids, basis = jv.ids_of(skipped), _basis(True, bool(skipped))
@@ -529,12 +529,12 @@ def _nf_fix(ctx: Context, c: Culprit, j) -> str:
             ["-i", ingress] if ingress else ["-d", ctx.mac])
         return ctx.cmd("ebtables", *table, "-I", c.chain, *match, "-j", "ACCEPT")
     if c.family == "bridge" or c.family == "netdev":
-        match = f'oifname "{ctx.tap}"' if hook in ("forward", "postrouting", "egress") else (
+        nft_match = f'oifname "{ctx.tap}"' if hook in ("forward", "postrouting", "egress") else (
             f'iifname "{ingress}"' if ingress else f"ether daddr {ctx.mac}")
     else:
-        match = {"forward": f'iifname "{br}" oifname "{br}"', "postrouting": f'oifname "{br}"'}.get(
+        nft_match = {"forward": f'iifname "{br}" oifname "{br}"', "postrouting": f'oifname "{br}"'}.get(
             hook, f'iifname "{br}"')
-    return ctx.cmd("nft", f"insert rule {c.family} {c.table} {c.chain} {match} accept")
+    return ctx.cmd("nft", f"insert rule {c.family} {c.table} {c.chain} {nft_match} accept")
 
 
 def rule_mtu(ctx: Context) -> Optional[Finding]:
@@ -622,7 +622,7 @@ def rule_guest_not_reading(ctx: Context) -> Optional[Finding]:
     for h in stopped:
         evidence.append(f"process {h.pid} ({h.comm}) is stopped (state T): it was sent SIGSTOP")
         fix.append(f"kill -CONT {h.pid}")
-    if paused:
+    if paused and t.libvirt is not None:
         evidence.append(f"libvirt domain {t.libvirt.domain} is paused")
         fix.append(f"virsh resume {t.libvirt.domain}")
     advice = () if fix else (
@@ -692,7 +692,8 @@ def rule_ok(ctx: Context) -> Optional[Finding]:
         return None
     who = jv.readers(read, ctx.tap)
     reader = ", ".join(who) if who else ctx.holders_text()
-    evidence = [f"{_n(len(read), 'frame')} for the guest {_were(len(read))} delivered to {ctx.tap} and read by {reader}"]
+    evidence = [f"{_n(len(read), 'frame')} for the guest {_were(len(read))} delivered to {ctx.tap} "
+                f"and read by {reader}"]
     if ctx.lost:
         evidence.append(f"{_n(len(ctx.lost), 'other frame')} for the guest didn't reach {ctx.tap} but weren't dropped "
                         "either (" + ", ".join(sorted({j.verdict for j in ctx.lost})) + ")")

@@ -21,10 +21,11 @@ from .service import ExporterConfig, exporter_session
 @click.option("--netns", "netns", multiple=True, metavar="NAME",
               help="Only count in this network namespace ('root', a name from `ip netns list`). Repeatable.")
 @click.option("--bridge", "bridges", multiple=True, metavar="NAME", help="Only count this bridge. Repeatable.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key (PEM).")
-@click.option("--refresh", "refresh_seconds", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True, metavar="S",
-              help="Re-read devices (VMs starting and stopping) every S seconds.")
+@click.option("--refresh", "refresh_seconds", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, metavar="S", help="Re-read devices (VMs starting and stopping) every S seconds.")
 @click.option("--max-series", type=int, default=2000, show_default=True, metavar="N",
               help="Series per metric family; more are added into one series labelled _overflow.")
 @click.option("--connect", "libvirt_uri", metavar="URI",
@@ -36,15 +37,20 @@ def exporter_command(listen: str, netns: tuple[str, ...], bridges: tuple[str, ..
     """Count every bridge's forwarding verdicts, drops, tap delivery and FDB changes in the kernel;
     serve them to Prometheus."""
     try:
-        if bool(tls_cert) != bool(tls_key):
-            raise UsageError("--tls-cert and --tls-key go together")
+        tls = None
+        if tls_cert or tls_key:
+            if not (tls_cert and tls_key):
+                raise UsageError("--tls-cert and --tls-key go together")
+            tls = Tls(tls_cert, tls_key)
         config = ExporterConfig(listen=Listen.parse(listen), filters=Filters(frozenset(netns), frozenset(bridges)),
-                                tls=Tls(tls_cert, tls_key) if tls_cert else None,
+                                tls=tls,
                                 refresh_seconds=refresh_seconds, max_series=max_series, libvirt_uri=libvirt_uri)
         stop = threading.Event()
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, lambda *_: stop.set())
         with exporter_session(config) as session:
+            if session.server is None:
+                raise RuntimeError("exporter_session(serve=True) started no server")
             scheme = "https" if config.tls else "http"
             click.echo(f"tapttrace exporter: serving {scheme}://{config.listen.host}:{session.server.port}/metrics",
                        err=True)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .labels import OVERFLOW, Inventory, Namer, roles, vm_macs
-from .program import FDB_EVENTS, HEALTH, TAP_EVENTS, VERDICTS, Counts
+from .program import FDB_EVENTS, HEALTH, TAP_EVENTS, VERDICTS, CounterProgram, Counts
 
 FRAME_LABELS = ("netns", "bridge", "in_port", "out_port", "verdict")
 DROP_LABELS = ("netns", "dev", "reason", "location")
@@ -56,7 +57,7 @@ class SeriesCap:
 
 
 class ExporterCollector:
-    def __init__(self, program, namer: Namer, inventory: Callable[[], Inventory], *,
+    def __init__(self, program: CounterProgram, namer: Namer, inventory: Callable[[], Inventory], *,
                  filters: Filters = Filters(), max_series: int = 2000, grace_refreshes: int = 2,
                  build: Optional[dict[str, str]] = None):
         self.program = program
@@ -120,7 +121,8 @@ class ExporterCollector:
         dead = {k for k, n in self._gone.items() if n > self.grace} | reused
         if not dead:
             return
-        self.program.delete("verdicts", [k for k in counts.verdicts if {(k[0], k[1]), (k[0], k[2]), (k[0], k[3])} & dead])
+        self.program.delete("verdicts",
+                            [k for k in counts.verdicts if {(k[0], k[1]), (k[0], k[2]), (k[0], k[3])} & dead])
         self.program.delete("drops", [k for k in counts.drops if (k[0], k[1]) in dead])
         self.program.delete("taps", [k for k in counts.taps if (k[0], k[1]) in dead])
         self.program.delete("fdb", [k for k in counts.fdb if {(k[0], k[1]), (k[0], k[2])} & dead])

@@ -7,8 +7,9 @@ placeholder, "ifindex:N", when it was never seen), so decoding never fails.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 from ..records import Device
 from .program import ROLE_BRIDGE, ROLE_PORT, ROLE_TAP, Role
@@ -26,7 +27,7 @@ class Inventory:
 
     @classmethod
     def build(cls, netns_names: dict[int, str], devices: Iterable[Device],
-              vms: Optional[dict[tuple[int, str], str]] = None) -> "Inventory":
+              vms: Optional[dict[tuple[int, str], str]] = None) -> Inventory:
         return cls(dict(netns_names), {(d.netns, d.ifindex): d for d in devices}, dict(vms or {}))
 
     def watched(self, netns: Optional[set[str]] = None, bridges: Optional[set[str]] = None) -> list[Device]:

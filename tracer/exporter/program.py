@@ -6,9 +6,10 @@ constants: the Features record's offsets, plus the bridge structures' offsets re
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Protocol
 
 from ..errors import EnvironmentProblem, KernelError
 
@@ -84,6 +85,18 @@ class Counts:
     health: dict[str, int]
 
 
+class CounterProgram(Protocol):
+    """The exporter's BPF program as the collector uses it: ExporterProgram (bcc) or
+    program_btf.LibbpfExporterProgram; leaving its block (or close()) detaches it."""
+
+    def set_devices(self, roles: Iterable[Role], vm_macs: dict[int, tuple[int, int]]) -> None: ...
+    def read(self) -> Counts: ...
+    def delete(self, name: str, keys: Iterable[tuple]) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> CounterProgram: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def bridge_offsets(btf_path: str = "/sys/kernel/btf/vmlinux") -> dict[str, int]:
     """Offsets of the bridge structures the FDB hooks read, from BTF (never from headers)."""
     from ..btf import Btf
@@ -115,7 +128,8 @@ class ExporterProgram:
         try:
             import bcc
         except ImportError:
-            raise EnvironmentProblem("bcc is not importable: install Debian's python3-bpfcc (scripts/setup.sh)") from None
+            raise EnvironmentProblem("bcc is not importable: install Debian's python3-bpfcc "
+                                     "(scripts/setup.sh)") from None
         self._bpf = None
         self._first_devices = True
         features.headers.apply()
@@ -143,10 +157,16 @@ class ExporterProgram:
                               + ", ".join(self.size_errors))
         self.attached = len(HOOKS)
 
+    def _table(self, name: str) -> Any:
+        """One of the program's maps (a bcc table)."""
+        if self._bpf is None:
+            raise RuntimeError(f"the exporter's BPF program is closed: no map {name}")
+        return self._bpf[name.encode()]
+
     def _check_layout(self) -> list[str]:
         bad = []
         for name, (key, val) in MAP_LAYOUT.items():
-            table = self._bpf[name.encode()]
+            table = self._table(name)
             if ctypes.sizeof(table.Key) != ctypes.sizeof(key):
                 bad.append(f"{name} key {ctypes.sizeof(table.Key)} != {ctypes.sizeof(key)}")
             leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU tables: the one-CPU value
@@ -157,7 +177,7 @@ class ExporterProgram:
     def set_devices(self, roles: Iterable[Role], vm_macs: dict[int, tuple[int, int]]) -> None:
         """Make the kernel's device and VM-MAC tables exactly these (adds, updates, removes)."""
         want = {(r.netns, r.ifindex): (r.role, r.bridge) for r in roles}
-        table = self._bpf[b"devs"]
+        table = self._table("devs")
         have = {(k.netns, k.ifindex): (v.role, v.bridge) for k, v in table.items()}
         changed = False
         for key in have.keys() - want.keys():
@@ -171,10 +191,10 @@ class ExporterProgram:
             # The hooks cache `devs`' answer per net_device pointer, tagged with this generation
             # (bpf/exporter.c, devc): a new generation makes them ask again. Also bumped on the
             # first call, so nothing cached before it outlives it.
-            gen = self._bpf[b"devgen"]
+            gen = self._table("devgen")
             gen[ctypes.c_int(0)] = ctypes.c_uint64(gen[ctypes.c_int(0)].value + 1)
             self._first_devices = False
-        macs = self._bpf[b"vm_macs"]
+        macs = self._table("vm_macs")
         have_macs = {k.value: (v.netns, v.ifindex) for k, v in macs.items()}
         for mac in have_macs.keys() - vm_macs.keys():
             del macs[ctypes.c_uint64(mac)]
@@ -184,12 +204,12 @@ class ExporterProgram:
 
     def _sum(self, name: str, fields: tuple[str, ...]) -> dict[tuple, int]:
         out: dict[tuple, int] = {}
-        for k, per_cpu in self._bpf[name.encode()].items():
+        for k, per_cpu in self._table(name).items():
             out[tuple(getattr(k, f) for f in fields)] = sum(int(v) for v in per_cpu)
         return out
 
     def read(self) -> Counts:
-        health = self._bpf[b"health"]
+        health = self._table("health")
         return Counts(
             verdicts=self._sum("verdicts", COUNT_FIELDS["verdicts"]),
             drops=self._sum("drops", COUNT_FIELDS["drops"]),
@@ -200,7 +220,7 @@ class ExporterProgram:
 
     def delete(self, name: str, keys: Iterable[tuple]) -> None:
         """Remove counter series (of devices gone for good) so the kernel maps don't fill up."""
-        table = self._bpf[name.encode()]
+        table = self._table(name)
         for key in keys:
             try:
                 del table[table.Key(**dict(zip(COUNT_FIELDS[name], key)))]
@@ -213,7 +233,7 @@ class ExporterProgram:
             self._bpf = None
             self.attached = 0
 
-    def __enter__(self) -> "ExporterProgram":
+    def __enter__(self) -> ExporterProgram:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,9 +17,10 @@ import ctypes
 import errno
 import struct
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 from ..errors import KernelError, say_note
 from ..libbpf_loader import _why, build_object, find_map, libbpf, open_object
@@ -233,7 +234,7 @@ class LibbpfExporterProgram:
                  obj_path: Optional[Path] = None, attach: bool = True, max_pairs: int = 4096):
         """attach=False loads (the verifier's say) without attaching, for tests."""
         self._lib = libbpf()
-        self._obj = None
+        self._obj: Optional[int] = None  # the bpf_object pointer while open
         self.indices = IndexTable(MAX_DEVS, int(max_pairs))
         self._links: list[int] = []
         self.notes: list[str] = []  # what was given up (the FDB hooks where the bridge has no tracepoints)
@@ -251,6 +252,8 @@ class LibbpfExporterProgram:
         self._obj = open_object(self._lib, path)
 
     def _map(self, name: str) -> int:
+        if self._obj is None:
+            raise RuntimeError(f"bpf/{SOURCE}'s object is closed: no map {name}")
         return find_map(self._lib, self._obj, name, SOURCE)
 
     def _programs(self) -> Iterator[tuple[str, int]]:
@@ -417,7 +420,7 @@ class LibbpfExporterProgram:
             self._lib.bpf_object__close(self._obj)
             self._obj = None
 
-    def __enter__(self) -> "LibbpfExporterProgram":
+    def __enter__(self) -> LibbpfExporterProgram:
         return self
 
     def __exit__(self, *exc) -> None:

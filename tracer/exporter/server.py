@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -39,7 +39,7 @@ class MetricsServer:
     def __init__(self, collector, listen: Listen, tls: Optional[Tls] = None):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        kw = {"certfile": tls.certfile, "keyfile": tls.keyfile} if tls else {}
+        kw: dict[str, Any] = {"certfile": tls.certfile, "keyfile": tls.keyfile} if tls else {}
         try:
             self._httpd, self._thread = start_http_server(listen.port, listen.host, self.registry, **kw)
         except OSError as err:

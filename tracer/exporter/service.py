@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Optional
 
 from .. import __version__
 from .collector import ExporterCollector, Filters
 from .labels import Inventory, Namer
+from .program import CounterProgram
 from .server import Listen, MetricsServer, Tls
+
+if TYPE_CHECKING:
+    from ..features import Features
 
 
 @dataclass(frozen=True)
@@ -50,18 +55,18 @@ def kernel_namer(features) -> Namer:
                  symbol=symbol)
 
 
-def open_program(features, max_series: int = 16384):
+def open_program(features: Features, max_series: int = 16384) -> CounterProgram:
     """The exporter's BPF program, loaded and attached by the loader features chose
     (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one). The libbpf path
     never imports bcc."""
     from ..features import open_with_fallback, require
 
-    def libbpf():
+    def libbpf() -> CounterProgram:
         from .program_btf import LibbpfExporterProgram
 
         return LibbpfExporterProgram(features, max_series=max_series)
 
-    def bcc():
+    def bcc() -> CounterProgram:
         from .program import ExporterProgram
 
         require(features, "bcc")
@@ -83,7 +88,7 @@ REFRESHER_JOIN_S = 5.0  # a refresh reads netlink and /proc for every namespace:
 class ExporterSession:
     collector: ExporterCollector
     server: Optional[MetricsServer]
-    program: object
+    program: CounterProgram
 
 
 @contextmanager

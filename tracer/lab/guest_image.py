@@ -24,10 +24,11 @@ import stat
 import struct
 import subprocess
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Optional, Union
 
 from ..errors import EnvironmentProblem
 
@@ -145,7 +146,8 @@ def cpio_newc(entries: Iterable[CpioEntry]) -> bytes:
 
 def read_cpio_newc(blob: bytes) -> list[CpioEntry]:
     """The inverse of cpio_newc (for tests and for checking a cached image)."""
-    entries, pos = [], 0
+    entries: list[CpioEntry] = []
+    pos = 0
     while True:
         if blob[pos:pos + 6] != b"070701":
             raise ValueError(f"not a newc header at offset {pos}")
@@ -175,7 +177,7 @@ def modinfo(ko: bytes) -> dict[str, str]:
     for name_off, _type, _flags, _addr, offset, size in sections:
         end = ko.index(b"\0", strtab_off + name_off)
         if ko[strtab_off + name_off:end] == b".modinfo":
-            info = {}
+            info: dict[str, str] = {}
             for item in ko[offset:offset + size].split(b"\0"):
                 key, sep, value = item.decode(errors="replace").partition("=")
                 if sep:
@@ -300,8 +302,8 @@ def kernel_package_name(cache_dir: Optional[Path] = None) -> str:
     p = _apt("apt-cache", "depends", KERNEL_META_PACKAGE)
     names = re.findall(r"Depends:\s*(linux-image-\S+)", p.stdout)
     if p.returncode or not names:
-        raise EnvironmentProblem(f"guest image: can't find the kernel package: apt-cache depends {KERNEL_META_PACKAGE}: "
-                                 f"{_last_line(p.stderr or p.stdout)} (run apt-get update?)")
+        raise EnvironmentProblem(f"guest image: can't find the kernel package: apt-cache depends "
+                                 f"{KERNEL_META_PACKAGE}: {_last_line(p.stderr or p.stdout)} (run apt-get update?)")
     if memo:
         memo.write_text(f"{stamp} {names[0]}\n")
     return names[0]

@@ -29,9 +29,18 @@ from typing import Optional
 from xml.sax.saxutils import quoteattr
 
 from .guest_image import READY_MARKER, ensure_guest_image, guest_cmdline
+from .topology import (
+    GuestFailed,
+    LabCommandFailed,
+    PingResult,
+    _track,
+    libvirt_tap_mac,
+    pid_alive,
+    ping_argv,
+    ping_result,
+    random_guest_mac,
+)
 from .topology import remove_stale as remove_stale_namespaces
-from .topology import (GuestFailed, LabCommandFailed, PingResult, _track, libvirt_tap_mac, pid_alive, ping_argv,
-                       ping_result, random_guest_mac)
 
 URI = "qemu:///system"
 DOMAIN_PREFIX = "ttlv"
@@ -144,7 +153,7 @@ class LibvirtDaemons:
         self.started.append((daemon, int(Path(pidfile).read_text().strip())))
 
     def close(self) -> None:
-        for daemon, pid in reversed(self.started):
+        for _daemon, pid in reversed(self.started):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -255,7 +264,7 @@ class LibvirtLab:
 
     # -- life cycle ----------------------------------------------------------------------------
 
-    def __enter__(self) -> "LibvirtLab":
+    def __enter__(self) -> LibvirtLab:
         atexit.register(self.close)
         _track(self, True)
         try:

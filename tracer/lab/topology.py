@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 from ..errors import EnvironmentProblem, TapttraceError
 from .guest import link_local
@@ -140,7 +140,13 @@ def remove_stale(prefix: str = PREFIX) -> list[str]:
 # open and the program has no handler of its own, ours tears the open labs down and then dies of
 # the same signal, so the exit status still says what killed it.
 
-_open_labs: set["Lab"] = set()
+class _OpenLab(Protocol):
+    """What the handler needs of an open lab (a Lab or a lab.libvirt.LibvirtLab)."""
+
+    def close(self) -> None: ...
+
+
+_open_labs: set[_OpenLab] = set()
 _open_lock = threading.Lock()
 _FATAL = (signal.SIGTERM, signal.SIGHUP)
 
@@ -152,7 +158,7 @@ def _on_fatal_signal(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signum)
 
 
-def _track(lab: "Lab", open_: bool) -> None:
+def _track(lab: _OpenLab, open_: bool) -> None:
     with _open_lock:
         (_open_labs.add if open_ else _open_labs.discard)(lab)
         last = not _open_labs
@@ -202,7 +208,7 @@ class Lab:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         remove_stale(self.prefix)
         atexit.register(self.close)
         _track(self, True)
@@ -315,7 +321,8 @@ class Lab:
         deadline = time.monotonic() + QEMU_BOOT_TIMEOUT
         while READY_MARKER not in (text := console.read_text(errors="replace")):
             if g.poll() is not None or time.monotonic() > deadline:
-                status = f"qemu exit {g.returncode}" if g.poll() is not None else f"no {READY_MARKER} in {QEMU_BOOT_TIMEOUT:.0f} s"
+                status = (f"qemu exit {g.returncode}" if g.poll() is not None
+                          else f"no {READY_MARKER} in {QEMU_BOOT_TIMEOUT:.0f} s")
                 self.stop_guest()
                 tail = " | ".join((text.strip().splitlines() or ["(console empty)"])[-8:])
                 qemu_said = log.read_text(errors="replace").strip()

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import IO, Callable
+from json.encoder import encode_basestring_ascii
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from ..records import Copy, Hop, Journey
+
+if TYPE_CHECKING:  # for the annotation only: the sinks don't load the follow pipeline
+    from ..follow import FollowSummary
 
 SCHEMA_ID = "tapttrace.journey/1"
 
@@ -108,10 +111,11 @@ def compile_line(j: Journey) -> Callable[[Journey, int], str]:
     params = ", ".join(f"t{k}=t{k}" for k in range(len(texts)))
     source = (f"def line(j, off, {params}, dumps=dumps):\n"
               f"    start = j.first_ns\n    hops = j.hops\n    return f\"{body}\"\n")
-    scope = {f"t{k}": t for k, t in enumerate(texts)}
+    scope: dict[str, Any] = {f"t{k}": t for k, t in enumerate(texts)}
     scope["dumps"] = encode_basestring_ascii  # what json.dumps does with a str, without its Python layers
     exec(compile(source, "<tapttrace.jsonl line>", "exec"), scope)
-    return scope["line"]
+    line: Callable[[Journey, int], str] = scope["line"]
+    return line
 
 
 class JsonLinesSink:
@@ -154,7 +158,7 @@ class JsonLinesSink:
         while view:
             view = view[os.write(fd, view):]  # a signal may cut a write short: go on from there
 
-    def summary(self, s: "FollowSummary") -> None:  # noqa: F821 - defined in tracer.follow
+    def summary(self, s: FollowSummary) -> None:
         self._lines.append(json.dumps({"schema": "tapttrace.summary/1", **s.as_dict()}))
         self.flush()
 

@@ -26,10 +26,13 @@ class PcapSink:
     (tcpdump -r while a trace runs, or after tapttrace is killed) never meets half a record.
     """
 
-    def __init__(self, target: Union[str, "os.PathLike[str]", IO[bytes]]):
+    def __init__(self, target: Union[str, os.PathLike[str], IO[bytes]]):
         # Only a file we opened is ours to close; a caller's stream (stdout for `--pcap -`) is not.
-        self._own = isinstance(target, (str, os.PathLike))
-        self._out: IO[bytes] = open(target, "wb") if self._own else target  # type: ignore[arg-type]
+        self._out: IO[bytes]
+        if isinstance(target, (str, os.PathLike)):
+            self._own, self._out = True, open(target, "wb")
+        else:
+            self._own, self._out = False, target
         self._out.write(_FILE_HEADER.pack(MAGIC_NS, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET))
         self._out.flush()
 
@@ -48,7 +51,7 @@ class PcapSink:
         else:
             self._out.flush()
 
-    def __enter__(self) -> "PcapSink":
+    def __enter__(self) -> PcapSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
