@@ -23,9 +23,10 @@ installed() {  # prints the packages among "$@" that are fully installed (dpkg -
 # clang-14, libbpf-dev: build bpf/follow.c and bpf/exporter_btf.c, the precompiled tp_btf objects follow
 # and the exporter load with libbpf.
 # kmod, xz-utils: the kernel matrix (tests/kernels: depmod, Debian 13's xz-compressed modules, modprobe in the guests).
+# python3-cap-ng: the exporter keeps only the capabilities it needs after attaching (libcap-ng; not on PyPI).
 # qemu-system-x86, busybox-static: the lab's real guest (docs/lab.md); libvirt-*: a real libvirtd for the
 # tests of the original report's two interface types, and python3-libvirt for --vm (read-only).
-packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt clang-14 libbpf-dev kmod xz-utils)
+packages=(python3-bpfcc bpftool iproute2 iputils-ping tcpdump nftables iptables python3-venv procps util-linux prometheus gcc libc6-dev python3-yaml openssl qemu-system-x86 busybox-static libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients python3-libvirt clang-14 libbpf-dev kmod xz-utils python3-cap-ng)
 have=" $(installed "${packages[@]}" | tr '\n' ' ') "
 missing=()
 for p in "${packages[@]}"; do

@@ -21,7 +21,7 @@ from tracer.exporter import program_btf as btf_prog
 from tracer.exporter.collector import ExporterCollector, SeriesCap
 from tracer.exporter.labels import OVERFLOW, Inventory, Namer, roles, vm_mac_key
 from tracer.exporter.program import Counts
-from tracer.exporter.server import Listen, MetricsServer, Tls
+from tracer.exporter.server import Listen, MetricsServer, Tls, WebConfig
 from tracer.records import Device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def test_tls_serves_metrics_over_https(tmp_path):
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
     c = make([Inventory.build({NS: "hv"}, [BR])])
-    server = MetricsServer(c, Listen("127.0.0.1", 0), Tls(str(cert), str(key)))
+    server = MetricsServer(c, Listen("127.0.0.1", 0), WebConfig(Tls(str(cert), str(key)))).start()
     try:
         ctx = ssl.create_default_context(cafile=str(cert))
         body = urllib.request.urlopen(f"https://127.0.0.1:{server.port}/metrics", context=ctx, timeout=10).read()

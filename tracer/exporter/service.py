@@ -13,7 +13,8 @@ from .. import __version__
 from .collector import ExporterCollector, Filters
 from .labels import Inventory, Namer
 from .program import CounterProgram
-from .server import Listen, MetricsServer, Tls
+from .server import Listen, MetricsServer
+from .webconfig import WebConfig
 
 if TYPE_CHECKING:
     from ..features import Features
@@ -23,11 +24,14 @@ if TYPE_CHECKING:
 class ExporterConfig:
     listen: Listen = Listen("127.0.0.1", 9477)
     filters: Filters = Filters()
-    tls: Optional[Tls] = None
+    web: WebConfig = WebConfig()  # TLS and basic auth (--web.config.file, --tls-cert/--tls-key)
     refresh_seconds: float = 5.0
     max_series: int = 2000  # per metric family
     max_kernel_series: int = 16384  # per kernel counter map
     libvirt_uri: Optional[str] = None  # None: the default URI when a daemon answers there
+    # Keep only privileges.KEEP once attached and bound. Off unless asked (the command asks): it
+    # can't be undone, and a test's exporter runs inside the test process.
+    drop_capabilities: bool = False
 
 
 def machine_inventory(libvirt_uri: Optional[str] = None) -> Inventory:
@@ -42,10 +46,12 @@ def machine_inventory(libvirt_uri: Optional[str] = None) -> Inventory:
     return Inventory.build(names, devices, vms)
 
 
-def kernel_namer(features) -> Namer:
+def kernel_namer(features, *, read_now: bool = False) -> Namer:
     from ..kallsyms import Kallsyms
 
     ksyms = Kallsyms.load()
+    if read_now:
+        len(ksyms)  # read the table while CAP_SYSLOG still shows the addresses (privileges.py)
 
     def symbol(addr: int) -> str:
         hit = ksyms.lookup(addr)
@@ -89,6 +95,7 @@ class ExporterSession:
     collector: ExporterCollector
     server: Optional[MetricsServer]
     program: CounterProgram
+    capabilities: Optional[tuple[str, ...]] = None  # what was kept, when they were dropped
 
 
 @contextmanager
@@ -104,17 +111,24 @@ def exporter_session(config: ExporterConfig, *, serve: bool = True) -> Iterator[
     stop = threading.Event()
     with ExitStack() as stack:
         program = stack.enter_context(open_program(features, max_series=config.max_kernel_series))
-        collector = ExporterCollector(program, kernel_namer(features),
+        collector = ExporterCollector(program, kernel_namer(features, read_now=config.drop_capabilities),
                                       lambda: machine_inventory(config.libvirt_uri),
                                       filters=config.filters, max_series=config.max_series,
                                       build={"version": __version__, "kernel": os.uname().release})
         collector.refresh()
+        server = None
+        if serve:
+            server = MetricsServer(collector, config.listen, config.web)
+            stack.callback(server.close)
+        kept = None
+        if config.drop_capabilities:
+            from .privileges import drop_capabilities
+
+            kept = drop_capabilities()  # attached and bound; no thread started yet (capabilities are per thread)
         refresher = collector.run_refresher(stop, config.refresh_seconds)
         # Before the program closes (the stack unwinds backwards): a refresh still reading its maps
         # then would fail on closed fds and print a traceback at every other Ctrl-C.
         stack.callback(_stop_refresher, stop, refresher)
-        server = None
-        if serve:
-            server = MetricsServer(collector, config.listen, config.tls)
-            stack.callback(server.close)
-        yield ExporterSession(collector, server, program)
+        if server is not None:
+            server.start()
+        yield ExporterSession(collector, server, program, kept)
