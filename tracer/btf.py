@@ -74,6 +74,7 @@ _TRAILER = {
 }
 _MODIFIERS = frozenset({Kind.TYPEDEF, Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
 _QUALIFIERS = frozenset({Kind.VOLATILE, Kind.CONST, Kind.RESTRICT, Kind.TYPE_TAG})
+_MAX_NESTING = 64  # pointers, arrays and prototypes inside one another: real kernels stay far below
 
 
 class BtfError(Exception):
@@ -216,7 +217,7 @@ class Btf:
         offsets, name_offs = array("I"), array("I")
         offsets.frombytes(index[:half])
         name_offs.frombytes(index[half:])
-        if offsets[0] != 0 or offsets[-1] >= max(type_len, 1):
+        if offsets[0] != 0 or offsets[-1] + 12 > max(type_len, 12) or len(offsets) != len(name_offs):
             raise BtfError("BTF index cache does not fit the type section")
         return offsets, name_offs
 
@@ -234,6 +235,8 @@ class Btf:
         append, append_name = offsets.append, name_offs.append
         pos = 0
         while pos < type_len:
+            if pos + 12 > type_len:
+                raise BtfError("last BTF type record runs past the type section")
             append(pos)
             name_off, info = unpack(types, pos)
             append_name(name_off)
@@ -253,8 +256,13 @@ class Btf:
         return len(self._offsets)
 
     def string(self, offset: int) -> str:
-        end = self._strings.index(b"\0", offset)
-        return self._strings[offset:end].decode()
+        end = self._strings.find(b"\0", offset)
+        if end < 0:
+            raise BtfError(f"BTF string offset {offset} is past the string section or unterminated")
+        try:
+            return self._strings[offset:end].decode()
+        except UnicodeDecodeError:
+            raise BtfError(f"BTF string at {offset} is not UTF-8") from None
 
     def type(self, type_id: int) -> BtfType:
         if not 0 < type_id < len(self._offsets):
@@ -352,8 +360,10 @@ class Btf:
                 raise BtfError(f"modifier loop at BTF type {type_id}")
         return type_id
 
-    def size_of(self, type_id: int) -> int:
+    def size_of(self, type_id: int, _depth: int = 0) -> int:
         """sizeof() of a type, in bytes."""
+        if _depth > _MAX_NESTING:  # arrays of arrays of…: only damaged BTF loops
+            raise BtfError(f"BTF type {type_id} nests deeper than {_MAX_NESTING}")
         type_id = self.resolve(type_id)
         if type_id == 0:
             raise BtfNotFound("void has no size")
@@ -364,7 +374,7 @@ class Btf:
             return self.pointer_size
         if t.kind == Kind.ARRAY:
             elem, _, nelems = struct.unpack_from(self._endian + "III", self._types, t.offset + 12)
-            return self.size_of(elem) * nelems
+            return self.size_of(elem, _depth + 1) * nelems
         raise BtfNotFound(f"BTF type {type_id} ({t.kind.name}) has no size")
 
     @property
@@ -374,10 +384,13 @@ class Btf:
             return self.type(type_id).size_or_type
         return 8
 
-    def type_name(self, type_id: int) -> str:
+    def type_name(self, type_id: int, _depth: int = 0) -> str:
         """The C spelling of a type, e.g. "const struct sk_buff *"."""
         if type_id == 0:
             return "void"
+        if _depth > _MAX_NESTING:  # a pointer to itself, a prototype taking itself: only damaged BTF
+            raise BtfError(f"BTF type {type_id} nests deeper than {_MAX_NESTING}")
+        spell = lambda inner: self.type_name(inner, _depth + 1)  # noqa: E731
         t = self.type(type_id)
         if t.kind in (Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64, Kind.FWD):
             tag = {Kind.STRUCT: "struct", Kind.UNION: "union"}.get(t.kind, "enum")
@@ -385,21 +398,21 @@ class Btf:
                 tag = "union" if t.kind_flag else "struct"
             return f"{tag} {t.name or '(anon)'}"
         if t.kind == Kind.PTR:
-            inner = self.type_name(t.size_or_type)
+            inner = spell(t.size_or_type)
             return inner + ("*" if inner.endswith("*") else " *")
         if t.kind == Kind.TYPE_TAG:
             # __rcu/__user annotations: invisible in C, and args must compare equal with or without them.
-            return self.type_name(t.size_or_type)
+            return spell(t.size_or_type)
         if t.kind in _QUALIFIERS:
-            inner = self.type_name(t.size_or_type)
+            inner = spell(t.size_or_type)
             word = t.kind.name.lower()
             return f"{inner} {word}" if inner.endswith("*") else f"{word} {inner}"
         if t.kind == Kind.ARRAY:
             elem, _, nelems = struct.unpack_from(self._endian + "III", self._types, t.offset + 12)
-            return f"{self.type_name(elem)}[{nelems}]"
+            return f"{spell(elem)}[{nelems}]"
         if t.kind == Kind.FUNC_PROTO:
-            params = ", ".join(self.type_name(p) for _, p in self.proto_params(type_id))
-            return f"{self.type_name(t.size_or_type)} (*)({params})"
+            params = ", ".join(spell(p) for _, p in self.proto_params(type_id))
+            return f"{spell(t.size_or_type)} (*)({params})"
         return t.name
 
     def proto_params(self, type_id: int) -> list[tuple[str, int]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -58,8 +59,9 @@ class FollowConfig:
         object.__setattr__(self, "ips", tuple(parse_ip(i) for i in self.ips))
         if self.count is not None and self.count < 1:
             raise UsageError("--count must be at least 1")
-        if self.duration is not None and self.duration <= 0:
-            raise UsageError("--duration must be positive")
+        # not (d > 0) also refuses nan, which compares false with everything (click's FLOAT reads "nan")
+        if self.duration is not None and not (0 < self.duration < math.inf):
+            raise UsageError("--duration must be a positive number of seconds")
         pages = self.ringbuf_pages
         if pages < 1 or pages & (pages - 1):
             raise UsageError("the ring buffer size must be a power of two number of pages")

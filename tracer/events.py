@@ -27,8 +27,10 @@ def decode(raw: bytes) -> Event:
 
 
 def timestamp(raw) -> int:
-    """An event record's ts_ns (its first field), without decoding the rest."""
-    return _TS.unpack_from(raw)[0]
+    """An event record's ts_ns (its first field), without decoding the rest; 0 for a record too
+    short to have one (it is counted as undecodable where it is decoded, and must not stop follow
+    on the way: follow reads this off the last record of every batch)."""
+    return _TS.unpack_from(raw)[0] if len(raw) >= 8 else 0
 
 
 _TS = struct.Struct("<Q")

@@ -63,7 +63,6 @@ def parse_domain_xml(text: str, path: str = "", *, live: Optional[bool] = None,
         target = iface.find("target")
         source = iface.find("source")
         mtu = iface.find("mtu")
-        mtu_size = mtu.get("size", "") if mtu is not None else ""
         port = iface.find("port")
         link = iface.find("link")
         filt = iface.find("filterref")
@@ -73,13 +72,22 @@ def parse_domain_xml(text: str, path: str = "", *, live: Optional[bool] = None,
             target_managed=(target.get("managed", "yes") != "no") if target is not None else True,
             source_bridge=source.get("bridge", "") if source is not None else "",
             source_network=source.get("network", "") if source is not None else "",
-            mtu=int(mtu_size) if mtu_size.isdecimal() else None,
+            mtu=_mtu(mtu.get("size", "")) if mtu is not None else None,
             isolated=port is not None and port.get("isolated") == "yes",
             link_down=link is not None and link.get("state") == "down",
             filterref=filt.get("filter", "") if filt is not None else "",
             xml=_element_text(iface),
         ))
     return found
+
+
+def _mtu(size: str) -> Optional[int]:
+    """<mtu size='…'/>'s value; None when it is no decimal number (libvirt would refuse the domain).
+    str.isdigit() is not enough: it says yes to '²', which int() refuses, and int() refuses more
+    than 4300 digits."""
+    if not (size.isascii() and size.isdigit()) or len(size) > 9:
+        return None
+    return int(size)
 
 
 def interfaces_for(domains: Iterable[LibvirtInterface], mac: str) -> list[LibvirtInterface]:

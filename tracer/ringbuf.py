@@ -40,16 +40,21 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-def walk(data, cons: int, prod: int, mask: int, base: int = 0) -> int:
+def walk(data, cons: int, prod: int, mask: int, base: int = 0, limit: Optional[int] = None) -> int:
     """Position after the last committed record in [cons, prod) of a ring laid out at `data[base:]`
-    (the data area mapped twice, as the kernel's is). Stops at a busy record."""
+    (the data area mapped twice, as the kernel's is). Stops at a busy record, and before a record
+    that would end past `limit` (the producer's position: a header whose length says otherwise
+    is not the kernel's, and consumer_pos must never pass producer_pos)."""
     pos = cons
     unpack = _U32.unpack_from
     while pos < prod:
         hdr = unpack(data, base + (pos & mask))[0]
         if hdr & BUSY_BIT:
             break
-        pos += ((hdr & ~(BUSY_BIT | DISCARD_BIT)) + HDR_SIZE + 7) & ~7
+        nxt = pos + (((hdr & ~(BUSY_BIT | DISCARD_BIT)) + HDR_SIZE + 7) & ~7)
+        if limit is not None and nxt > limit:
+            break
+        pos = nxt
     return pos
 
 
@@ -60,7 +65,7 @@ def split(block, length: Optional[int] = None) -> list[memoryview]:
     out = []
     pos = 0
     unpack = _U32.unpack_from
-    while pos < n:
+    while pos + HDR_SIZE <= n:  # a run cut inside a header has no record there
         hdr = unpack(mv, pos)[0]
         size = hdr & ~(BUSY_BIT | DISCARD_BIT)
         if not hdr & DISCARD_BIT:
@@ -117,7 +122,7 @@ class RingBuffer:
             return []
         if max_bytes is not None and prod - cons > max_bytes:
             prod = cons + max_bytes  # the walk ends on the first record boundary at or after it
-        end = walk(self._prod, cons, prod, self._mask, self._page)
+        end = walk(self._prod, cons, prod, self._mask, self._page, limit=ring_end)
         if end >= ring_end:
             self.caught_up_ns = asked_ns
         if end == cons:

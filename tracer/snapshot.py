@@ -149,16 +149,21 @@ class Nftables:
     ruleset: Any = None  # the parsed "nftables" list, [] when there is none
 
     def tables(self) -> list[dict]:
-        """The table objects of the ruleset."""
-        return [item["table"] for item in self.ruleset or () if "table" in item]
+        """The table objects of the ruleset (items of another shape are not tables)."""
+        return self._objects("table")
 
     def rules(self) -> list[dict]:
         """The rule objects of the ruleset."""
-        return [item["rule"] for item in self.ruleset or () if "rule" in item]
+        return self._objects("rule")
 
     def drop_rules(self) -> list[dict]:
         """Rules whose verdict drops or rejects frames."""
-        return [r for r in self.rules() if any("drop" in e or "reject" in e for e in r.get("expr", ()))]
+        return [r for r in self.rules() if isinstance(r.get("expr"), list)
+                and any(isinstance(e, dict) and ("drop" in e or "reject" in e) for e in r["expr"])]
+
+    def _objects(self, kind: str) -> list[dict]:
+        return [item[kind] for item in self.ruleset or ()
+                if isinstance(item, dict) and isinstance(item.get(kind), dict)]
 
 
 @dataclass(frozen=True)
@@ -303,10 +308,17 @@ class Snapshot:
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
         """Rebuild a Snapshot from Snapshot.to_json's text."""
-        data = json.loads(text)
-        if data.get("format") != FORMAT:
-            raise UsageError(f"snapshot format {data.get('format')!r} is not {FORMAT}")
-        return _decode(cls, data)
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise UsageError(f"a snapshot is JSON: {err}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise UsageError(f"snapshot format {found!r} is not {FORMAT}")
+        try:
+            return _decode(cls, data)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UsageError(f"not a snapshot of format {FORMAT}: {type(err).__name__} {err}") from None
 
 
 def normalize_mac(mac: str) -> str:
@@ -353,7 +365,9 @@ def _decode(tp: Any, data: Any) -> Any:
 
 def _nested(msg: Any, *names: str) -> Any:
     for name in names:
-        if msg is None:
+        # None: absent; a string: an attribute pyroute2 could not decode (a link kind it doesn't
+        # know, data before its kind) and hands back as hex. Either way, nothing nested to read.
+        if msg is None or not hasattr(msg, "get_attr"):
             return None
         msg = msg.get_attr(name)
     return msg
@@ -434,10 +448,10 @@ def _port(msg: Any) -> BridgePort:
     data = _nested(msg, "IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA")
 
     def flag(name: str, default: Optional[bool] = False) -> Optional[bool]:
-        value = data.get_attr(name) if data is not None else None
+        value = _nested(data, name)
         return default if value is None else bool(value)
 
-    state = data.get_attr("IFLA_BRPORT_STATE") if data is not None else None
+    state = _nested(data, "IFLA_BRPORT_STATE")
     return BridgePort(
         ifindex=msg["index"],
         name=msg.get_attr("IFLA_IFNAME") or "",
@@ -458,8 +472,8 @@ def _port(msg: Any) -> BridgePort:
         neigh_suppress=flag("IFLA_BRPORT_NEIGH_SUPPRESS", None),
         locked=flag("IFLA_BRPORT_LOCKED", None),
         proxy_arp=flag("IFLA_BRPORT_PROXYARP", None),
-        cost=(data.get_attr("IFLA_BRPORT_COST") if data is not None else None) or 0,
-        priority=(data.get_attr("IFLA_BRPORT_PRIORITY") if data is not None else None) or 0,
+        cost=_nested(data, "IFLA_BRPORT_COST") or 0,
+        priority=_nested(data, "IFLA_BRPORT_PRIORITY") or 0,
     )
 
 
@@ -467,8 +481,7 @@ def _bridge(msg: Any, ports: list[BridgePort]) -> Bridge:
     data = _nested(msg, "IFLA_LINKINFO", "IFLA_INFO_DATA")
 
     def attr(name: str) -> int:
-        value = data.get_attr(name) if data is not None else None
-        return value or 0
+        return _nested(data, name) or 0
 
     stp = attr("IFLA_BR_STP_STATE")
     return Bridge(
@@ -570,10 +583,19 @@ def _nftables() -> Nftables:
         return Nftables("error", str(err), [])
     if run.returncode != 0:
         return Nftables("error", run.stderr.strip() or f"nft exited with {run.returncode}", [])
+    return parse_nft_json(run.stdout)
+
+
+def parse_nft_json(stdout: str) -> Nftables:
+    """`nft -j list ruleset`'s output: the "nftables" list, or an error saying why it is none."""
     try:
-        return Nftables("ok", "", json.loads(run.stdout or "{}").get("nftables", []))
+        data = json.loads(stdout or "{}")
     except ValueError as err:
         return Nftables("error", f"nft printed no JSON: {err}", [])
+    items = data.get("nftables", []) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return Nftables("error", "nft printed JSON without an \"nftables\" list", [])
+    return Nftables("ok", "", items)
 
 
 def collect_netns(ns: Netns) -> NetnsSnapshot:

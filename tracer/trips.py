@@ -106,9 +106,10 @@ def captured(data: bytes, cap_len: int) -> bytes:
 
 
 def last_stamp(raw) -> int:
-    """The time of a trip's latest hop."""
+    """The time of a trip's latest hop; 0 for a trip with no hops or more than TRIP_HOPS (decode
+    refuses it and follow counts it; reading its time must not stop follow first)."""
     n = raw[_NHOPS_AT]
-    return _STAMPS[n].unpack_from(raw)[-1] if n else 0
+    return _STAMPS[n].unpack_from(raw)[-1] if 0 < n <= TRIP_HOPS else 0
 
 
 def pack(hops: list[Event], flags: int = TRIP_ENDED) -> bytes:

@@ -91,13 +91,26 @@ class Ruleset:
     def __init__(self, items: Sequence[dict]):
         self.chains: dict[tuple[str, str, str], dict] = {}
         self.rules: dict[tuple[str, str, str], list[dict]] = {}
-        for item in items or ():
+        # Chains and rules of a shape nft doesn't print (no family/table/name, a rule whose expr is
+        # no list): left out and counted, and a ruleset with any is never called certain.
+        self.skipped = 0
+        for item in items if isinstance(items, list) else ():
+            if not isinstance(item, dict):
+                continue  # metainfo, tables, sets...: not walked
             if "chain" in item:
                 c = item["chain"]
-                self.chains[(c["family"], c["table"], c["name"])] = c
+                key = _key(c, "name")
+                if key is None:
+                    self.skipped += 1
+                else:
+                    self.chains[key] = c
             elif "rule" in item:
                 r = item["rule"]
-                self.rules.setdefault((r["family"], r["table"], r["chain"]), []).append(r)
+                key = _key(r, "chain")
+                if key is None or not isinstance(r.get("expr", []), list):
+                    self.skipped += 1
+                else:
+                    self.rules.setdefault(key, []).append(r)
 
     def base_chains(self, family: str, hook: str, devices: Sequence[str] = ()) -> list[dict]:
         """Base chains of `family` (inet counts for ip and ip6) at `hook`, in priority order."""
@@ -130,7 +143,7 @@ class Ruleset:
         if candidates:
             best = sorted(candidates, key=lambda c: (not (c.packets or 0) > 0, not c.certain))[0]
             return Decision("unknown", best, tuple(candidates))
-        return Decision("unknown" if uncertain else "accept")
+        return Decision("unknown" if uncertain or self.skipped else "accept")
 
     def _walk(self, base: dict, chain: dict, probe: Probe, depth: int
               ) -> tuple[str, Optional[Culprit], bool, list[Culprit]]:
@@ -183,7 +196,23 @@ class Ruleset:
         return ("accept" if base is chain else ""), None, sure, maybe
 
 
+def _key(obj: Any, name: str) -> Optional[tuple[str, str, str]]:
+    """(family, table, obj[name]) of a chain or rule, None when it lacks one of them."""
+    if not isinstance(obj, dict):
+        return None
+    key = (obj.get("family"), obj.get("table"), obj.get(name))
+    return key if all(isinstance(k, str) for k in key) else None  # type: ignore[return-value]
+
+
+def _dict(value: Any) -> dict:
+    """value when it is a JSON object, else an empty one: parts of an expression nft would never
+    print that way read as absent, so the expression is one tapttrace can't evaluate."""
+    return value if isinstance(value, dict) else {}
+
+
 def _prio(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
     if isinstance(value, int):
         return value
     named = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100, "out": 100}
@@ -192,13 +221,15 @@ def _prio(value: Any) -> int:
 
 def _chain_devices(c: dict) -> set[str]:
     devs = c.get("dev") or c.get("devices") or []
-    return {devs} if isinstance(devs, str) else set(devs)
+    return {devs} if isinstance(devs, str) else {d for d in devs if isinstance(d, str)} if isinstance(devs, list) \
+        else set()
 
 
 def _counter(rule: dict) -> Optional[int]:
     for e in rule.get("expr", ()):
         if isinstance(e, dict) and isinstance(e.get("counter"), dict):
-            return e["counter"].get("packets")
+            packets = e["counter"].get("packets")
+            return packets if isinstance(packets, int) and not isinstance(packets, bool) else None
     return None
 
 
@@ -215,7 +246,8 @@ def _verdict(exprs: Sequence[Any]) -> tuple[str, str]:
             return "return", ""
         if "jump" in e or "goto" in e:
             key = "jump" if "jump" in e else "goto"
-            return key, (e[key] or {}).get("target", "")
+            target = _dict(e[key]).get("target", "")
+            return key, target if isinstance(target, str) else ""
         if "queue" in e:
             return "other", ""
         xt = e.get("xt")
@@ -236,8 +268,8 @@ def _matches(exprs: Sequence[Any], probe: Probe) -> Optional[bool]:
         if not isinstance(e, dict):
             continue
         if "match" in e:
-            m = _match(e["match"], probe)
-        elif "xt" in e and (e["xt"] or {}).get("type") == "match":
+            m = _match(_dict(e["match"]), probe)
+        elif "xt" in e and _dict(e["xt"]).get("type") == "match":
             m = None  # physdev, conntrack, comment...: iptables extensions nft can't show
         elif "limit" in e or "quota" in e or "numgen" in e:
             m = None
@@ -269,15 +301,20 @@ def _field(left: Any, probe: Probe) -> Optional[str]:
     if not isinstance(left, dict):
         return None
     if "meta" in left:
-        key = left["meta"].get("key")
+        key = _dict(left["meta"]).get("key")
+        if not isinstance(key, str):
+            return None
         return {
             "iifname": probe.iifname, "oifname": probe.oifname, "l4proto": probe.l4proto,
             "protocol": probe.ether_type, "nfproto": probe.ether_type if probe.ether_type != "arp" else None,
             "ibrname": probe.bridge, "obrname": probe.bridge,
         }.get(key)
     if "payload" in left:
-        p = left["payload"]
-        key = (p.get("protocol"), p.get("field"))
+        p = _dict(left["payload"])
+        protocol, field_name = p.get("protocol"), p.get("field")
+        if not isinstance(protocol, str) or not isinstance(field_name, str):
+            return None
+        key = (protocol, field_name)
         return {
             ("ether", "saddr"): probe.ether_saddr, ("ether", "daddr"): probe.ether_daddr,
             ("ether", "type"): probe.ether_type,
@@ -292,23 +329,26 @@ def _field(left: Any, probe: Probe) -> Optional[str]:
 
 
 def _compare(value: str, right: Any) -> Optional[bool]:
-    if isinstance(right, (str, int)):
+    if isinstance(right, (str, int)) and not isinstance(right, bool):
         return _equal(value, str(right))
     if isinstance(right, dict):
         if "set" in right:
+            if not isinstance(right["set"], list):
+                return None
             hits = [_compare(value, r) for r in right["set"]]
             return True if True in hits else (None if None in hits else False)
         if "prefix" in right:
+            prefix = _dict(right["prefix"])
             try:
-                net = ipaddress.ip_network(f"{right['prefix']['addr']}/{right['prefix']['len']}", strict=False)
+                net = ipaddress.ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False)
                 return ipaddress.ip_address(value) in net
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):  # TypeError: an IPv4 address against an IPv6 net
                 return None
         if "range" in right:
             try:
                 lo, hi = (ipaddress.ip_address(str(x)) for x in right["range"])
                 addr = ipaddress.ip_address(value)
-            except ValueError:
+            except (ValueError, TypeError):  # not two addresses
                 return None
             if lo.version != hi.version:
                 return None
@@ -332,14 +372,15 @@ def rule_text(rule: dict) -> str:
             continue
         key, val = next(iter(e.items()))
         if key == "match":
+            val = _dict(val)
             op = "" if val.get("op") in ("==", "in") else f"{val.get('op')} "
             parts.append(f"{_operand(val.get('left'))} {op}{_operand(val.get('right'))}")
         elif key == "counter":
             parts.append("counter" + (f" packets {val.get('packets')}" if isinstance(val, dict) else ""))
         elif key in ("jump", "goto"):
-            parts.append(f"{key} {(val or {}).get('target', '?')}")
+            parts.append(f"{key} {_dict(val).get('target', '?')}")
         elif key == "xt":
-            parts.append(f"xt {(val or {}).get('type', '')} {(val or {}).get('name', '')}".strip())
+            parts.append(f"xt {_dict(val).get('type', '')} {_dict(val).get('name', '')}".strip())
         elif val is None:
             parts.append(key)
         else:
@@ -350,14 +391,14 @@ def rule_text(rule: dict) -> str:
 def _operand(x: Any) -> str:
     if isinstance(x, dict):
         if "meta" in x:
-            return f"meta {x['meta'].get('key')}"
+            return f"meta {_dict(x['meta']).get('key')}"
         if "payload" in x:
-            return f"{x['payload'].get('protocol')} {x['payload'].get('field')}"
-        if "set" in x:
+            return f"{_dict(x['payload']).get('protocol')} {_dict(x['payload']).get('field')}"
+        if "set" in x and isinstance(x["set"], list):
             return "{ " + ", ".join(_operand(v) for v in x["set"]) + " }"
         if "prefix" in x:
-            return f"{x['prefix'].get('addr')}/{x['prefix'].get('len')}"
-        if "range" in x:
+            return f"{_dict(x['prefix']).get('addr')}/{_dict(x['prefix']).get('len')}"
+        if "range" in x and isinstance(x["range"], list):
             return "-".join(str(v) for v in x["range"])
         return next(iter(x), "?")
     return str(x)

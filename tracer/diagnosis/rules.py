@@ -424,6 +424,8 @@ def rule_netfilter_drop(ctx: Context) -> Optional[Finding]:
     via = _via_br_netfilter(ctx, culprit)
     if via:
         evidence.append(via)
+    if ruleset.skipped:  # never silently: the answer may lie in what could not be read
+        evidence.append(f"{ruleset.skipped} chain(s) or rule(s) of nft's output could not be read and were left out")
     fix: tuple[str, ...] = ()
     advice: list[str] = []
     if culprit is not None:
