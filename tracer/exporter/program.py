@@ -132,7 +132,7 @@ class ExporterProgram:
         cflags = exporter_cflags(features, bridge, max_series, max_frames)
         try:
             # bcc attaches RAW_TRACEPOINT_PROBE functions as it loads them.
-            self._bpf = bcc.BPF(src_file=str(BPF_DIR / "exporter.c").encode(), cflags=cflags)
+            self._bpf = bcc.BPF(src_file=str(BPF_DIR / "exporter_bcc.c").encode(), cflags=cflags)
         except Exception as exc:  # bcc raises bare Exception for compile and attach failures
             self.close()
             raise KernelError(f"could not load bpf/exporter.c: {exc}") from None
