@@ -66,8 +66,8 @@ def test_kernels_without_a_drop_reason_load():
 def test_object_for_kernels_without_bpf_rdonly_cast_loads(tmp_path, monkeypatch):
     """Before 6.2 a clone's original skb->head is read with bpf_probe_read_kernel: that build must load too."""
     monkeypatch.setattr(libbpf_loader, "kernel_defines", lambda btf=None: [])
-    obj = libbpf_loader.build_object(cache=tmp_path, source="exporter_btf.c")
-    assert obj.parent == tmp_path and obj.name.startswith("exporter_btf-")
+    obj = libbpf_loader.build_object(cache=tmp_path, source="exporter.c")
+    assert obj.parent == tmp_path and obj.name.startswith("exporter-")
     with LibbpfExporterProgram(probe_features(), obj_path=obj, attach=False) as prog:
         assert prog.loaded_programs() == ALL
 

@@ -87,9 +87,9 @@ def test_exporter_object_is_its_own(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(libbpf_loader, "build_tools", lambda *a: asked.append(a) or ("clang", "bpftool", ""))
     loader, why = choose_exporter_loader(OK, btf, "raw_tracepoint")
-    assert loader == "libbpf" and "first use" in why and asked == [("exporter_btf.c",)]
-    obj = libbpf_loader.object_path(btf, source="exporter_btf.c")
-    assert obj.name.startswith("exporter_btf-") and obj != libbpf_loader.object_path(btf)
+    assert loader == "libbpf" and "first use" in why and asked == [("exporter.c",)]
+    obj = libbpf_loader.object_path(btf, source="exporter.c")
+    assert obj.name.startswith("exporter-") and obj != libbpf_loader.object_path(btf)
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"")
     assert choose_exporter_loader(OK, btf, "raw_tracepoint") == ("libbpf", f"tp_btf programs load and {obj} is built")

@@ -589,7 +589,7 @@ def choose_exporter_loader(tp_btf: Availability, btf_path: Path, hook: str, forc
     """("libbpf" | "bcc", why) for the exporter: libbpf (bpf/exporter_btf.c, tracer/exporter/program_btf.py:
     plain loads of skb fields, no bcc/LLVM in a long-running process) where tp_btf programs load and
     the object is built or can be; bcc (bpf/exporter.c) as the fallback."""
-    return _choose_loader(EXPORTER_LOADER_ENV, "exporter_btf.c", tp_btf, btf_path, hook, forced)
+    return _choose_loader(EXPORTER_LOADER_ENV, "exporter.c", tp_btf, btf_path, hook, forced)
 
 
 T = TypeVar("T")

@@ -41,7 +41,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 # Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
 OBJECTS = {
     "follow.c": (("loaders.h", "tapttrace.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
-    "exporter_btf.c": (("exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
+    "exporter.c": (("exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
 }
 FOLLOW_SOURCE = "follow.c"
 SOURCES = (FOLLOW_SOURCE, *OBJECTS[FOLLOW_SOURCE][0])

@@ -25,7 +25,7 @@ from ..errors import KernelError, say_note
 from ..libbpf_loader import _why, build_object, find_map, libbpf, open_object
 from .program import COUNT_FIELDS, HEALTH, MAP_LAYOUT, ROLE_BRIDGE, ROLE_PORT, Counts, DevKey, Role, count_key
 
-SOURCE = "exporter_btf.c"
+SOURCE = "exporter.c"
 PROGRAMS = ("ttx_netif_receive_skb", "ttx_net_dev_queue", "ttx_kfree_skb", "ttx_consume_skb")
 FDB_PROGRAMS = {"bridge:br_fdb_update": "ttx_br_fdb_update", "bridge:fdb_delete": "ttx_fdb_delete"}
 CONFIG = struct.Struct("<ii")  # struct ttx_config: kfree_reason_arg, pad

@@ -67,7 +67,7 @@ def open_program(features, max_series: int = 16384):
         require(features, "bcc")
         return ExporterProgram(features, max_series=max_series)
 
-    return open_with_fallback("bpf/exporter_btf.c", features, features.exporter_loader,
+    return open_with_fallback("bpf/exporter.c", features, features.exporter_loader,
                               features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc})
 
 
