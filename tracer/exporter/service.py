@@ -51,9 +51,9 @@ def kernel_namer(features) -> Namer:
 
 
 def open_program(features, max_series: int = 16384):
-    """The exporter's BPF program, loaded and attached by the loader features chose
-    (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one). The libbpf path
-    never imports bcc."""
+    """The exporter's BPF program (bpf/exporter.c), loaded and attached by the loader features chose
+    (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one); either way the same
+    maps, read by the same code (maps.ExporterMaps). The libbpf path never imports bcc."""
     from ..features import open_with_fallback, require
 
     def libbpf():
@@ -67,8 +67,9 @@ def open_program(features, max_series: int = 16384):
         require(features, "bcc")
         return ExporterProgram(features, max_series=max_series)
 
+    # bcc builds the same source and fills the same maps: only start time and memory differ.
     return open_with_fallback("bpf/exporter.c", features, features.exporter_loader,
-                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc})
+                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc}, lost="")
 
 
 def _stop_refresher(stop: threading.Event, refresher: threading.Thread) -> None:
