@@ -42,8 +42,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 DEFAULT_CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "diagnose"]
 # follow and the exporter with their loader forced (TAPTTRACE_FOLLOW_LOADER, TAPTTRACE_EXPORTER_LOADER): bcc
-# (bpf/follow.c, bpf/exporter.c) or libbpf (bpf/follow_btf.c, bpf/exporter_btf.c). The plain configurations
-# take whatever tapttrace chooses (`tapttrace doctor` says which).
+# or libbpf, each building the one source of its program (bpf/follow.c, bpf/exporter.c). The plain
+# configurations take whatever tapttrace chooses (`tapttrace doctor` says which).
 LOADERS = ("bcc", "libbpf")
 LOADER_ENV = {"follow-nomatch": "TAPTTRACE_FOLLOW_LOADER", "follow-match": "TAPTTRACE_FOLLOW_LOADER",
               "exporter": "TAPTTRACE_EXPORTER_LOADER"}

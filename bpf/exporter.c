@@ -1,5 +1,11 @@
 /* tapttrace exporter: count, in the kernel, what every bridge does with the frames it receives.
  *
+ * One source for both loaders (bpf/loaders.h says how): libbpf builds it once into a CO-RE object
+ * of tp_btf programs (tracer/libbpf_loader.py, loaded by tracer/exporter/program_btf.py); bcc
+ * compiles it with -DTT_BCC into raw tracepoints where libbpf can't be used or this kernel's
+ * verifier refuses the object (tracer/exporter/program.py; tracer/features.py's loader chain).
+ * Both hand the same maps to the same user-space code (program.py, ExporterMaps).
+ *
  * No per-packet event reaches user space: every hook updates per-CPU counters that the exporter
  * reads at scrape time. The hot path is filtered first on skb->dev: user space keeps `devs`
  * (netns inode, ifindex) -> role for bridge ports, taps and bridge devices; the hooks look the
@@ -29,26 +35,107 @@
  * another CPU): `qtab`/`tapq` hold it until it is read or dropped, with the frame's bridge and
  * port when it is the frame's only copy (verdict pending).
  *
- * Kernel struct offsets come as -D constants from BTF (tracer/features.py, tracer/exporter/program.py).
+ * Counters: what a frame forwarded or delivered to a tap costs is counted in per-CPU *arrays*,
+ * whose lookups the verifier inlines, not in per-CPU hashes (a helper call, ≈ 40-55 ns a lookup
+ * here, more for an insert). User space gives every watched device a small index (`devs`' value:
+ * struct ttx_dev_ent in exporter.h); `devcnt[idx]` holds the tap queued/delivered counts and the
+ * flooded/local/dropped verdicts of frames that came in by it; `pairs[in_idx << TTX_DEV_BITS |
+ * out_idx]` names a slot of `paircnt` for the forwarded and delivered verdicts of one (in port,
+ * out port) pair, assigned by user space for every pair of one bridge. The hash maps stay for what
+ * has no bounded index (drops by reason and location, taps dropped by reason, tap `local`, FDB
+ * events) and as the fallback for a device or pair that got no index (tables full); user space
+ * adds both up into the same keys.
+ *
+ * Kernel memory: under libbpf the skb is a BTF-typed pointer, so skb->dev, skb->head,
+ * skb->mac_header, dev->ifindex and dev->nd_net.net->ns.inum are plain loads (CO-RE relocated
+ * against the running kernel's BTF); under bcc each is a bpf_probe_read_kernel at an offset
+ * tracer/features.py read from BTF (-DOFF_*: TT_FIELD). The bridge's own structs (FDB hooks,
+ * cold) are read through BPF_CORE_READ with local `___tt` flavours under libbpf, so the object
+ * relocates whether the bridge is built in (vmlinux BTF) or a module (/sys/kernel/btf/bridge);
+ * under bcc at the offsets tracer/exporter/program.py's bridge_offsets() read (-DOFF_BR_*).
+ *
+ * Sizes: the hash maps' and paircnt's max_entries are MAX_SERIES, MAX_FRAMES, MAX_PAIRS: -D under
+ * bcc, set before load under libbpf (bpf_map__set_max_entries); DEVC_BITS, QTAB_BITS and
+ * TTX_DEV_BITS are constants of this file (the masks are in the code). Per-run values (which
+ * tracepoint argument carries the drop reason) are TT_CFG(). The compare-and-swap on qtab needs
+ * -mcpu=v3 (tracer/libbpf_loader.py builds with it) and 5.12 (bpf/kernel_compat.h).
+ *
+ * Pointers as numbers: the verifier refuses arithmetic other than +/- on a BTF pointer, and the
+ * hash of a slot multiplies. A privileged program may store a pointer into map memory and load
+ * it back, where it is a plain scalar (addr()): skb and dev go through this CPU's `cur` slot once
+ * per hook and are numbers from then on (under bcc they are numbers already: the same code).
  */
+#include "loaders.h"
 #include "exporter.h"
 #include "kernel_compat.h"
 
+#ifndef TT_BCC
+/* Set before load by tracer/exporter/program_btf.py, packed as "<ii" (checked against .rodata's
+ * size). bcc gets the same field as -DTT_CFG_kfree_reason_arg=… (tracer/exporter/program.py). */
+struct ttx_config {
+	__s32 kfree_reason_arg; /* ctx index of kfree_skb's drop reason (2), -1 = none */
+	__s32 pad;
+};
+const volatile struct ttx_config tt_config = {
+	.kfree_reason_arg = -1,
+	.pad = 0,
+};
+#endif
+
+/* Sizes from -D (bcc); libbpf's loader sets them before load. */
 #ifndef MAX_SERIES
-#define MAX_SERIES 16384
+#define MAX_SERIES 16384 /* counter maps (--max-kernel-series) */
 #endif
 #ifndef MAX_FRAMES
-#define MAX_FRAMES 65536
+#define MAX_FRAMES 65536 /* tapq */
+#endif
+#ifndef MAX_PAIRS
+#define MAX_PAIRS 4096 /* paircnt */
+#endif
+#define MAX_DEVS (1 << TTX_DEV_BITS)
+#define DEV_MASK (MAX_DEVS - 1)
+#define TTX_NO_COMMON_LRU 2 /* BPF_F_NO_COMMON_LRU */
+
+#ifndef TT_BCC
+/* The bridge's structs, as far as the FDB hooks read them (libbpf matches `net_bridge___tt` to
+ * the kernel's `net_bridge`, in vmlinux's BTF or the bridge module's). */
+struct net_bridge___tt {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+
+struct net_bridge_port___tt {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+
+struct mac_addr___tt {
+	unsigned char addr[6];
+} __attribute__((preserve_access_index));
+
+struct net_bridge_fdb_key___tt {
+	struct mac_addr___tt addr;
+	__u16 vlan_id;
+} __attribute__((preserve_access_index));
+
+struct net_bridge_fdb_entry___tt {
+	struct net_bridge_port___tt *dst;
+	struct net_bridge_fdb_key___tt key;
+} __attribute__((preserve_access_index));
+#else
+/* bcc: opaque, read at the -DOFF_BR_* / OFF_BRPORT_* / OFF_FDB_* offsets (TT_FIELD). */
+struct net_bridge___tt;
+struct net_bridge_port___tt;
+struct net_bridge_fdb_entry___tt;
 #endif
 
-BPF_HASH(devs, struct ttx_dev_key, struct ttx_dev_val, 4096);
+TT_HASH(devs, struct ttx_dev_key, struct ttx_dev_ent, 4096);
+
 /* Per-MAC (low 40 bits: a libvirt tap's fe: MAC and its guest's 52: MAC agree there) -> tap, to
  * tell "addressed to a VM but consumed by the host". A MAC is a map key here, never a label. */
-BPF_HASH(vm_macs, __u64, struct ttx_dev_key, 4096);
+TT_HASH(vm_macs, __u64, struct ttx_dev_key, 4096);
 
-/* net_device pointer -> what `devs` said of it (role 0: not watched), valid while gen == devgen[0].
- * A per-CPU direct-mapped cache (array lookups are inlined by the verifier: no helper call, no
- * lock); two devices sharing a slot just ask `devs` again in turn. */
+/* net_device address -> what `devs` said of it (role 0: not watched), valid while gen ==
+ * devgen[0]. A per-CPU direct-mapped cache (array lookups are inlined by the verifier: no helper
+ * call, no lock); two devices sharing a slot just ask `devs` again in turn. */
 struct ttx_devc {
 	__u64 dev;
 	__u64 gen;
@@ -56,10 +143,12 @@ struct ttx_devc {
 	__u32 ifindex;
 	__u32 role;
 	__u32 bridge;
+	__u32 idx; /* devcnt index, 0: none */
+	__u32 pad;
 };
 #define DEVC_BITS 8
-BPF_PERCPU_ARRAY(devc, struct ttx_devc, 1 << DEVC_BITS);
-BPF_ARRAY(devgen, __u64, 1);
+TT_PERCPU_ARRAY(devc, struct ttx_devc, 1 << DEVC_BITS);
+TT_ARRAY(devgen, __u64, 1, 0);
 
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 static __always_inline __u32 slot_of(__u64 ptr, int bits)
@@ -67,15 +156,18 @@ static __always_inline __u32 slot_of(__u64 ptr, int bits)
 	return (__u32)((ptr * GOLDEN) >> (64 - bits));
 }
 
-/* The frame this CPU's bridge is working on (skb 0: none). */
+/* The frame this CPU's bridge is working on (skb 0: none); scratch: see addr(). */
 struct ttx_cur {
 	__u64 skb;
 	__u32 netns;
 	__u32 bridge;
 	__u32 in_port;
 	__u32 clones;
+	__u64 scratch;
+	__u32 in_idx; /* the in port's devcnt index */
+	__u32 pad;
 };
-BPF_PERCPU_ARRAY(cur, struct ttx_cur, 1);
+TT_PERCPU_ARRAY(cur, struct ttx_cur, 1);
 
 /* An skb queued on a tap, until the guest reads it or it is dropped. bridge != 0: the frame's
  * only copy, whose verdict (delivered or dropped) waits for that. Written on the CPU that queues,
@@ -87,187 +179,403 @@ struct ttx_queued {
 	__u32 ifindex;
 	__u32 bridge;
 	__u32 in_port;
+	__u32 idx;    /* the tap's devcnt index */
+	__u32 in_idx; /* the in port's (when bridge is set) */
 };
 struct ttx_qslot {
 	__u64 skb; /* 0: free */
 	struct ttx_queued q;
 };
 #define QTAB_BITS 16
-BPF_ARRAY(qtab, struct ttx_qslot, 1 << QTAB_BITS);
-BPF_F_TABLE("lru_hash", __u64, struct ttx_queued, tapq, MAX_FRAMES, BPF_F_NO_COMMON_LRU);
+TT_ARRAY(qtab, struct ttx_qslot, 1 << QTAB_BITS, 0);
+TT_LRU_HASH(tapq, __u64, struct ttx_queued, MAX_FRAMES, TTX_NO_COMMON_LRU);
 
-BPF_PERCPU_HASH(verdicts, struct ttx_verdict_key, __u64, MAX_SERIES);
-BPF_PERCPU_HASH(drops, struct ttx_drop_key, __u64, MAX_SERIES);
-BPF_PERCPU_HASH(taps, struct ttx_tap_key, __u64, MAX_SERIES);
-BPF_PERCPU_HASH(fdb, struct ttx_fdb_key, __u64, MAX_SERIES);
-BPF_PERCPU_ARRAY(health, __u64, TTX_H_MAX);
+/* Counters with no bounded index (and the fallback of those with one): per-CPU hashes. */
+TT_PERCPU_HASH(verdicts, struct ttx_verdict_key, __u64, MAX_SERIES);
+TT_PERCPU_HASH(drops, struct ttx_drop_key, __u64, MAX_SERIES);
+TT_PERCPU_HASH(taps, struct ttx_tap_key, __u64, MAX_SERIES);
+TT_PERCPU_HASH(fdb, struct ttx_fdb_key, __u64, MAX_SERIES);
 
-static __always_inline void health_inc(int idx)
+/* The array counters (top of the file, exporter.h). */
+TT_PERCPU_ARRAY(devcnt, struct ttx_dev_counts, MAX_DEVS);
+TT_ARRAY(pairs, __u32, MAX_DEVS * MAX_DEVS, 0); /* paircnt slot, 0: none */
+TT_PERCPU_ARRAY(paircnt, struct ttx_pair_counts, MAX_PAIRS);
+
+TT_PERCPU_ARRAY(health, __u64, TTX_H_MAX);
+
+/* FDB learning: the port last seen per (bridge, MAC, VLAN), to tell learned from moved. */
+struct ttx_fdb_seen_key {
+	__u64 br;
+	__u8 addr[6];
+	__u16 vid;
+};
+TT_LRU_HASH(fdb_seen, struct ttx_fdb_seen_key, __u32, 65536, 0);
+
+/* -- map operations, each in both loaders' spelling (bpf/loaders.h says why) ------------------ */
+
+static __always_inline __u64 *health_slot(__u32 idx)
 {
-	__u64 *n = health.lookup(&idx);
+#ifdef TT_BCC
+	return health.lookup(&idx);
+#else
+	return bpf_map_lookup_elem(&health, &idx);
+#endif
+}
+
+static __always_inline void health_inc(__u32 idx)
+{
+	__u64 *n = health_slot(idx);
 	if (n)
 		*n += 1;
 }
 
+/* The counter hashes, by name for count(): bcc can't take a map's address. */
+enum ttx_counter { TTX_VERDICTS, TTX_DROPS, TTX_TAPS, TTX_FDB };
+
 /* Per-CPU hash counters: a new series is inserted with value 1 (each CPU has its own copy, so no
- * atomics are needed); a full map is counted, not silently ignored. bcc wants map calls outside
- * macros, hence one small function per map. */
-static __always_inline void count_verdicts(struct ttx_verdict_key *k)
+ * atomics are needed); a full map is counted, not silently ignored. `map` is a constant in every
+ * inlined copy, so each keeps one map's calls. */
+static __always_inline void count(enum ttx_counter map, void *key)
 {
-	__u64 *v = verdicts.lookup(k);
+	__u64 one = 1, *v;
+	long err;
+#ifdef TT_BCC
+	if (map == TTX_VERDICTS)
+		v = verdicts.lookup(key);
+	else if (map == TTX_DROPS)
+		v = drops.lookup(key);
+	else if (map == TTX_TAPS)
+		v = taps.lookup(key);
+	else
+		v = fdb.lookup(key);
+#else
+	void *m = map == TTX_VERDICTS ? (void *)&verdicts
+		: map == TTX_DROPS    ? (void *)&drops
+		: map == TTX_TAPS     ? (void *)&taps
+				      : (void *)&fdb;
+	v = bpf_map_lookup_elem(m, key);
+#endif
 	if (v) {
 		*v += 1;
 		return;
 	}
-	__u64 one = 1;
-	if (verdicts.update(k, &one))
+#ifdef TT_BCC
+	if (map == TTX_VERDICTS)
+		err = verdicts.update(key, &one);
+	else if (map == TTX_DROPS)
+		err = drops.update(key, &one);
+	else if (map == TTX_TAPS)
+		err = taps.update(key, &one);
+	else
+		err = fdb.update(key, &one);
+#else
+	err = bpf_map_update_elem(m, key, &one, BPF_ANY);
+#endif
+	if (err)
 		health_inc(TTX_H_COUNTER_FULL);
 }
 
-static __always_inline void count_drops(struct ttx_drop_key *k)
+static __always_inline struct ttx_cur *cur_slot(void)
 {
-	__u64 *v = drops.lookup(k);
-	if (v) {
-		*v += 1;
-		return;
-	}
-	__u64 one = 1;
-	if (drops.update(k, &one))
-		health_inc(TTX_H_COUNTER_FULL);
+	__u32 zero = 0;
+#ifdef TT_BCC
+	return cur.lookup(&zero);
+#else
+	return bpf_map_lookup_elem(&cur, &zero);
+#endif
 }
 
-static __always_inline void count_taps(struct ttx_tap_key *k)
+static __always_inline __u64 *devgen_slot(void)
 {
-	__u64 *v = taps.lookup(k);
-	if (v) {
-		*v += 1;
-		return;
-	}
-	__u64 one = 1;
-	if (taps.update(k, &one))
-		health_inc(TTX_H_COUNTER_FULL);
+	__u32 zero = 0;
+#ifdef TT_BCC
+	return devgen.lookup(&zero);
+#else
+	return bpf_map_lookup_elem(&devgen, &zero);
+#endif
 }
 
-static __always_inline void count_fdb(struct ttx_fdb_key *k)
+static __always_inline struct ttx_devc *devc_slot(__u32 i)
 {
-	__u64 *v = fdb.lookup(k);
-	if (v) {
-		*v += 1;
-		return;
-	}
-	__u64 one = 1;
-	if (fdb.update(k, &one))
-		health_inc(TTX_H_COUNTER_FULL);
+#ifdef TT_BCC
+	return devc.lookup(&i);
+#else
+	return bpf_map_lookup_elem(&devc, &i);
+#endif
 }
 
-static __always_inline __u64 skb_dev(__u64 skb)
+static __always_inline struct ttx_dev_ent *dev_ent(struct ttx_dev_key *k)
 {
-	__u64 dev = 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(skb + OFF_SKB_DEV));
-	return dev;
+#ifdef TT_BCC
+	return devs.lookup(k);
+#else
+	return bpf_map_lookup_elem(&devs, k);
+#endif
 }
 
-static __always_inline void dev_key(__u64 dev, struct ttx_dev_key *k)
+static __always_inline struct ttx_dev_key *vm_tap(__u64 mac)
+{
+#ifdef TT_BCC
+	return vm_macs.lookup(&mac);
+#else
+	return bpf_map_lookup_elem(&vm_macs, &mac);
+#endif
+}
+
+static __always_inline struct ttx_dev_counts *dev_counts(__u32 idx)
+{
+#ifdef TT_BCC
+	return devcnt.lookup(&idx);
+#else
+	return bpf_map_lookup_elem(&devcnt, &idx);
+#endif
+}
+
+static __always_inline struct ttx_pair_counts *pair_counts(__u32 in_idx, __u32 out_idx)
+{
+	__u32 pi = ((in_idx & DEV_MASK) << TTX_DEV_BITS) | (out_idx & DEV_MASK);
+#ifdef TT_BCC
+	__u32 *slot = pairs.lookup(&pi);
+#else
+	__u32 *slot = bpf_map_lookup_elem(&pairs, &pi);
+#endif
+	if (!slot || !*slot)
+		return 0;
+	__u32 s = *slot;
+#ifdef TT_BCC
+	return paircnt.lookup(&s);
+#else
+	return bpf_map_lookup_elem(&paircnt, &s);
+#endif
+}
+
+static __always_inline struct ttx_qslot *qtab_slot(__u64 skb)
+{
+	__u32 i = slot_of(skb, QTAB_BITS);
+#ifdef TT_BCC
+	return qtab.lookup(&i);
+#else
+	return bpf_map_lookup_elem(&qtab, &i);
+#endif
+}
+
+static __always_inline long tapq_add(__u64 skb, struct ttx_queued *q)
+{
+#ifdef TT_BCC
+	return tapq.update(&skb, q);
+#else
+	return bpf_map_update_elem(&tapq, &skb, q, BPF_ANY);
+#endif
+}
+
+/* The entry of skb in `tapq`, copied to *q and removed: 0, or -1 when there is none. */
+static __always_inline int tapq_take(__u64 skb, struct ttx_queued *q)
+{
+#ifdef TT_BCC
+	struct ttx_queued *h = tapq.lookup(&skb);
+#else
+	struct ttx_queued *h = bpf_map_lookup_elem(&tapq, &skb);
+#endif
+	if (!h)
+		return -1;
+	*q = *h;
+#ifdef TT_BCC
+	tapq.delete(&skb);
+#else
+	bpf_map_delete_elem(&tapq, &skb);
+#endif
+	return 0;
+}
+
+static __always_inline __u32 *fdb_seen_port(struct ttx_fdb_seen_key *k)
+{
+#ifdef TT_BCC
+	return fdb_seen.lookup(k);
+#else
+	return bpf_map_lookup_elem(&fdb_seen, k);
+#endif
+}
+
+static __always_inline void fdb_seen_set(struct ttx_fdb_seen_key *k, __u32 *port)
+{
+#ifdef TT_BCC
+	fdb_seen.update(k, port);
+#else
+	bpf_map_update_elem(&fdb_seen, k, port, BPF_ANY);
+#endif
+}
+
+static __always_inline void fdb_seen_forget(struct ttx_fdb_seen_key *k)
+{
+#ifdef TT_BCC
+	fdb_seen.delete(k);
+#else
+	bpf_map_delete_elem(&fdb_seen, k);
+#endif
+}
+
+/* -- kernel fields (TT_FIELD: bpf/loaders.h) ---------------------------------------------------- */
+
+#define skb_dev(probed, skb) TT_FIELD(probed, skb, dev, OFF_SKB_DEV, struct net_device *)
+#define skb_head(probed, skb) TT_FIELD(probed, skb, head, OFF_SKB_HEAD, unsigned char *)
+#define dev_ifindex(probed, dev) TT_FIELD(probed, dev, ifindex, OFF_NETDEV_IFINDEX, __u32)
+
+/* Which device, in which namespace (0 without network namespaces). probed: dev is only a number
+ * (the FDB hooks' reads through the bridge's structs). */
+static __always_inline void dev_key(struct net_device *dev, struct ttx_dev_key *k, const int probed)
 {
 	k->netns = 0;
 	k->ifindex = 0;
 	if (!dev)
 		return;
-	bpf_probe_read_kernel(&k->ifindex, sizeof(k->ifindex), (void *)(dev + OFF_NETDEV_IFINDEX));
-#if defined(OFF_NETDEV_NET) && defined(OFF_NET_INUM)
-	__u64 net = 0;
-	bpf_probe_read_kernel(&net, sizeof(net), (void *)(dev + OFF_NETDEV_NET));
+	k->ifindex = dev_ifindex(probed, dev);
+#ifdef TT_BCC
+#if defined(OFF_NETDEV_NET) && defined(OFF_NET_INUM) /* no netns member: a kernel without CONFIG_NET_NS */
+	__u64 net = TT_FIELD(1, dev, nd_net.net, OFF_NETDEV_NET, __u64);
 	if (net)
-		bpf_probe_read_kernel(&k->netns, sizeof(k->netns), (void *)(net + OFF_NET_INUM));
+		k->netns = TT_FIELD(1, net, ns.inum, OFF_NET_INUM, __u32);
+#endif
+#else
+	if (bpf_core_field_exists(dev->nd_net.net)) {
+		struct net *net = TT_FIELD(probed, dev, nd_net.net, 0, struct net *);
+		if (net)
+			k->netns = TT_FIELD(probed, net, ns.inum, 0, __u32);
+	}
 #endif
 }
 
-/* What we watch `dev` as: fills *d and returns its role bits, 0 for a device we don't watch. */
-static __always_inline __u32 dev_role(__u64 dev, struct ttx_devc *d)
+/* A kernel pointer as a number (see the top of the file). volatile: clang must not forward the
+ * store to the load, or the number would be the pointer register again. */
+static __always_inline __u64 addr(struct ttx_cur *f, const void *p)
 {
-	if (!dev)
+	*(volatile __u64 *)&f->scratch = (__u64)p;
+	return *(volatile __u64 *)&f->scratch;
+}
+
+/* What we watch `dev` (at address devp) as: fills *d and returns its role bits, 0 for a device
+ * we don't watch. The netns/ifindex reads and the `devs` lookup happen once per device, CPU
+ * and generation. */
+static __always_inline __u32 dev_role(struct net_device *dev, __u64 devp, struct ttx_devc *d)
+{
+	if (!devp)
 		return 0;
-	int zero = 0;
-	__u64 *gen = devgen.lookup(&zero);
+	__u64 *gen = devgen_slot();
 	if (!gen)
 		return 0;
 	__u64 g = *gen;
-	int i = slot_of(dev, DEVC_BITS);
-	struct ttx_devc *c = devc.lookup(&i);
+	struct ttx_devc *c = devc_slot(slot_of(devp, DEVC_BITS));
 	if (!c)
 		return 0;
-	if (c->dev != dev || c->gen != g) {
+	if (c->dev != devp || c->gen != g) {
 		/* First sight of this device in this generation: ask `devs` (read after the
 		 * generation, so a change made meanwhile leaves this entry outdated, never wrong for
 		 * long). */
 		struct ttx_dev_key k;
-		dev_key(dev, &k);
-		struct ttx_dev_val *v = devs.lookup(&k);
-		c->dev = dev;
+		dev_key(dev, &k, 0);
+		struct ttx_dev_ent *v = dev_ent(&k);
+		c->dev = devp;
 		c->gen = g;
 		c->netns = k.netns;
 		c->ifindex = k.ifindex;
 		c->role = v ? v->role : 0;
 		c->bridge = v ? v->bridge : 0;
+		c->idx = v ? v->idx : 0;
 	}
 	*d = *c;
 	return d->role;
 }
 
-static __always_inline __u64 skb_head(__u64 skb)
+/* A verdict: in devcnt[in_idx] (flooded, local, dropped) or paircnt (forwarded, delivered) when
+ * user space gave the devices (and the pair) an index, else in the `verdicts` hash. */
+static __always_inline void count_verdict(__u32 netns, __u32 bridge, __u32 in_port, __u32 out_port, __u32 verdict,
+					  __u32 in_idx, __u32 out_idx)
 {
-	__u64 head = 0;
-	bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
-	return head;
-}
-
-static __always_inline void count_verdict(__u32 netns, __u32 bridge, __u32 in_port, __u32 out_port, __u32 verdict)
-{
+	if (in_idx) {
+		if (verdict == TTX_V_FORWARDED || verdict == TTX_V_DELIVERED) {
+			struct ttx_pair_counts *p = out_idx ? pair_counts(in_idx, out_idx) : 0;
+			if (p) {
+				if (verdict == TTX_V_FORWARDED)
+					p->forwarded += 1;
+				else
+					p->delivered += 1;
+				return;
+			}
+		} else {
+			struct ttx_dev_counts *c = dev_counts(in_idx);
+			if (c) {
+				if (verdict == TTX_V_FLOODED)
+					c->flooded += 1;
+				else if (verdict == TTX_V_LOCAL)
+					c->local += 1;
+				else
+					c->dropped += 1;
+				return;
+			}
+		}
+	}
 	struct ttx_verdict_key k = {};
 	k.netns = netns;
 	k.bridge = bridge;
 	k.in_port = in_port;
 	k.out_port = out_port;
 	k.verdict = verdict;
-	count_verdicts(&k);
+	count(TTX_VERDICTS, &k);
 }
 
-static __always_inline struct ttx_cur *cur_slot(void)
+/* A tap's queued/delivered count (reason 0): in devcnt[idx] when it has one, else in `taps`. */
+static __always_inline void count_tap(__u32 netns, __u32 ifindex, __u32 idx, __u32 event, __u32 reason)
 {
-	int zero = 0;
-	return cur.lookup(&zero);
+	if (idx && !reason && (event == TTX_TAP_QUEUED || event == TTX_TAP_DELIVERED)) {
+		struct ttx_dev_counts *c = dev_counts(idx);
+		if (c) {
+			if (event == TTX_TAP_QUEUED)
+				c->tap_queued += 1;
+			else
+				c->tap_delivered += 1;
+			return;
+		}
+	}
+	struct ttx_tap_key tk = {};
+	tk.netns = netns;
+	tk.ifindex = ifindex;
+	tk.event = event;
+	tk.reason = reason;
+	count(TTX_TAPS, &tk);
 }
 
-/* This CPU's bridge is working on skb: its slot, else 0. */
-static __always_inline struct ttx_cur *cur_frame(__u64 skb)
+static __always_inline void track(struct ttx_cur *f, __u64 skb, __u32 netns, __u32 bridge, __u32 in_port,
+				  __u32 in_idx)
 {
-	struct ttx_cur *f = cur_slot();
-	if (f && f->skb == skb)
-		return f;
-	return 0;
-}
-
-static __always_inline void track(__u64 skb, __u32 netns, __u32 bridge, __u32 in_port)
-{
-	struct ttx_cur *f = cur_slot();
-	if (!f)
-		return;
 	f->skb = skb;
+	f->in_idx = in_idx;
 	f->netns = netns;
 	f->bridge = bridge;
 	f->in_port = in_port;
 	f->clones = 0;
 }
 
-/* The frame's Ethernet destination, as the low 40 bits (see vm_macs). */
-static __always_inline __u64 dst_mac40(__u64 skb)
+#ifdef TT_RDONLY_CAST
+/* 6.2+ (libbpf's builder defines TT_RDONLY_CAST when the kernel's BTF has this kfunc). */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#endif
+
+/* skb->head of the skb at address `skb` (known only as a number: the frame in `cur`). */
+static __always_inline __u64 head_of(__u64 skb)
 {
-	__u64 head = 0;
-	__u16 mac_header = 0xffff;
+#ifdef TT_RDONLY_CAST
+	struct sk_buff *s = bpf_rdonly_cast((void *)skb, bpf_core_type_id_kernel(struct sk_buff));
+	return (__u64)s->head;
+#else
+	return (__u64)skb_head(1, (struct sk_buff *)skb);
+#endif
+}
+
+/* The frame's Ethernet destination, as the low 40 bits (see vm_macs); 0 for a group address. */
+static __always_inline __u64 dst_mac40(struct sk_buff *skb)
+{
+	__u16 mac_header = TT_FIELD(0, skb, mac_header, OFF_SKB_MAC_HEADER, __u16);
 	__u8 d[6];
-	bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
-	bpf_probe_read_kernel(&mac_header, sizeof(mac_header), (void *)(skb + OFF_SKB_MAC_HEADER));
-	if (mac_header == 0xffff || bpf_probe_read_kernel(d, sizeof(d), (void *)(head + mac_header)))
+	if (mac_header == 0xffff || bpf_probe_read_kernel(d, sizeof(d), skb_head(0, skb) + mac_header))
 		return 0;
 	if (d[0] & 1) /* broadcast/multicast: addressed to everyone, not to one VM */
 		return 0;
@@ -276,32 +584,38 @@ static __always_inline __u64 dst_mac40(__u64 skb)
 
 /* A device hands a received frame to the stack. On a bridge port: a frame entering the bridge.
  * On the bridge device: the bridge passing the frame up to the host. */
-RAW_TRACEPOINT_PROBE(netif_receive_skb)
+TT_TRACEPOINT(netif_receive_skb, ttx_netif_receive_skb)
 {
-	__u64 skb = ctx->args[0];
+	struct sk_buff *skb = (struct sk_buff *)TT_ARG(0);
+	struct ttx_cur *f = cur_slot();
+	if (!f)
+		return 0;
+	struct net_device *dev = skb_dev(0, skb);
 	struct ttx_devc d;
-	__u32 role = dev_role(skb_dev(skb), &d);
+	__u32 role = dev_role(dev, addr(f, dev), &d);
+	if (!role)
+		return 0;
+	__u64 skbp = addr(f, skb);
 	if (role & TTX_ROLE_PORT) {
-		track(skb, d.netns, d.bridge, d.ifindex);
+		track(f, skbp, d.netns, d.bridge, d.ifindex, d.idx);
 		return 0;
 	}
 	if (!(role & TTX_ROLE_BRIDGE))
 		return 0;
-	struct ttx_cur *f = cur_frame(skb);
-	if (!f || f->bridge != d.ifindex || f->netns != d.netns)
+	if (f->skb != skbp || f->bridge != d.ifindex || f->netns != d.netns)
 		return 0;
 	if (f->clones) {
-		count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED);
+		count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED, f->in_idx, 0);
 	} else {
-		count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_LOCAL);
+		count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_LOCAL, f->in_idx, 0);
 		__u64 mac = dst_mac40(skb);
-		struct ttx_dev_key *tap = mac ? vm_macs.lookup(&mac) : 0;
+		struct ttx_dev_key *tap = mac ? vm_tap(mac) : 0;
 		if (tap && tap->netns == d.netns) {
 			struct ttx_tap_key tk = {};
 			tk.netns = tap->netns;
 			tk.ifindex = tap->ifindex;
 			tk.event = TTX_TAP_LOCAL;
-			count_taps(&tk);
+			count(TTX_TAPS, &tk);
 		}
 	}
 	f->skb = 0;
@@ -310,60 +624,62 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 
 /* dev_queue_xmit() on a device: the bridge sending a copy out of a port, or the host sending
  * through the bridge device. On a tap, the frame enters the queue the guest reads. */
-RAW_TRACEPOINT_PROBE(net_dev_queue)
+TT_TRACEPOINT(net_dev_queue, ttx_net_dev_queue)
 {
-	__u64 skb = ctx->args[0];
+	struct sk_buff *skb = (struct sk_buff *)TT_ARG(0);
+	struct ttx_cur *f = cur_slot();
+	if (!f)
+		return 0;
+	struct net_device *dev = skb_dev(0, skb);
 	struct ttx_devc d;
-	__u32 role = dev_role(skb_dev(skb), &d);
+	__u32 role = dev_role(dev, addr(f, dev), &d);
 	if (!role)
 		return 0;
+	__u64 skbp = addr(f, skb);
 	if (role & TTX_ROLE_BRIDGE) {
 		/* The host sends through the bridge: the bridge device is the frame's way in. */
-		track(skb, d.netns, d.ifindex, d.ifindex);
+		track(f, skbp, d.netns, d.ifindex, d.ifindex, d.idx);
 		return 0;
 	}
 	struct ttx_queued q = {};
 	if (role & TTX_ROLE_PORT) {
-		struct ttx_cur *f = cur_slot();
-		if (f && f->skb == skb) {
+		if (f->skb == skbp) {
 			/* The original leaves: every clone has been made. */
 			if (f->bridge == d.bridge && f->netns == d.netns) {
 				if (f->clones) {
-					count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED);
+					count_verdict(f->netns, f->bridge, f->in_port, 0, TTX_V_FLOODED, f->in_idx, 0);
 				} else if (role & TTX_ROLE_TAP) {
 					q.bridge = f->bridge; /* its only copy: the verdict waits for read or drop */
 					q.in_port = f->in_port;
+					q.in_idx = f->in_idx;
 				} else {
-					count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_FORWARDED);
+					count_verdict(f->netns, f->bridge, f->in_port, d.ifindex, TTX_V_FORWARDED,
+						      f->in_idx, d.idx);
 				}
 				f->skb = 0;
 			}
-		} else if (f && f->skb && f->bridge == d.bridge && f->netns == d.netns &&
-			   skb_head(skb) == skb_head(f->skb)) {
+		} else if (f->skb && f->bridge == d.bridge && f->netns == d.netns &&
+			   addr(f, skb_head(0, skb)) == head_of(f->skb)) {
 			/* A clone of the frame being bridged (same data buffer): a flood copy. The heads are
 			 * read here, not on entry: most frames are never cloned. */
 			f->clones += 1;
 		}
 	}
 	if (role & TTX_ROLE_TAP) {
-		struct ttx_tap_key tk = {};
-		tk.netns = d.netns;
-		tk.ifindex = d.ifindex;
-		tk.event = TTX_TAP_QUEUED;
-		count_taps(&tk);
+		count_tap(d.netns, d.ifindex, d.idx, TTX_TAP_QUEUED, 0);
 		q.netns = d.netns;
 		q.ifindex = d.ifindex;
-		int i = slot_of(skb, QTAB_BITS);
-		struct ttx_qslot *s = qtab.lookup(&i);
+		q.idx = d.idx;
+		struct ttx_qslot *s = qtab_slot(skbp);
 		if (s) {
 			/* Free, or held by this very address (an entry whose end we missed). */
-			__u64 was = tt_cas_u64(&s->skb, 0, skb);
-			if (was == 0 || was == skb) {
+			__u64 was = tt_cas_u64(&s->skb, 0, skbp);
+			if (was == 0 || was == skbp) {
 				s->q = q;
 				return 0;
 			}
 		}
-		if (tapq.update(&skb, &q) && q.bridge)
+		if (tapq_add(skbp, &q) && q.bridge)
 			health_inc(TTX_H_FRAME_TABLE_FULL);
 	}
 	return 0;
@@ -374,46 +690,42 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 static __always_inline void tap_done(__u64 skb, __u32 event, __u32 reason)
 {
 	struct ttx_queued q;
-	int i = slot_of(skb, QTAB_BITS);
-	struct ttx_qslot *s = qtab.lookup(&i);
+	struct ttx_qslot *s = qtab_slot(skb);
 	if (s && s->skb == skb) {
 		q = s->q;
 		s->skb = 0;
-	} else {
-		struct ttx_queued *h = tapq.lookup(&skb);
-		if (!h)
-			return;
-		q = *h;
-		tapq.delete(&skb);
+	} else if (tapq_take(skb, &q)) {
+		return;
 	}
-	struct ttx_tap_key tk = {};
-	tk.netns = q.netns;
-	tk.ifindex = q.ifindex;
-	tk.event = event;
-	tk.reason = reason;
-	count_taps(&tk);
+	count_tap(q.netns, q.ifindex, q.idx, event, reason);
 	if (q.bridge) {
 		if (event == TTX_TAP_DELIVERED)
-			count_verdict(q.netns, q.bridge, q.in_port, q.ifindex, TTX_V_DELIVERED);
+			count_verdict(q.netns, q.bridge, q.in_port, q.ifindex, TTX_V_DELIVERED, q.in_idx, q.idx);
 		else
-			count_verdict(q.netns, q.bridge, q.in_port, 0, TTX_V_DROPPED);
+			count_verdict(q.netns, q.bridge, q.in_port, 0, TTX_V_DROPPED, q.in_idx, 0);
 	}
 }
 
-/* The skb is freed as a drop; the kernel says why (reason) and where (location). */
-RAW_TRACEPOINT_PROBE(kfree_skb)
+/* The skb is freed as a drop; the kernel says why (reason, 5.17+) and where (location, its second
+ * argument on every kernel). Arguments by constant index only: tp_btf's verifier checks each
+ * against the tracepoint's BTF, a raw tracepoint's attach against its argument count, and the
+ * index this kernel lacks sits behind a branch TT_CFG rules out. */
+TT_TRACEPOINT(kfree_skb, ttx_kfree_skb)
 {
-	__u64 skb = ctx->args[0];
-#ifdef ARG_KFREE_REASON
-	__u32 reason = (__u32)ctx->args[ARG_KFREE_REASON];
-#else
+	struct sk_buff *skb = (struct sk_buff *)TT_ARG(0);
 	__u32 reason = 0;
-#endif
+	if (TT_CFG(kfree_reason_arg) == 2)
+		reason = (__u32)TT_ARG(2);
+	struct ttx_cur *f = cur_slot();
+	if (!f)
+		return 0;
+	struct net_device *dev = skb_dev(0, skb);
 	struct ttx_devc d;
-	__u32 role = dev_role(skb_dev(skb), &d);
-	struct ttx_cur *f = cur_frame(skb);
+	__u32 role = dev_role(dev, addr(f, dev), &d);
+	__u64 skbp = addr(f, skb);
+	int ours = f->skb == skbp; /* the frame this CPU's bridge is working on */
 	struct ttx_drop_key dk = {};
-	dk.location = ctx->args[ARG_KFREE_LOCATION];
+	dk.location = TT_ARG(1);
 	dk.reason = reason;
 	if (role) {
 		dk.netns = d.netns;
@@ -421,16 +733,16 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 	} else {
 		/* skb->dev is none of ours (e.g. moved or cleared): a frame being bridged still counts,
 		 * on the port it came in by. */
-		if (!f)
+		if (!ours)
 			return 0;
 		dk.netns = f->netns;
 		dk.ifindex = f->in_port;
 	}
-	count_drops(&dk);
+	count(TTX_DROPS, &dk);
 	if (role)
-		tap_done(skb, TTX_TAP_DROPPED, reason);
-	if (f) {
-		count_verdict(f->netns, f->bridge, f->in_port, 0, f->clones ? TTX_V_FLOODED : TTX_V_DROPPED);
+		tap_done(skbp, TTX_TAP_DROPPED, reason);
+	if (ours) {
+		count_verdict(f->netns, f->bridge, f->in_port, 0, f->clones ? TTX_V_FLOODED : TTX_V_DROPPED, f->in_idx, 0);
 		f->skb = 0;
 	}
 	return 0;
@@ -438,99 +750,94 @@ RAW_TRACEPOINT_PROBE(kfree_skb)
 
 /* The skb is freed after normal use. For an skb queued on a tap, tun_do_read() consuming it is
  * the guest (qemu) reading the frame. */
-RAW_TRACEPOINT_PROBE(consume_skb)
+TT_TRACEPOINT(consume_skb, ttx_consume_skb)
 {
-	__u64 skb = ctx->args[0];
+	struct sk_buff *skb = (struct sk_buff *)TT_ARG(0);
+	struct ttx_cur *f = cur_slot();
+	if (!f)
+		return 0;
+	struct net_device *dev = skb_dev(0, skb);
 	struct ttx_devc d;
 	/* Filter first, as the other hooks: an skb we track is still on one of our devices here
 	 * (the tap it was queued on, or the port/bridge it was freed by). */
-	__u32 role = dev_role(skb_dev(skb), &d);
+	__u32 role = dev_role(dev, addr(f, dev), &d);
 	if (!role)
 		return 0;
+	__u64 skbp = addr(f, skb);
 	if (role & TTX_ROLE_TAP)
-		tap_done(skb, TTX_TAP_DELIVERED, 0);
-	struct ttx_cur *f = cur_frame(skb);
-	if (!f)
+		tap_done(skbp, TTX_TAP_DELIVERED, 0);
+	if (f->skb != skbp)
 		return 0;
 	/* Freed inside the bridge without a drop: the host took it (as follow says). */
-	count_verdict(f->netns, f->bridge, f->in_port, f->clones ? 0 : f->bridge, f->clones ? TTX_V_FLOODED : TTX_V_LOCAL);
+	count_verdict(f->netns, f->bridge, f->in_port, f->clones ? 0 : f->bridge, f->clones ? TTX_V_FLOODED : TTX_V_LOCAL,
+		      f->in_idx, 0);
 	f->skb = 0;
 	return 0;
 }
 
 /* FDB learning. br_fdb_update(br, source, addr, vid, flags) fires when an entry is created
  * (learned) or changes port (moved); which one is told apart by remembering, per bridge, MAC and
- * VLAN, the port last seen. fdb_delete(br, f) fires when an entry goes. */
-struct ttx_fdb_seen_key {
-	__u64 br;
-	__u8 addr[6];
-	__u16 vid;
-};
-BPF_TABLE("lru_hash", struct ttx_fdb_seen_key, __u32, fdb_seen, 65536);
-
-static __always_inline void br_key(__u64 br, struct ttx_dev_key *k)
+ * VLAN, the port last seen (fdb_seen). fdb_delete(br, f) fires when an entry goes. Rare events:
+ * read with BPF_CORE_READ / probe reads. Under bcc the loader leaves them out (no -DTT_FDB_HOOKS)
+ * where the bridge's tracepoints are not there to attach to (libbpf's loader turns off their
+ * autoload instead). */
+static __always_inline void br_key(struct net_bridge___tt *br, struct ttx_dev_key *k)
 {
-	__u64 dev = 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(br + OFF_BR_DEV));
-	dev_key(dev, k);
+	dev_key(TT_FIELD(1, br, dev, OFF_BR_DEV, struct net_device *), k, 1);
 }
 
-static __always_inline __u32 port_ifindex(__u64 port)
+static __always_inline __u32 port_ifindex(struct net_bridge_port___tt *port)
 {
-	__u64 dev = 0;
-	__u32 ifindex = 0;
 	if (!port)
 		return 0;
-	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)(port + OFF_BRPORT_DEV));
-	if (dev)
-		bpf_probe_read_kernel(&ifindex, sizeof(ifindex), (void *)(dev + OFF_NETDEV_IFINDEX));
-	return ifindex;
+	struct net_device *dev = TT_FIELD(1, port, dev, OFF_BRPORT_DEV, struct net_device *);
+	return dev ? dev_ifindex(1, dev) : 0;
 }
 
-RAW_TRACEPOINT_PROBE(br_fdb_update)
+#if !defined(TT_BCC) || defined(TT_FDB_HOOKS)
+TT_TRACEPOINT(br_fdb_update, ttx_br_fdb_update)
 {
-	__u64 br = ctx->args[0];
+	struct net_bridge___tt *br = (void *)TT_ARG(0);
 	struct ttx_dev_key bk;
 	br_key(br, &bk);
-	if (!devs.lookup(&bk)) /* not a bridge we watch */
+	if (!dev_ent(&bk)) /* not a bridge we watch */
 		return 0;
 	struct ttx_fdb_key fk = {};
 	fk.netns = bk.netns;
 	fk.bridge = bk.ifindex;
-	fk.port = port_ifindex(ctx->args[1]);
+	fk.port = port_ifindex((void *)TT_ARG(1));
 	struct ttx_fdb_seen_key sk = {};
-	sk.br = br;
-	bpf_probe_read_kernel(sk.addr, sizeof(sk.addr), (void *)ctx->args[2]);
-	sk.vid = (__u16)ctx->args[3];
-	__u32 *was = fdb_seen.lookup(&sk);
-	fk.event = (was && *was != fk.port) ? TTX_FDB_MOVED : TTX_FDB_LEARNED;
+	sk.br = TT_ARG(0);
+	bpf_probe_read_kernel(sk.addr, sizeof(sk.addr), (void *)TT_ARG(2));
+	sk.vid = (__u16)TT_ARG(3);
+	__u32 *was = fdb_seen_port(&sk);
 	if (was && *was == fk.port)
 		return 0; /* not a change */
-	fdb_seen.update(&sk, &fk.port);
-	count_fdb(&fk);
+	fk.event = was ? TTX_FDB_MOVED : TTX_FDB_LEARNED;
+	fdb_seen_set(&sk, &fk.port);
+	count(TTX_FDB, &fk);
 	return 0;
 }
 
-RAW_TRACEPOINT_PROBE(fdb_delete)
+TT_TRACEPOINT(fdb_delete, ttx_fdb_delete)
 {
-	__u64 br = ctx->args[0];
-	__u64 f = ctx->args[1];
+	struct net_bridge___tt *br = (void *)TT_ARG(0);
+	struct net_bridge_fdb_entry___tt *f = (void *)TT_ARG(1);
 	struct ttx_dev_key bk;
 	br_key(br, &bk);
-	if (!devs.lookup(&bk)) /* not a bridge we watch */
+	if (!dev_ent(&bk)) /* not a bridge we watch */
 		return 0;
 	struct ttx_fdb_key fk = {};
 	fk.netns = bk.netns;
 	fk.bridge = bk.ifindex;
 	fk.event = TTX_FDB_DELETED;
-	__u64 port = 0;
-	bpf_probe_read_kernel(&port, sizeof(port), (void *)(f + OFF_FDB_DST));
-	fk.port = port_ifindex(port);
+	fk.port = port_ifindex(TT_FIELD(1, f, dst, OFF_FDB_DST, struct net_bridge_port___tt *));
 	struct ttx_fdb_seen_key sk = {};
-	sk.br = br;
-	bpf_probe_read_kernel(sk.addr, sizeof(sk.addr), (void *)(f + OFF_FDB_ADDR));
-	bpf_probe_read_kernel(&sk.vid, sizeof(sk.vid), (void *)(f + OFF_FDB_VID));
-	fdb_seen.delete(&sk);
-	count_fdb(&fk);
+	sk.br = TT_ARG(0);
+	bpf_probe_read_kernel(sk.addr, sizeof(sk.addr), TT_FIELD_ADDR(f, key.addr, OFF_FDB_ADDR));
+	sk.vid = TT_FIELD(1, f, key.vlan_id, OFF_FDB_VID, __u16);
+	fdb_seen_forget(&sk);
+	count(TTX_FDB, &fk);
 	return 0;
 }
+#endif

@@ -1,13 +1,13 @@
-/* Map layouts shared between bpf/exporter.c (bcc), bpf/exporter_btf.c (libbpf, tp_btf) and
- * tracer/exporter/program.py, which states them once more as ctypes structures; both loaders
- * check the maps' key/value sizes against those at load. */
+/* Map layouts shared between bpf/exporter.c (one source for both loaders) and
+ * tracer/exporter/program.py, which states them once more as ctypes structures and checks the
+ * loaded maps' key/value sizes against those, whichever loader made them. */
 #ifndef TAPTTRACE_EXPORTER_H
 #define TAPTTRACE_EXPORTER_H
 
-/* Roles of an interesting device (bits of ttx_dev_val.role), set by user space from netlink. */
-#define TTX_ROLE_PORT 1   /* a port of a bridge (ttx_dev_val.bridge is the bridge's ifindex) */
+/* Roles of an interesting device (bits of ttx_dev_ent.role), set by user space from netlink. */
+#define TTX_ROLE_PORT 1   /* a port of a bridge (ttx_dev_ent.bridge is the bridge's ifindex) */
 #define TTX_ROLE_TAP 2    /* a tun/tap device in tap mode */
-#define TTX_ROLE_BRIDGE 4 /* a bridge device itself (ttx_dev_val.bridge is its own ifindex) */
+#define TTX_ROLE_BRIDGE 4 /* a bridge device itself (ttx_dev_ent.bridge is its own ifindex) */
 
 /* Values of ttx_verdict_key.verdict: the same words as `tapttrace follow`. */
 #define TTX_V_FORWARDED 1
@@ -35,11 +35,6 @@
 struct ttx_dev_key {
 	__u32 netns;
 	__u32 ifindex;
-};
-
-struct ttx_dev_val {
-	__u32 role;
-	__u32 bridge;
 };
 
 struct ttx_verdict_key {
@@ -72,10 +67,11 @@ struct ttx_fdb_key {
 	__u32 event;
 };
 
-/* The libbpf build only (bpf/exporter_btf.c): counters in per-CPU arrays indexed by a small
- * device index user space assigns (tracer/exporter/program_btf.py), so the common per-frame path
- * calls no hash-map helper. idx 0: none (the frame is counted in the hash maps above instead).
- * An index stands for one (netns, ifindex, bridge): a device that changes bridge gets a new one. */
+/* `devs`' value: what user space says of a watched device. Counters in per-CPU arrays are
+ * indexed by a small device index user space assigns (tracer/exporter/program.py, IndexTable),
+ * so the common per-frame path calls no hash-map helper. idx 0: none (the frame is counted in
+ * the hash maps above instead). An index stands for one (netns, ifindex, bridge): a device that
+ * changes bridge gets a new one. */
 struct ttx_dev_ent {
 	__u32 role;
 	__u32 bridge;

@@ -8,7 +8,9 @@
  *   hooks    TT_TRACEPOINT(tp, fn): tp_btf under libbpf, a raw tracepoint under bcc; both give
  *            `ctx` and TT_ARG(i), the tracepoint's i-th argument as a __u64.
  *            TT_FENTRY / TT_KPROBE: the two ways into a kernel function (features.bridge_hook).
- *   maps     TT_RINGBUF, TT_ARRAY, TT_PERCPU_ARRAY, TT_HASH declare them. Using one is spelled
+ *   maps     TT_RINGBUF, TT_ARRAY, TT_PERCPU_ARRAY, TT_HASH, TT_PERCPU_HASH, TT_LRU_HASH declare
+ *            them (max_entries: a constant the program may take from -D, for bcc, and libbpf's
+ *            loader may change before load with bpf_map__set_max_entries). Using one is spelled
  *            per loader, in the program (`#ifdef TT_BCC`: map.lookup(k) / bpf_map_lookup_elem(&map,
  *            k)): bcc's rewriter turns map.method() into a helper call only where it is written
  *            in the source itself ("cannot use map function inside a macro"), and refuses the
@@ -21,6 +23,8 @@
  *            load through a BTF-typed pointer (tp_btf, fentry) or BPF_CORE_READ where the pointer
  *            is only a number (`probed`: kprobe); bcc: bpf_probe_read_kernel at OFF, the offset
  *            tracer/features.py read from the running kernel's BTF and passes as -D.
+ *            TT_FIELD_ADDR(ptr, field, OFF): the field's address, for a helper that copies it
+ *            (an array: a MAC, a device name): CO-RE relocated / ptr + OFF.
  *
  * Anything only one loader can do (libbpf: in-kernel trips on an mmapable array, CO-RE field
  * existence checks) sits in the program under #ifndef TT_BCC, with what the bcc build does instead.
@@ -47,6 +51,8 @@ struct net;
 #define TT_ARRAY(name, value, n, flags) BPF_F_TABLE("array", int, value, name, n, flags)
 #define TT_PERCPU_ARRAY(name, value, n) BPF_PERCPU_ARRAY(name, value, n)
 #define TT_HASH(name, key, value, n) BPF_HASH(name, key, value, n)
+#define TT_PERCPU_HASH(name, key, value, n) BPF_PERCPU_HASH(name, key, value, n)
+#define TT_LRU_HASH(name, key, value, n, flags) BPF_F_TABLE("lru_hash", key, value, name, n, flags)
 #define TT_CFG(field) (TT_CFG_##field)
 
 #define TT_FIELD(probed, ptr, field, off, type)                                                   \
@@ -55,6 +61,7 @@ struct net;
 		bpf_probe_read_kernel(&__tt_v, sizeof(__tt_v), (void *)((__u64)(ptr) + (off)));   \
 		__tt_v;                                                                            \
 	})
+#define TT_FIELD_ADDR(ptr, field, off) ((void *)((__u64)(ptr) + (off)))
 
 #else /* libbpf */
 #include "vmlinux.h"
@@ -96,10 +103,29 @@ struct net;
 		__type(value, value_type);                                                         \
 	} name SEC(".maps")
 
+#define TT_PERCPU_HASH(name, key_type, value_type, n)                                              \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_HASH);                                            \
+		__uint(max_entries, n);                                                            \
+		__type(key, key_type);                                                             \
+		__type(value, value_type);                                                         \
+	} name SEC(".maps")
+#define TT_LRU_HASH(name, key_type, value_type, n, flags)                                          \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                                               \
+		__uint(map_flags, flags);                                                          \
+		__uint(max_entries, n);                                                            \
+		__type(key, key_type);                                                             \
+		__type(value, value_type);                                                         \
+	} name SEC(".maps")
+
 #define TT_CFG(field) (tt_config.field)
 
 /* `probed` is a constant in every inlined copy, so each program keeps one of the two reads. */
 #define TT_FIELD(probed, ptr, field, off, type) ((probed) ? BPF_CORE_READ(ptr, field) : (ptr)->field)
+/* &ptr->field: the access is relocated as a load would be (vmlinux.h's types and a program's own
+ * `___flavour` types are preserve_access_index). */
+#define TT_FIELD_ADDR(ptr, field, off) ((void *)&(ptr)->field)
 
 char LICENSE[] SEC("license") = "GPL";
 #endif

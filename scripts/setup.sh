@@ -20,7 +20,7 @@ installed() {  # prints the packages among "$@" that are fully installed (dpkg -
   { dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null || true; } | awk '$2 == "installed" {print $1}'
 }
 
-# clang-14, libbpf-dev: build bpf/follow.c and bpf/exporter_btf.c, the precompiled tp_btf objects follow
+# clang-14, libbpf-dev: build bpf/follow.c and bpf/exporter.c into the precompiled tp_btf objects follow
 # and the exporter load with libbpf.
 # kmod, xz-utils: the kernel matrix (tests/kernels: depmod, Debian 13's xz-compressed modules, modprobe in the guests).
 # python3-cap-ng: the exporter keeps only the capabilities it needs after attaching (libcap-ng; not on PyPI).
@@ -64,10 +64,10 @@ if ! mountpoint -q /sys/kernel/tracing; then
   mount -t tracefs nodev /sys/kernel/tracing
 fi
 
-# follow's and the exporter's CO-RE objects for this kernel (bpf/follow.c, bpf/exporter_btf.c),
+# follow's and the exporter's CO-RE objects for this kernel (bpf/follow.c, bpf/exporter.c),
 # into /var/cache/tapttrace/bpf (quick when already built).
 prebuild() {
-  .venv/bin/python -m tracer.libbpf_loader >/dev/null || echo "setup: a BPF object (bpf/*_btf.c) was not built; follow and the exporter will build it at first use or use bcc" >&2
+  .venv/bin/python -m tracer.libbpf_loader >/dev/null || echo "setup: a BPF object (of bpf/follow.c or bpf/exporter.c) was not built; follow and the exporter will build it at first use or use bcc" >&2
 }
 
 stamp=.venv/.setup-stamp

@@ -16,11 +16,10 @@ import pytest
 import yaml
 
 from tracer.errors import EXIT_USAGE, UsageError
-from tracer.exporter import program as prog
-from tracer.exporter import program_btf as btf_prog
+from tracer.exporter import maps
 from tracer.exporter.collector import ExporterCollector, SeriesCap
 from tracer.exporter.labels import OVERFLOW, Inventory, Namer, roles, vm_mac_key
-from tracer.exporter.program import Counts
+from tracer.exporter.maps import Counts
 from tracer.exporter.server import Listen, MetricsServer, Tls, WebConfig
 from tracer.records import Device
 
@@ -38,7 +37,7 @@ TAP = dev(5, "vnet0", kind="tun", is_tap=True, master=3, master_name="br0", mac=
 
 
 class CountsProgram:
-    """A stand-in for ExporterProgram holding counts in dicts (the kernel path is in test_exporter_kernel)."""
+    """A stand-in for the exporter's program holding counts in dicts (the kernel path is in test_exporter_kernel)."""
 
     attached = 6
 
@@ -70,9 +69,9 @@ def make(inv_holder, **kw):
 
 def test_roles_and_vm_mac_keys():
     rs = {r.ifindex: r for r in roles([BR, UP, TAP, dev(9, "eth9")])}
-    assert rs[3].role == prog.ROLE_BRIDGE and rs[3].bridge == 3
-    assert rs[4].role == prog.ROLE_PORT and rs[4].bridge == 3
-    assert rs[5].role == prog.ROLE_PORT | prog.ROLE_TAP
+    assert rs[3].role == maps.ROLE_BRIDGE and rs[3].bridge == 3
+    assert rs[4].role == maps.ROLE_PORT and rs[4].bridge == 3
+    assert rs[5].role == maps.ROLE_PORT | maps.ROLE_TAP
     assert 9 not in rs
     assert vm_mac_key("fe:54:00:12:34:56") == vm_mac_key("52:54:00:12:34:56")
 
@@ -204,11 +203,11 @@ def _header_structs() -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-@pytest.mark.parametrize("cname,ctype", [("ttx_dev_key", prog.DevKey), ("ttx_dev_val", prog.DevVal),
-                                         ("ttx_verdict_key", prog.VerdictKey), ("ttx_drop_key", prog.DropKey),
-                                         ("ttx_tap_key", prog.TapKey), ("ttx_fdb_key", prog.FdbKey),
-                                         ("ttx_dev_ent", btf_prog.DevEnt), ("ttx_dev_counts", btf_prog.DevCounts),
-                                         ("ttx_pair_counts", btf_prog.PairCounts)])
+@pytest.mark.parametrize("cname,ctype", [("ttx_dev_key", maps.DevKey),
+                                         ("ttx_verdict_key", maps.VerdictKey), ("ttx_drop_key", maps.DropKey),
+                                         ("ttx_tap_key", maps.TapKey), ("ttx_fdb_key", maps.FdbKey),
+                                         ("ttx_dev_ent", maps.DevEnt), ("ttx_dev_counts", maps.DevCounts),
+                                         ("ttx_pair_counts", maps.PairCounts)])
 def test_ctypes_mirror_the_header(cname, ctype):
     sizes = {"__u32": ctypes.c_uint32, "__u64": ctypes.c_uint64}
     fields = _header_structs()[cname]
@@ -218,14 +217,14 @@ def test_ctypes_mirror_the_header(cname, ctype):
 def test_header_codes_match_python():
     text = (ROOT / "bpf" / "exporter.h").read_text()
     defs = {k: int(v) for k, v in re.findall(r"#define (TTX_\w+) (\d+)", text)}
-    assert defs["TTX_DEV_BITS"] == btf_prog.DEV_BITS
+    assert defs["TTX_DEV_BITS"] == maps.DEV_BITS
     assert (defs["TTX_V_FORWARDED"], defs["TTX_V_FLOODED"], defs["TTX_V_LOCAL"], defs["TTX_V_DROPPED"],
-            defs["TTX_V_DELIVERED"]) == (btf_prog.V_FORWARDED, btf_prog.V_FLOODED, btf_prog.V_LOCAL,
-                                         btf_prog.V_DROPPED, btf_prog.V_DELIVERED)
-    assert (defs["TTX_TAP_QUEUED"], defs["TTX_TAP_DELIVERED"]) == (btf_prog.TAP_QUEUED, btf_prog.TAP_DELIVERED)
-    assert {defs[f"TTX_V_{v.upper()}"]: v for v in prog.VERDICTS.values()} == prog.VERDICTS
-    assert {defs[f"TTX_TAP_{v.upper()}"]: v for v in prog.TAP_EVENTS.values()} == prog.TAP_EVENTS
-    assert {defs[f"TTX_FDB_{v.upper()}"]: v for v in prog.FDB_EVENTS.values()} == prog.FDB_EVENTS
+            defs["TTX_V_DELIVERED"]) == (maps.V_FORWARDED, maps.V_FLOODED, maps.V_LOCAL,
+                                         maps.V_DROPPED, maps.V_DELIVERED)
+    assert (defs["TTX_TAP_QUEUED"], defs["TTX_TAP_DELIVERED"]) == (maps.TAP_QUEUED, maps.TAP_DELIVERED)
+    assert {defs[f"TTX_V_{v.upper()}"]: v for v in maps.VERDICTS.values()} == maps.VERDICTS
+    assert {defs[f"TTX_TAP_{v.upper()}"]: v for v in maps.TAP_EVENTS.values()} == maps.TAP_EVENTS
+    assert {defs[f"TTX_FDB_{v.upper()}"]: v for v in maps.FDB_EVENTS.values()} == maps.FDB_EVENTS
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "grafana" / "dashboards").glob("*.json")), ids=lambda p: p.name)
@@ -255,14 +254,14 @@ def test_promtool_check_rules():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-# -- the libbpf build's device indices (tracer/exporter/program_btf.IndexTable) -----------------
+# -- the device indices of the array counters (tracer/exporter/maps.IndexTable) ----------------
 
-P, T, B = prog.ROLE_PORT, prog.ROLE_TAP, prog.ROLE_BRIDGE
+P, T, B = maps.ROLE_PORT, maps.ROLE_TAP, maps.ROLE_BRIDGE
 LAB = {(NS, 3): (B, 3), (NS, 4): (P, 3), (NS, 5): (P | T, 3), (NS, 9): (T, 0)}
 
 
 def test_every_watched_device_gets_an_index_and_every_pair_of_a_bridge_a_slot():
-    table = btf_prog.IndexTable(max_devs=16, max_pairs=64)
+    table = maps.IndexTable(max_devs=16, max_pairs=64)
     ch = table.assign(LAB, lambda idx: True)
     assert sorted(table.idx) == [(NS, 3, 3), (NS, 4, 3), (NS, 5, 3), (NS, 9, 0)]
     assert sorted(ch.new_devs) == [1, 2, 3, 4]
@@ -271,11 +270,11 @@ def test_every_watched_device_gets_an_index_and_every_pair_of_a_bridge_a_slot():
     assert set(table.pairs) == {(br, up), (br, tap), (up, tap), (tap, up)}
     assert sorted(slot for *_, slot in ch.new_pairs) == [1, 2, 3, 4]
     again = table.assign(LAB, lambda idx: True)
-    assert again == btf_prog.IndexChanges()  # nothing new when nothing changed
+    assert again == maps.IndexChanges()  # nothing new when nothing changed
 
 
 def test_a_vanished_device_keeps_its_index_until_its_counts_are_gone():
-    table = btf_prog.IndexTable(max_devs=16, max_pairs=64)
+    table = maps.IndexTable(max_devs=16, max_pairs=64)
     table.assign(LAB, lambda idx: True)
     tap = table.of(NS, 5, 3)
     without_tap = {k: v for k, v in LAB.items() if k != (NS, 5)}
@@ -297,7 +296,7 @@ def test_a_vanished_device_keeps_its_index_until_its_counts_are_gone():
 
 
 def test_a_device_that_changes_bridge_gets_a_new_index_and_the_old_stays_readable():
-    table = btf_prog.IndexTable(max_devs=16, max_pairs=64)
+    table = maps.IndexTable(max_devs=16, max_pairs=64)
     table.assign(LAB, lambda idx: True)
     old = table.of(NS, 4, 3)
     moved = {**LAB, (NS, 4): (P, 9), (NS, 9): (B, 9)}
@@ -308,17 +307,17 @@ def test_a_device_that_changes_bridge_gets_a_new_index_and_the_old_stays_readabl
 
 
 def test_full_tables_leave_the_rest_to_the_hash_maps():
-    table = btf_prog.IndexTable(max_devs=3, max_pairs=2)  # indices 1, 2; one pair slot
+    table = maps.IndexTable(max_devs=3, max_pairs=2)  # indices 1, 2; one pair slot
     table.assign(LAB, lambda idx: True)
     assert len(table.idx) == 2 and len(table.pairs) == 1
     assert sum(table.of(NS, i, br) == 0 for (_, i), (_, br) in LAB.items()) == 2
 
 
 def test_array_fields_name_the_same_keys_as_the_hash_maps():
-    assert btf_prog.dev_series((NS, 5, 3)) == [
+    assert maps.dev_series((NS, 5, 3)) == [
         ("taps", (NS, 5, 1, 0)), ("taps", (NS, 5, 2, 0)), ("verdicts", (NS, 3, 5, 0, 2)),
         ("verdicts", (NS, 3, 5, 3, 3)), ("verdicts", (NS, 3, 5, 0, 4))]
-    assert btf_prog.pair_series((NS, 4, 3), (NS, 5, 3)) == [("verdicts", (NS, 3, 4, 5, 1)),
+    assert maps.pair_series((NS, 4, 3), (NS, 5, 3)) == [("verdicts", (NS, 3, 4, 5, 1)),
                                                             ("verdicts", (NS, 3, 4, 5, 5))]
-    assert [name for name, _ in btf_prog.DevCounts._fields_] == ["tap_queued", "tap_delivered", "flooded",
+    assert [name for name, _ in maps.DevCounts._fields_] == ["tap_queued", "tap_delivered", "flooded",
                                                                   "local", "dropped"]

@@ -88,9 +88,9 @@ def test_exporter_object_is_its_own(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(libbpf_loader, "build_tools", lambda *a: asked.append(a) or ("clang", "bpftool", ""))
     loader, why = choose_exporter_loader(OK, btf, "raw_tracepoint")
-    assert loader == "libbpf" and "first use" in why and asked == [("exporter_btf.c",)]
-    obj = libbpf_loader.object_path(btf, source="exporter_btf.c")
-    assert obj.name.startswith("exporter_btf-") and obj != libbpf_loader.object_path(btf)
+    assert loader == "libbpf" and "first use" in why and asked == [("exporter.c",)]
+    obj = libbpf_loader.object_path(btf, source="exporter.c")
+    assert obj.name.startswith("exporter-") and obj != libbpf_loader.object_path(btf)
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"")
     assert choose_exporter_loader(OK, btf, "raw_tracepoint") == ("libbpf", f"tp_btf programs load and {obj} is built")
@@ -103,7 +103,7 @@ def test_exporter_object_is_its_own(tmp_path, monkeypatch):
 # -- the loader chain (features.open_with_fallback) ------------------------------------------------
 
 
-def _chain(chosen="libbpf", why="tp_btf programs load", bcc_ok=True, headers=True, libbpf_error=None):
+def _chain(chosen="libbpf", why="tp_btf programs load", bcc_ok=True, headers=True, libbpf_error=None, **kw):
     from types import SimpleNamespace
 
     from tracer.errors import KernelError
@@ -118,7 +118,7 @@ def _chain(chosen="libbpf", why="tp_btf programs load", bcc_ok=True, headers=Tru
         return "libbpf program"
 
     result = open_with_fallback("bpf/follow.c", features, chosen, why,
-                                {"libbpf": libbpf, "bcc": lambda: "bcc program"}, said.append)
+                                {"libbpf": libbpf, "bcc": lambda: "bcc program"}, said.append, **kw)
     return result, said
 
 
@@ -131,6 +131,13 @@ def test_a_kernel_refusing_the_object_falls_back_to_bcc_with_the_verifier_s_word
     assert program == "bcc program"
     (note,) = said
     assert "invalid access" in note and "using bcc instead" in note
+    assert "journeys are stitched in user space only" in note
+
+
+def test_the_exporter_s_fallback_note_claims_no_loss():
+    """bcc builds the exporter's one source into the same maps: only start time and memory differ."""
+    _, (note,) = _chain(libbpf_error="could not load bpf/exporter.c: EACCES", lost="")
+    assert note.endswith("using bcc instead (compiled at start: slower to start)")
 
 
 @pytest.mark.parametrize("kw", [{"why": "forced by TAPTTRACE_FOLLOW_LOADER=libbpf"}, {"bcc_ok": False},

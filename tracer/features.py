@@ -213,7 +213,7 @@ class Features:
     bridge_hook_bcc: str = "none"  # bridge_hook for bcc: kprobe where br_flood is only in a module's BTF
     follow_loader: str = "bcc"  # "libbpf" (bpf/follow.c built once, tracer/libbpf_loader.py) | "bcc" (the same source compiled at start, tracer/loader.py)
     follow_loader_why: str = ""
-    exporter_loader: str = "bcc"  # "libbpf" (bpf/exporter_btf.c, tracer/exporter/program_btf.py) | "bcc"
+    exporter_loader: str = "bcc"  # "libbpf" (bpf/exporter.c built once, tracer/exporter/program_btf.py) | "bcc" (the same source compiled at start, tracer/exporter/program.py)
     exporter_loader_why: str = ""
 
     def drop_reason(self, value: int) -> str:
@@ -586,17 +586,19 @@ def choose_follow_loader(tp_btf: Availability, btf_path: Path, bridge_hook: str,
 
 
 def choose_exporter_loader(tp_btf: Availability, btf_path: Path, hook: str, forced: str = "") -> tuple[str, str]:
-    """("libbpf" | "bcc", why) for the exporter: libbpf (bpf/exporter_btf.c, tracer/exporter/program_btf.py:
-    plain loads of skb fields, no bcc/LLVM in a long-running process) where tp_btf programs load and
-    the object is built or can be; bcc (bpf/exporter.c) as the fallback."""
-    return _choose_loader(EXPORTER_LOADER_ENV, "exporter_btf.c", tp_btf, btf_path, hook, forced)
+    """("libbpf" | "bcc", why) for the exporter: libbpf (bpf/exporter.c's CO-RE object,
+    tracer/exporter/program_btf.py: plain loads of skb fields, no bcc/LLVM in a long-running
+    process) where tp_btf programs load and the object is built or can be; bcc (the same source
+    compiled at start, tracer/exporter/program.py) as the fallback."""
+    return _choose_loader(EXPORTER_LOADER_ENV, "exporter.c", tp_btf, btf_path, hook, forced)
 
 
 T = TypeVar("T")
 
 
 def open_with_fallback(program: str, features: "Features", chosen: str, why: str,
-                       openers: dict[str, Callable[[], T]], say: Callable[[str], None] = say_note) -> T:
+                       openers: dict[str, Callable[[], T]], say: Callable[[str], None] = say_note,
+                       lost: str = "journeys are stitched in user space only") -> T:
     """The loader chain, the same for every program: the chosen loader's program (libbpf's CO-RE
     object first, where features chose it); if libbpf can't load it here (a verifier that refuses
     it, an object that won't build) and the choice was not forced, bcc's, with one note saying why
@@ -609,7 +611,7 @@ def open_with_fallback(program: str, features: "Features", chosen: str, why: str
         if not features.bcc.ok or features.headers is None:
             raise
         say(f"libbpf could not load {program} ({first.message}); using bcc instead (compiled at start: "
-            "slower to start, and journeys are stitched in user space only)")
+            f"slower to start{', and ' + lost if lost else ''})")
         return openers["bcc"]()
 
 
@@ -892,7 +894,7 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
     loaders = {"libbpf": "libbpf, bpf/follow.c precompiled (tp_btf)", "bcc": "bcc, bpf/follow.c compiled at start"}
     lines.append(DoctorLine("follow loader", True, f"{loaders.get(f.follow_loader, f.follow_loader)}: "
                                                    f"{f.follow_loader_why}"))
-    exporters = {"libbpf": "libbpf, precompiled bpf/exporter_btf.c (tp_btf)",
+    exporters = {"libbpf": "libbpf, bpf/exporter.c precompiled (tp_btf)",
                  "bcc": "bcc, bpf/exporter.c compiled at start"}
     lines.append(DoctorLine("exporter loader", True, f"{exporters.get(f.exporter_loader, f.exporter_loader)}: "
                                                      f"{f.exporter_loader_why}"))

@@ -8,10 +8,11 @@ lock, at first use), and loaded here by libbpf.so.1, which applies the CO-RE rel
 against the running kernel's BTF. The watched MAC and the tracepoint argument layout go into
 .rodata before load, so one object serves every MAC and every run.
 
-Building and caching serve every object in OBJECTS: bpf/exporter_btf.c too, which
-tracer/exporter/program_btf.py loads with the ctypes wrapper `libbpf()` below.
+Building and caching serve every object in OBJECTS: bpf/exporter.c too, which
+tracer/exporter/program_btf.py loads with the ctypes wrapper `libbpf()` below (and whose maps
+the exporter reads through it whichever loader made them: tracer/exporter/program.py).
 
-`python -m tracer.libbpf_loader [SOURCE...]` builds the objects (follow.c, exporter_btf.c: all
+`python -m tracer.libbpf_loader [SOURCE...]` builds the objects (follow.c, exporter.c: all
 by default) and prints their paths.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 # Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
 OBJECTS = {
     "follow.c": (("loaders.h", "tapttrace.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
-    "exporter_btf.c": (("exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
+    "exporter.c": (("loaders.h", "exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
 }
 FOLLOW_SOURCE = "follow.c"
 SOURCES = (FOLLOW_SOURCE, *OBJECTS[FOLLOW_SOURCE][0])
@@ -251,6 +252,7 @@ def libbpf() -> ctypes.CDLL:
         ("bpf_map_lookup_elem", I, [I, P, P]),
         ("bpf_map_delete_elem", I, [I, P]),
         ("bpf_map_get_next_key", I, [I, P, P]),
+        ("bpf_obj_get_info_by_fd", I, [I, P, ctypes.POINTER(U)]),
         ("bpf_map__key_size", U, [P]),
         ("bpf_map__value_size", U, [P]),
         ("libbpf_num_possible_cpus", I, []),
@@ -498,7 +500,7 @@ class LibbpfFollowProgram:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Build the objects named (sources in bpf/: follow.c, exporter_btf.c), or all of them;
+    """Build the objects named (sources in bpf/: follow.c, exporter.c), or all of them;
     print each one's path."""
     from .errors import TapttraceError
 

@@ -6,6 +6,7 @@ JSON and back unchanged, so `diagnose` can be tested on recordings of real names
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -417,6 +418,11 @@ def collect_devices(namespaces: Iterable[Netns]) -> list[Device]:
                 devices.extend(_devices(ns, ipr.get_links()))
         except FileNotFoundError:
             continue  # the namespace went away since it was listed
+        except OSError as err:
+            # `ip netns del` unmounts the namespace before it unlinks the name: opened in between,
+            # the name is an empty file, and setns() refuses it (EINVAL). Gone as well.
+            if err.errno != errno.EINVAL:
+                raise
     return devices
 
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .labels import OVERFLOW, Inventory, Namer, roles, vm_macs
-from .program import FDB_EVENTS, HEALTH, TAP_EVENTS, VERDICTS, CounterProgram, Counts
+from .maps import FDB_EVENTS, HEALTH, TAP_EVENTS, VERDICTS, CounterProgram, Counts
 
 FRAME_LABELS = ("netns", "bridge", "in_port", "out_port", "verdict")
 DROP_LABELS = ("netns", "dev", "reason", "location")

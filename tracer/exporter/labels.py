@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..records import Device
-from .program import ROLE_BRIDGE, ROLE_PORT, ROLE_TAP, Role
+from .maps import ROLE_BRIDGE, ROLE_PORT, ROLE_TAP, Role
 
 OVERFLOW = "_overflow"  # every label of the one series that absorbs counts beyond the series cap
 

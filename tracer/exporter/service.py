@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 from .. import __version__
 from .collector import ExporterCollector, Filters
 from .labels import Inventory, Namer
-from .program import CounterProgram
+from .maps import CounterProgram
 from .server import Listen, MetricsServer
 from .webconfig import WebConfig
 
@@ -62,9 +62,9 @@ def kernel_namer(features, *, read_now: bool = False) -> Namer:
 
 
 def open_program(features: Features, max_series: int = 16384) -> CounterProgram:
-    """The exporter's BPF program, loaded and attached by the loader features chose
-    (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one). The libbpf path
-    never imports bcc."""
+    """The exporter's BPF program (bpf/exporter.c), loaded and attached by the loader features chose
+    (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one); either way the same
+    maps, read by the same code (maps.ExporterMaps). The libbpf path never imports bcc."""
     from ..features import open_with_fallback, require
 
     def libbpf() -> CounterProgram:
@@ -78,8 +78,9 @@ def open_program(features: Features, max_series: int = 16384) -> CounterProgram:
         require(features, "bcc")
         return ExporterProgram(features, max_series=max_series)
 
-    return open_with_fallback("bpf/exporter_btf.c", features, features.exporter_loader,
-                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc})
+    # bcc builds the same source and fills the same maps: only start time and memory differ.
+    return open_with_fallback("bpf/exporter.c", features, features.exporter_loader,
+                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc}, lost="")
 
 
 def _stop_refresher(stop: threading.Event, refresher: threading.Thread) -> None:
