@@ -306,3 +306,18 @@ def test_running_kernel_features_build_a_loadable_program():
     prog.cleanup()
     lines = doctor_lines(f)
     assert all(line.ok for line in lines if line.required)
+
+
+@pytest.mark.parametrize("fentry, kprobes, btf, loaded, hook", [
+    (True, True, "module", True, "fentry"),  # Debian 12, 13: the bridge module's BTF
+    (True, True, "vmlinux", True, "fentry"),  # bridge built in
+    (True, True, "", True, "kprobe"),  # Debian 11's 5.10: a module without BTF (module BTF: 5.11)
+    (True, True, "", False, "fentry"),  # not loaded yet: the loader falls back to the kprobe at start
+    (False, True, "", True, "kprobe"),
+    (True, False, "", True, "none"),
+    (False, False, "module", True, "none"),  # this machine's 6.18: neither
+])
+def test_br_flood_is_hooked_by_what_can_reach_it(fentry, kprobes, btf, loaded, hook):
+    from tracer.features import choose_bridge_hook
+
+    assert choose_bridge_hook(fentry, kprobes, btf, loaded) == hook

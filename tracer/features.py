@@ -210,6 +210,7 @@ class Features:
     # br_flood's home: "vmlinux", "module" (bridge built as a module: its BTF is /sys/kernel/btf/bridge,
     # which libbpf's fentry finds and bcc's KFUNC_PROBE does not), or "" (no BTF knows it: not loaded)
     bridge_btf: str = ""
+    bridge_loaded: bool = False  # the bridge is in the running kernel (built in, or its module loaded)
     bridge_hook_bcc: str = "none"  # bridge_hook for bcc: kprobe where br_flood is only in a module's BTF
     follow_loader: str = "bcc"  # "libbpf" (bpf/follow.c built once, tracer/libbpf_loader.py) | "bcc" (the same source compiled at start, tracer/loader.py)
     follow_loader_why: str = ""
@@ -544,6 +545,16 @@ def bridge_btf_home(btf: Optional[Btf], sys_root: str = "/sys") -> str:
     return "module" if Path(sys_root, "kernel/btf/bridge").is_file() else ""
 
 
+def choose_bridge_hook(fentry: bool, kprobes: bool, bridge_btf: str, bridge_loaded: bool) -> str:
+    """How br_flood is hooked: fentry where the kernel has it, else a kprobe, else not at all. An
+    fentry program needs the function's BTF: a bridge module loaded without BTF of its own (module
+    BTF came in 5.11: Debian 11's 5.10) gets the kprobe, which needs none. A bridge not loaded yet
+    keeps fentry (the loader falls back to the kprobe if fentry can't load when it starts)."""
+    if fentry and (bridge_btf or not bridge_loaded):
+        return "fentry"
+    return "kprobe" if kprobes else "none"
+
+
 def _choose_loader(env: str, source: str, tp_btf: Availability, btf_path: Path, hook: str, forced: str,
                    extra: str = "") -> tuple[str, str]:
     """("libbpf" | "bcc", why) for the program built from bpf/<source>: libbpf where tp_btf
@@ -718,8 +729,9 @@ def _probe(roots: ProbeRoots) -> Features:
         hook = "tracepoint"
     else:
         hook = "none"
-    bridge_hook = "fentry" if fentry.ok else "kprobe" if kprobes.ok else "none"
     bridge_btf = bridge_btf_home(btf, roots.sys)
+    bridge_loaded = bridge_btf == "vmlinux" or Path(roots.sys, "module/bridge").is_dir()
+    bridge_hook = choose_bridge_hook(fentry.ok, kprobes.ok, bridge_btf, bridge_loaded)
     # bcc's KFUNC_PROBE looks for its function in vmlinux's BTF only: a bridge built as a module
     # (every Debian kernel) gets the kprobe there, which reaches module functions.
     bridge_hook_bcc = bridge_hook
@@ -755,6 +767,7 @@ def _probe(roots: ProbeRoots) -> Features:
         offsets_problem=offsets_problem,
         hook=hook,
         bridge_hook=bridge_hook,
+        bridge_loaded=bridge_loaded,
         btf_path=str(roots.btf),
         tp_btf=tp_btf,
         bpf_atomics=atomics,
@@ -881,7 +894,8 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
     bridge = {"fentry": "fentry on bridge functions", "kprobe": "kprobes on bridge functions",
               "none": "none: bridge-internal decisions (floods) are not shown; tracepoints still are"}
     where = {"vmlinux": "; br_flood is in vmlinux", "module": "; br_flood is in the bridge module's BTF",
-             "": "; the bridge module is not loaded yet (hooked when follow starts, if loaded by then)"}
+             "": ("; the bridge module has no BTF of its own (module BTF came in 5.11)" if f.bridge_loaded
+                  else "; the bridge module is not loaded yet (hooked when follow starts, if loaded by then)")}
     bcc_note = (f"; with bcc: {bridge[f.bridge_hook_bcc]} (bcc's fentry finds vmlinux functions only)"
                 if f.bridge_hook_bcc != f.bridge_hook else "")
     lines.append(DoctorLine("bridge-internal hooks", f.bridge_hook != "none",

@@ -47,9 +47,8 @@ class Kernel:
     distro: str  # "Debian 12"
     suite: str  # the Debian suite whose newest kernel of the series is taken
     package: str  # regex of the linux-image-…-unsigned package; group 1 is the release (uname -r)
-    # pytest node ids run inside this kernel (beyond doctor and demo). Fewer on slow kernels:
-    # under TCG a Python process starts in ~10 s on 6.x and ~40 s on 5.10, whose 9p root is ~8x
-    # slower (tests/kernels/support.py says what that leaves unproven there).
+    # pytest node ids run inside this kernel (beyond doctor and demo); a kernel test not run on a
+    # kernel is declared in tests/kernels/support.py's NOT_RUN with the reason.
     tests: tuple[str, ...] = ()
 
 
@@ -64,7 +63,7 @@ CORE_TESTS = (
     f"{EXPORTER}::test_delivered_and_forwarded_pings_are_counted_exactly",
 )
 KERNELS = (
-    Kernel("5.10", "Debian 11", "bullseye", r"linux-image-(5\.10\.0-\d+-amd64)-unsigned", ()),
+    Kernel("5.10", "Debian 11", "bullseye", r"linux-image-(5\.10\.0-\d+-amd64)-unsigned", CORE_TESTS),
     Kernel("6.1", "Debian 12", "bookworm", r"linux-image-(6\.1\.0-\d+-amd64)-unsigned", CORE_TESTS),
     Kernel("6.12", "Debian 13", "trixie", r"linux-image-(6\.12\.\d+\+deb13-amd64)-unsigned", CORE_TESTS),
 )
@@ -173,6 +172,19 @@ def vng() -> str:
     return str(venv_bin / "vng")
 
 
+# virtme-ng shares the root filesystem through the Rust virtiofsd (Debian 13 only) or else 9p,
+# which under TCG is slow everywhere and ~8x slower on 5.10 (`import tracer.cli`: 87 s on 9p,
+# 8 s on virtiofs). Debian 12's qemu ships the C virtiofsd: tests/kernels/bin/virtiofsd speaks
+# virtme-ng's options to it.
+C_VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
+SHIM_DIR = Path(__file__).resolve().parent / "bin"
+
+
+def virtiofsd_dir() -> str:
+    """The PATH entry that gives virtme-ng a virtiofsd ('' when a Rust one is there or no C one)."""
+    return f"{SHIM_DIR}:" if C_VIRTIOFSD.exists() and not shutil.which("virtiofsd") else ""
+
+
 def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
     """Run `command` (bash) as root inside the kernel, in the checkout; its output goes to
     out_dir/console.log. The guest writes out_dir (shared read-write); everything else it writes
@@ -181,7 +193,8 @@ def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
     rc_file = out_dir / "rc"
     rc_file.unlink(missing_ok=True)
     inner = f"cd {shlex.quote(str(ROOT))}; ( {command} ) > {out_dir}/console.log 2>&1; echo $? > {rc_file}"
-    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{virtiofsd_dir()}{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}",
+           "VIRTIOFSD_LOG": str(out_dir / "virtiofsd.log")}
     argv = [vng(), "-r", str(fetched.vmlinuz), "--disable-kvm", "--memory", "2G", "--cpus", "2",
             # TCG's two vCPUs' TSCs look unsynchronised to 5.10, which then reads the emulated HPET
             # on every clock read (64 µs each): everything ran ~3x slower.
@@ -236,6 +249,9 @@ def run_row(name: str, out_dir: Path, timeout: float) -> dict:
 @click.group()
 def main() -> None:
     """The kernel matrix (docs/kernels.md)."""
+    # SIGTERM (a CI time limit, a kill) unwinds like Ctrl-C, so boot()'s finally kills qemu and its
+    # virtiofsd: Python's default SIGTERM would leave them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def _kernels(names: tuple[str, ...]) -> list[Kernel]:
@@ -313,8 +329,8 @@ def render_table(results: Path = RESULTS) -> str:
         hooks = "tp_btf" if f.get("tp_btf") else "raw tracepoints"
         bridge = f.get("bridge_hook", "none")
         home = {"module": " (bridge module)", "vmlinux": "",
-                "": " (no BTF of br_flood: not hooked; module BTF needs 5.11+)"}.get(f.get("bridge_btf", ""), "")
-        hooks += f"; br_flood: {bridge}" + (home if bridge == "fentry" else "")
+                "": " (bridge module without BTF: module BTF came in 5.11)"}.get(f.get("bridge_btf", ""), "")
+        hooks += f"; br_flood: {bridge}" + (home if bridge != "none" else "")
         lost = "; ".join(lost_features(f)) or "nothing"
         demo = _read(d / "demo.rc")
         demo_text = ("exit 0" if demo == "0" else f"exit {demo}") + f" ({_read(d / 'demo.seconds')} s)"
