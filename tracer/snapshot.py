@@ -6,6 +6,7 @@ JSON and back unchanged, so `diagnose` can be tested on recordings of real names
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -400,8 +401,13 @@ def collect_devices(namespaces: Iterable[Netns]) -> list[Device]:
         try:
             with iproute(ns) as ipr:
                 devices.extend(_devices(ns, ipr.get_links()))
-        except FileNotFoundError:
-            continue  # the namespace went away since it was listed
+        except OSError as err:
+            # The namespace went away since it was listed: its name is gone (ENOENT), or `ip netns
+            # del` unmounted it between our open and setns, leaving the plain file under the
+            # mount point (EINVAL; the soak's VM churn hit it: follow died at start, docs/soak.md).
+            if err.errno in (errno.ENOENT, errno.EINVAL):
+                continue
+            raise
     return devices
 
 
