@@ -1,5 +1,5 @@
 # Each target sets itself up first (scripts/setup.sh is quick when nothing changed).
-.PHONY: setup demo test test-kernels doctor bench
+.PHONY: setup demo test test-kernels doctor bench soak
 setup:
 	@bash scripts/setup.sh
 demo: setup
@@ -13,3 +13,6 @@ doctor: setup
 	.venv/bin/tapttrace doctor
 bench: setup
 	.venv/bin/python -m bench
+# The exporter's soak (docs/soak.md): 30 minutes, or SOAK_MINUTES=N; not in CI (tests/test_soak.py runs a 1-minute one).
+soak: setup
+	.venv/bin/python -m soak

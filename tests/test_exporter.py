@@ -115,6 +115,33 @@ def test_vanished_port_keeps_its_name_then_its_series_go():
     assert not any(dict(k[1]).get("out_port") == "vnet0" for k in samples(c))
 
 
+def test_names_of_vms_gone_without_counts_are_not_kept_for_ever():
+    """Found by the soak (a VM a second): every device of every namespace that vanished was
+    remembered, counted or not."""
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv, grace_refreshes=1)
+    c.refresh()
+    c.program.verdicts[(NS, 3, 4, 5, 5)] = 3  # only vnet0 and up0 counted anything
+    for k in range(100):  # VMs come and go: a namespace with its lo, and a port of br0
+        vm_ns = NS + 1 + k
+        inv[0] = Inventory.build({NS: "hv", vm_ns: f"vm{k}"}, [BR, UP, TAP, dev(100 + k, f"v{k}", master=3,
+                                 master_name="br0"), Device(vm_ns, f"vm{k}", 1, "lo")])
+        c.refresh()
+    inv[0] = Inventory.build({NS: "hv"}, [BR, UP])  # and vnet0's VM stops too
+    c.refresh()
+    assert set(c.namer._gone_dev) == {(NS, 5)} and c.namer._gone_ns == {}
+    assert any(dict(k[1]).get("out_port") == "vnet0" for k in samples(c))  # a counted one keeps its name
+    for _ in range(3):
+        c.refresh()
+    assert c.namer._gone_dev == {}
+
+
+def test_the_refresher_trims_the_heap_after_each_refresh():
+    from tracer.exporter.collector import _malloc_trim
+
+    assert _malloc_trim()() is None  # glibc here; a no-op elsewhere
+
+
 def test_counts_of_a_reused_namespace_inode_are_not_inherited():
     inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
     c = make(inv)

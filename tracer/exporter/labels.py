@@ -97,6 +97,15 @@ class Namer:
         for n in netns:
             self._gone_ns.pop(n, None)
 
+    def remember_only(self, dev_keys: Iterable[tuple[int, int]]) -> None:
+        """Keep the names of vanished devices (and their namespaces) only for these keys: those
+        that still have counts. A VM's devices that never counted anything (its namespace's lo,
+        the guest end of its veth) were otherwise remembered for ever, one VM after another."""
+        keep = set(dev_keys)
+        self._gone_dev = {k: v for k, v in self._gone_dev.items() if k in keep}
+        namespaces = {ns for ns, _ in keep}
+        self._gone_ns = {k: v for k, v in self._gone_ns.items() if k in namespaces}
+
     def netns(self, ino: int) -> str:
         return self.inventory.netns_names.get(ino) or self._gone_ns.get(ino) or f"netns:{ino}"
 

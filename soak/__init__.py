@@ -1,0 +1,1 @@
+"""The exporter's soak (issue 14): `make soak`, `python -m soak`; docs/soak.md."""
