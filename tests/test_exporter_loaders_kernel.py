@@ -22,8 +22,8 @@ from tracer.features import EXPORTER_LOADER_ENV, probe_features
 from tracer.lab import Lab, LabSpec
 
 from test_exporter_common import scrape
-from test_exporter_kernel import exporter_process, static_neighbour
-from test_follow_kernel import our_programs, programs_gone
+from test_exporter_kernel import exporter_process, static_neighbour, watch
+from test_follow_kernel import WAIT, our_programs, programs_gone
 
 pytestmark = pytest.mark.kernel
 
@@ -148,7 +148,7 @@ def _netfilter_drop(lab: Lab) -> None:
 
 def _guest_not_reading(lab: Lab) -> None:
     lab.pause_guest()
-    lab.ping(lab.remote_ns, lab.guest_ip, count=10, interval=0.01, timeout=0.1)
+    lab.ping(lab.remote_ns, lab.guest_ip, count=10, interval=0.01, timeout=0.1, burst=True)
 
 
 def _prepare_netfilter(lab: Lab) -> None:
@@ -176,14 +176,26 @@ def test_bcc_and_libbpf_count_the_same(both, scenario):
     with Lab(spec) as lab:
         prepare(lab)
         for c in both:
-            c.refresh()
+            watch(c, lab)
         before = [scrape(c) for c in both]
         traffic(lab)
-        time.sleep(0.2)  # the last replies' consume_skb
-        after = [scrape(c) for c in both]
         netns = lab.hv_ns
+
+        def deltas() -> tuple[dict, dict]:
+            after = [scrape(c) for c in both]
+            return tuple(_delta(_ours(b, netns), _ours(a, netns)) for b, a in zip(before, after))
+
+        # Both programs count each event as it happens, and the traffic's last frames may still be
+        # on their way (the last replies' consume_skb): compare once both show what the scenario
+        # must make and agree (up to WAIT), never after a fixed pause.
+        deadline = time.monotonic() + WAIT
+        while True:
+            with_bcc, with_libbpf = deltas()
+            seen = any(k[0] == must_see for k in with_bcc) and any(k[0] == "tapttrace_frames_total" for k in with_bcc)
+            if (seen and with_libbpf == with_bcc) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         inode = os.stat(f"/run/netns/{netns}").st_ino
-    with_bcc, with_libbpf = (_delta(_ours(b, netns), _ours(a, netns)) for b, a in zip(before, after))
     assert any(k[0] == "tapttrace_frames_total" for k in with_bcc)
     assert any(k[0] == must_see for k in with_bcc), sorted(with_bcc)
     assert with_libbpf == with_bcc
@@ -204,14 +216,13 @@ def test_libbpf_counts_forwarded_and_delivered_frames_in_arrays_not_hashes(both)
     through read() under the same keys."""
     libbpf = both[1]
     with Lab(LabSpec()) as lab:
-        libbpf.refresh()
+        watch(libbpf, lab)
         lab.ping_guest_from_remote(count=3)
-        lab.ping_guest_from_host(count=2)
-        time.sleep(0.2)
+        lab.ping_guest_from_host(count=2)  # every reply came back: the frames were counted before
         inode = os.stat(f"/run/netns/{lab.hv_ns}").st_ino
         prog = libbpf.program
-        in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
         counts = prog.read()
+        in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
         verdicts = {k[4] for k in counts.verdicts if k[0] == inode}
         events = {k[2] for k in counts.taps if k[0] == inode}
     assert in_hashes == []
