@@ -268,6 +268,7 @@ CHILD = """
 import json, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores it
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # under nohup it comes ignored, and the lab leaves an ignored signal be
 from tracer.lab import Lab
 with Lab() as lab:
     if sys.argv[1] == "paused":

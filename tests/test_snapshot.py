@@ -462,3 +462,16 @@ def test_machine_devices_feeds_a_device_table(lab: tuple[Netns, Netns, Optional[
     assert names[hv.inode] == hv.name and names[peer.inode] == peer.name and "root" in names.values()
     assert {d.netns for d in devices} <= set(names)
     assert any(d.name == "vnet0" and d.netns == hv.inode and d.is_tap for d in devices)
+
+
+def test_a_namespace_deleted_after_it_was_listed_is_skipped(tmp_path) -> None:
+    """`ip netns del` unmounts a namespace before it unlinks its name: a snapshot or device refresh
+    that listed it just before opens a plain file, and setns says EINVAL. Seen as a traceback from
+    diagnose on a machine where other runs delete their namespaces; it is a namespace gone."""
+    gone = Netns("ttsnap-deleted", 1, str(tmp_path / "ttsnap-deleted"))
+    Path(gone.path).write_text("")
+    with pytest.raises(FileNotFoundError, match="went away"):
+        with entered(gone):
+            pass
+    assert collect_devices([gone]) == []
+    assert collect_snapshot([gone], taps=False).namespaces == ()
