@@ -101,7 +101,16 @@ def test_stp_port_not_forwarding():
                 "stp_state", "1")
         for state in ("down", "up"):  # a port (re)enabled under STP starts listening
             lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.tap, state)
-        code, report = diagnose(lab, ping_unanswered)
+
+        def flap_then_ping(lab):
+            # Again once diagnose watches: the port forwards 2 × 30 s after its last flap, and
+            # diagnose's start-up on a loaded machine can take a good part of a minute. From here
+            # to its last snapshot is the traffic and the report: seconds.
+            for state in ("down", "up"):
+                lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.tap, state)
+            ping_unanswered(lab)
+
+        code, report = diagnose(lab, flap_then_ping)
         assert code == 1 and report["cause"] == "port-not-forwarding"
         assert any(w in report["summary"] for w in ("listening", "learning", "blocking"))
         apply_fix(report)
