@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -158,11 +157,9 @@ def _bpftool_members(raw: str, struct_name: str) -> dict[str, int]:
 
 
 @pytest.mark.kernel
-def test_running_kernel_btf_parses_fast_and_agrees_with_bpftool():
-    start = time.perf_counter()
+def test_running_kernel_btf_parses_and_agrees_with_bpftool():
+    # How long the parse takes is measured by bench/startup.py, not asserted here (docs/testing.md).
     btf = Btf.load()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"parsing vmlinux BTF took {elapsed:.2f}s"
     assert len(btf) > 10000
     if shutil.which("bpftool") is None:
         pytest.skip("bpftool is not installed")

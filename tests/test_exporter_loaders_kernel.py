@@ -14,8 +14,8 @@ from typing import Callable
 
 import pytest
 from test_exporter_common import scrape
-from test_exporter_kernel import exporter_process, static_neighbour
-from test_follow_kernel import our_programs, programs_gone
+from test_exporter_kernel import exporter_process, static_neighbour, watch
+from test_follow_kernel import WAIT, our_programs, programs_gone
 
 from tracer import libbpf_loader
 from tracer.errors import KernelError
@@ -193,7 +193,7 @@ def _netfilter_drop(lab: Lab) -> None:
 
 def _guest_not_reading(lab: Lab) -> None:
     lab.pause_guest()
-    lab.ping(lab.remote_ns, lab.guest_ip, count=10, interval=0.01, timeout=0.1)
+    lab.ping(lab.remote_ns, lab.guest_ip, count=10, interval=0.01, timeout=0.1, burst=True)
 
 
 def _prepare_netfilter(lab: Lab) -> None:
@@ -221,10 +221,25 @@ def test_bcc_and_libbpf_count_the_same(both, scenario):
     with Lab(spec) as lab:
         prepare(lab)
         for c in both:
-            c.refresh()
+            watch(c, lab)
         before = [scrape(c) for c in both]
         traffic(lab)
         netns = lab.hv_ns
+
+        def deltas() -> tuple[dict, dict]:
+            after = [scrape(c) for c in both]
+            return tuple(_delta(_ours(b, netns), _ours(a, netns)) for b, a in zip(before, after))
+
+        # Both programs count each event as it happens, and the traffic's last frames may still be
+        # on their way (the last replies' consume_skb): compare once both show what the scenario
+        # must make and agree (up to WAIT), never after a fixed pause.
+        deadline = time.monotonic() + WAIT
+        while True:
+            with_bcc, with_libbpf = deltas()
+            seen = any(k[0] == must_see for k in with_bcc) and any(k[0] == "tapttrace_frames_total" for k in with_bcc)
+            if (seen and with_libbpf == with_bcc) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         inode = os.stat(f"/run/netns/{netns}").st_ino
         deltas: list[dict] = []
 
@@ -265,6 +280,7 @@ def test_forwarded_and_delivered_frames_are_counted_in_arrays_not_hashes(both, l
         prog = collector.program
         in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
         counts = prog.read()
+        in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
         verdicts = {k[4] for k in counts.verdicts if k[0] == inode}
         events = {k[2] for k in counts.taps if k[0] == inode}
     assert prog.loader == loader and in_hashes == []

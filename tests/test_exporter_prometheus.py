@@ -128,7 +128,7 @@ def tap_mac(lab: Lab) -> None:
 
 
 def not_reading(lab: Lab) -> None:
-    lab.ping(lab.remote_ns, lab.guest_ip, count=10, interval=0.01, timeout=0.1)
+    lab.ping(lab.remote_ns, lab.guest_ip, count=10, interval=0.01, timeout=0.1, burst=True)
 
 
 def mac_move(lab: Lab) -> None:

@@ -6,9 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import jsonschema
 import pytest
@@ -29,12 +30,25 @@ def tapttrace(*args: str) -> list[str]:
     return [sys.executable, "-m", "tracer", *args]
 
 
+# Deadlines for waits on a condition: upper bounds, never measurements (Python starts slowly under
+# qemu TCG, the kernel matrix; a shared CI machine can stall a process for seconds).
+WAIT = 120
+
+
 class Follow:
-    """`tapttrace follow --json` running in the background while the test makes traffic."""
+    """`tapttrace follow --json` running in the background while the test makes traffic.
+
+    Its window ends on a condition, never on a clock: stop(until=...) waits (up to WAIT) until the
+    journeys follow has written satisfy `until`, then signals. follow writes a journey once it has
+    ended (every copy freed, or idle for a second), so what `until` names is over in the kernel and
+    follow has read it; the signal then only ends the window."""
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(tapttrace("follow", "--json", *args), cwd=ROOT, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers: list[threading.Thread] = []
         try:
             self.programs = self._wait_attached()
         except BaseException:
@@ -47,7 +61,7 @@ class Follow:
         # once it holds a BPF link for each of its four hooks (a loaded program is not yet
         # attached: frames sent in between would be missed by this follow only).
         # a deadline, not a wait: Python starts slowly under qemu TCG (the kernel matrix)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"follow exited early: {self.proc.stderr.read()}")
@@ -56,16 +70,52 @@ class Follow:
             time.sleep(0.05)
         raise AssertionError("follow's BPF programs never showed up")
 
-    def stop(self, sig: Optional[int] = signal.SIGTERM, settle: float = 0.3) -> tuple[list[dict], dict, str]:
-        """sig=None: the caller has signalled it already."""
-        time.sleep(settle)  # let the last journeys end
+    def _read_in_background(self) -> None:
+        """Read follow's output as it comes (started by the first wait: until then the pipe fills,
+        which tests of a writer blocked on a full pipe rely on)."""
+        if self._readers:
+            return
+        for pipe, lines in ((self.proc.stdout, self._out), (self.proc.stderr, self._err)):
+            t = threading.Thread(target=lambda pipe=pipe, lines=lines: lines.extend(pipe), daemon=True)
+            t.start()
+            self._readers.append(t)
+
+    def journeys(self) -> list[dict]:
+        """The journeys follow has written so far (once waiting has begun)."""
+        lines = (json.loads(line) for line in list(self._out) if line.strip())
+        return [x for x in lines if x.get("schema") == "tapttrace.journey/1"]
+
+    def wait_for(self, cond: Callable[[list[dict]], bool], what: str) -> None:
+        self._read_in_background()
+        deadline = time.monotonic() + WAIT
+        while not cond(self.journeys()):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"follow exited while waiting for {what}: {''.join(self._err)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up waiting {WAIT} s for {what}; follow wrote: "
+                                     f"{[(j['summary'], j['verdict']) for j in self.journeys()]}")
+            time.sleep(0.05)
+
+    def stop(self, sig: Optional[int] = signal.SIGTERM, *, until: Optional[Callable[[list[dict]], bool]] = None,
+             what: str = "the traffic's journeys") -> tuple[list[dict], dict, str]:
+        """until: what must have been written before the window ends (see the class).
+        sig=None: the caller has signalled it already."""
+        if until is not None:
+            self.wait_for(until, what)
         if sig is not None:
             self.proc.send_signal(sig)
         try:
-            out, err = self.proc.communicate(timeout=120)
+            if self._readers:
+                self.proc.wait(timeout=WAIT)
+                for t in self._readers:
+                    t.join(WAIT)
+                out, err = "".join(self._out), "".join(self._err)
+            else:
+                out, err = self.proc.communicate(timeout=WAIT)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+                self.proc.wait()
         assert self.proc.returncode == 0, err
         lines = [json.loads(line) for line in out.splitlines() if line.strip()]
         journeys = [x for x in lines if x.get("schema") == "tapttrace.journey/1"]
@@ -83,8 +133,10 @@ def run_window(argv: list[str], traffic=None, *, timeout: float = 90) -> tuple[i
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if traffic is not None:
-            deadline = time.monotonic() + 60
-            while our_links(proc.pid) < 4 and proc.poll() is None and time.monotonic() < deadline:
+            deadline = time.monotonic() + WAIT
+            while our_links(proc.pid) < 4 and proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{argv[3:5]}: its BPF programs never showed up")
                 time.sleep(0.05)
             if proc.poll() is None:
                 traffic()
@@ -152,7 +204,7 @@ def hops_by_copy(journey: dict) -> tuple:
     return tuple((h["event"], h["dev"], h["copy"]) for h in sorted(journey["hops"], key=lambda h: h["copy"]))
 
 
-def programs_gone(ids: set[int], timeout: float = 5.0) -> bool:
+def programs_gone(ids: set[int], timeout: float = WAIT) -> bool:
     """Programs are freed after an RCU grace period, a moment after the last fd closes."""
     deadline = time.monotonic() + timeout
     while ids & loaded_programs():
@@ -166,11 +218,54 @@ def echoes(journeys: list[dict]) -> list[dict]:
     return [j for j in journeys if j["summary"].startswith("ICMP echo ") and j["toward_guest"]]
 
 
+def requests(journeys: list[dict]) -> list[dict]:
+    """Echo requests (ICMP or ICMPv6) toward the guest, from anywhere."""
+    return [j for j in journeys if j["summary"].startswith(("ICMP echo ", "ICMPv6 echo ")) and j["toward_guest"]
+            and " reply " not in j["summary"]]
+
+
+def replies_from(mac: str, journeys: list[dict]) -> list[dict]:
+    return [j for j in journeys if j["summary"].startswith(("ICMP echo reply", "ICMPv6 echo reply"))
+            and j["src_mac"] == mac]
+
+
+def pings_done(mac: str, sent: int, answered: int) -> Callable[[list[dict]], bool]:
+    """A follow's window may end once it has written the journeys of `sent` echo requests toward
+    the guest and of `answered` replies from it (mac)."""
+    return lambda js: len(requests(js)) >= sent and len(replies_from(mac, js)) >= answered
+
+
+def neighbour_state(lab: Lab, ns: str, dev: str, ip: str) -> str:
+    out = lab.run(ns, "ip", "-j", "neigh", "show", "dev", dev, "to", ip).stdout
+    entries = json.loads(out or "[]")
+    return ",".join(entries[0].get("state", [])) if entries else ""
+
+
+def tx_packets(lab: Lab, ns: str, dev: str) -> int:
+    return json.loads(lab.run(ns, "ip", "-j", "-s", "link", "show", "dev", dev).stdout)[0]["stats64"]["tx"]["packets"]
+
+
+def wait_until(cond, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting {WAIT} s for {what}")
+        time.sleep(0.05)
+
+
+def from_uplink(lab: Lab, journeys: list[dict]) -> list[dict]:
+    return [j for j in echoes(journeys) if any(h["dev"] == lab.uplink for h in j["hops"])]
+
+
+def arp_requests(lab: Lab, journeys: list[dict]) -> list[dict]:
+    return [j for j in journeys if j["summary"] == f"ARP who-has {lab.guest_ip} tell {lab.remote_ip}"]
+
+
 def test_healthy_guest_frames_are_delivered_to_the_tap():
     with Lab(LabSpec()) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         ping = lab.ping_guest_from_remote(count=3)
-        journeys, summary, _ = f.stop()
+        journeys, summary, _ = f.stop(until=pings_done(lab.guest_mac, 3, 3))
     assert ping.received == 3
     reqs = echoes(journeys)
     assert len(reqs) == 3
@@ -191,7 +286,7 @@ def test_bcc_loader_delivers_the_same_journeys(monkeypatch):
     with Lab(LabSpec()) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         ping = lab.ping_guest_from_remote(count=3)
-        journeys, summary, err = f.stop()
+        journeys, summary, err = f.stop(until=pings_done(lab.guest_mac, 3, 3))
     assert ping.received == 3 and summary["lost_events"] == 0
     reqs = echoes(journeys)
     assert len(reqs) == 3 and all(j["verdict"] == "delivered" for j in reqs), [j["verdict"] for j in reqs]
@@ -215,11 +310,11 @@ def assert_dropped_by_the_host_stack(drop: dict) -> None:
 def test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap():
     with Lab(LabSpec(tap_mac="guest")) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
-        remote = lab.ping_guest_from_remote(count=3)
+        remote = lab.ping_guest_from_remote(count=3, timeout=0.3)  # dropped on br0: no answer will come
         host = lab.ping_guest_from_host(count=2)
-        journeys, _, _ = f.stop()
+        journeys, _, _ = f.stop(until=lambda js: len(from_uplink(lab, js)) >= 3 and len(requests(js)) >= 5)
     assert remote.received == 0 and host.received == 2
-    from_remote = [j for j in echoes(journeys) if any(h["dev"] == lab.uplink for h in j["hops"])]
+    from_remote = from_uplink(lab, journeys)
     assert len(from_remote) == 3
     for j in from_remote:
         assert j["verdict"] == "dropped"
@@ -233,10 +328,18 @@ def test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap
 def test_guest_that_never_answers_arp_leaves_its_arp_requests_behind():
     with Lab(LabSpec(guest_answers_arp=False)) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
-        ping = lab.ping_guest_from_remote(count=2)
-        journeys, _, _ = f.stop()
+        sent_before = tx_packets(lab, lab.remote_ns, lab.remote_dev)
+        ping = lab.ping_guest_from_remote(count=1, timeout=0.3)
+        # The kernel asks again after ping has given up (mcast_solicit, a second apart) until it
+        # declares the address unreachable: then it has sent its last ARP request, and the remote
+        # (IPv6 off, no IGMP) sent nothing else: follow must have written that many.
+        wait_until(lambda: "FAILED" in neighbour_state(lab, lab.remote_ns, lab.remote_dev, lab.guest_ip),
+                   "the remote to give up resolving the guest")
+        asked = tx_packets(lab, lab.remote_ns, lab.remote_dev) - sent_before
+        journeys, _, _ = f.stop(until=lambda js: len(arp_requests(lab, js)) >= asked, what=f"{asked} ARP requests")
     assert ping.received == 0
-    arps = [j for j in journeys if j["summary"] == f"ARP who-has {lab.guest_ip} tell {lab.remote_ip}"]
+    arps = arp_requests(lab, journeys)
+    assert len(arps) == asked
     assert arps, [j["summary"] for j in journeys]
     for j in arps:
         assert j["toward_guest"] and j["dst_mac"] == "ff:ff:ff:ff:ff:ff"
@@ -249,7 +352,7 @@ def test_learned_address_pulls_in_arp_requests_without_ip_flag():
         lab.ping_guest_from_remote(count=1)  # the guest's ARP reply teaches its address
         lab.run(lab.remote_ns, "ip", "neigh", "flush", "dev", lab.remote_dev)
         lab.ping_guest_from_remote(count=1)
-        journeys, summary, _ = f.stop()
+        journeys, summary, _ = f.stop(until=lambda js: pings_done(lab.guest_mac, 2, 2)(js) and arp_requests(lab, js))
     assert lab.guest_ip in summary["learned_ips"]
     assert any(j["summary"].startswith(f"ARP who-has {lab.guest_ip}") for j in journeys)
 
@@ -267,7 +370,7 @@ def test_the_kernel_learns_the_guests_address_without_waiting_for_user_space(mon
             lab.ping_guest_from_remote(count=1)  # a broadcast ARP request for that address
         finally:
             f.proc.send_signal(signal.SIGCONT)
-        journeys, summary, _ = f.stop()
+        journeys, summary, _ = f.stop(until=lambda js: pings_done(lab.guest_mac, 2, 2)(js) and arp_requests(lab, js))
     assert lab.guest_ip in summary["learned_ips"]
     asks = [j for j in journeys if j["summary"].startswith(f"ARP who-has {lab.guest_ip}")]
     assert len(asks) == 1  # the second one: the first came before anyone knew the address
@@ -277,7 +380,7 @@ def test_veth_crossing_between_namespaces_is_one_journey():
     with Lab(LabSpec()) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         lab.ping_guest_from_remote(count=2)
-        journeys, _, _ = f.stop()
+        journeys, _, _ = f.stop(until=pings_done(lab.guest_mac, 2, 2))
     for j in echoes(journeys):
         namespaces = [h["netns"] for h in j["hops"]]
         assert namespaces[0] == lab.remote_ns and lab.hv_ns in namespaces
@@ -289,7 +392,7 @@ def test_pcap_is_readable_by_tcpdump(tmp_path):
     with Lab(LabSpec()) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip, "--pcap", str(pcap))
         lab.ping_guest_from_remote(count=2)
-        journeys, _, _ = f.stop()
+        journeys, _, _ = f.stop(until=pings_done(lab.guest_mac, 2, 2))
     out = subprocess.run(["tcpdump", "-nn", "-e", "-r", str(pcap)], capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
     assert len(lines) == len(journeys)
@@ -308,7 +411,7 @@ def test_no_program_remains_after_any_ending(how):
             args += ["--pcap", "/nonexistent-dir/x.pcap"]
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if how != "error":
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + WAIT
             while len(our_programs(proc.pid)) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
             seen = our_programs(proc.pid)

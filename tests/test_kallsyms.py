@@ -58,11 +58,11 @@ def test_loading_is_lazy(tmp_path):
 
 def test_preloading_reads_the_table_in_the_background(tmp_path):
     preloaded = Kallsyms.load(FIXTURES / "kallsyms-6.18").preload()
-    preloaded._preload.join(10)
+    preloaded._preload.join(60)  # a deadline for the background read, not a bound on its speed
     assert preloaded._addresses is not None  # read before anyone asked
     assert preloaded.symbolize(0xFFFFFFFF81E962B0 + 0x1A) == "consume_skb+0x1a"
     missing = Kallsyms.load(tmp_path / "nope").preload()
-    missing._preload.join(10)
+    missing._preload.join(60)
     with pytest.raises(FileNotFoundError):  # the failure still shows at first use
         missing.symbolize(0xFFFFFFFF81000000)
 

@@ -23,8 +23,11 @@ from tracer.lab.topology import RUN_NETNS, LabCommandFailed, random_guest_mac
 ROOT = Path(__file__).resolve().parents[1]
 GUEST_MAC = "52:54:00:12:34:56"
 PEER_MAC = bytes.fromhex("020000000101")
-FAST = dict(count=2, interval=0.05, timeout=0.5)  # healthy answers come back in well under a millisecond
+# Healthy: each probe waits for its own reply (Lab.ping, up to PROBE_TIMEOUT), so the count is exact
+# however busy the machine. Failing: no reply will ever come, so 0.3 s is enough to say so.
+FAST = dict(count=2, interval=0.05)
 FAILING = dict(count=1, timeout=0.3)
+WAIT = 60  # seconds: an upper bound on waiting for a condition, never a measurement
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -138,7 +141,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_until(cond, timeout: float = 5.0) -> bool:
+def wait_until(cond, timeout: float = WAIT) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -265,12 +268,14 @@ CHILD = """
 import json, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores it
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # under nohup it comes ignored, and the lab leaves an ignored signal be
 from tracer.lab import Lab
 with Lab() as lab:
     if sys.argv[1] == "paused":
         lab.pause_guest()
     print(json.dumps({"ns": [lab.remote_ns, lab.hv_ns], "guest": lab.guest.pid}), flush=True)
-    time.sleep(30)
+    while True:  # until the test's signal, however long it takes to come (not pause(): a signal
+        time.sleep(1)  # landing just before it would leave it waiting for another one)
 """
 
 
@@ -280,7 +285,7 @@ def lab_in_child(mode: str = "running"):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-c", CHILD, mode], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
-        assert select.select([p.stdout], [], [], 10)[0], "the child's lab did not come up"
+        assert select.select([p.stdout], [], [], WAIT)[0], "the child's lab did not come up"
         info = json.loads(p.stdout.readline())
         yield p, set(info["ns"]), info["guest"]
     finally:
@@ -297,7 +302,7 @@ def test_signals_tear_the_lab_down(sig):
     with lab_in_child() as (p, names, guest):
         assert names <= namespaces()
         p.send_signal(sig)
-        p.wait(timeout=10)
+        p.wait(timeout=WAIT)
         assert p.returncode == -sig  # died of it (Python re-raises SIGINT after KeyboardInterrupt)
         assert not names & namespaces()
         assert gone(guest)
@@ -308,7 +313,7 @@ def test_signals_tear_the_lab_down(sig):
 def test_sigkilled_lab_is_cleaned_up_by_the_next(mode):
     with lab_in_child(mode) as (p, names, guest):
         p.kill()
-        p.wait(timeout=10)
+        p.wait(timeout=WAIT)
         assert names <= namespaces()  # nothing ran in the child: the names stay behind...
         if mode == "running":
             assert wait_until(lambda: gone(guest))  # ...but the guest saw its stdin close and left

@@ -37,10 +37,13 @@ from tracer.lab.topology import RUN_NETNS
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 from test_diagnose_kernel import diagnose  # noqa: E402
-from test_follow_kernel import Follow, echoes  # noqa: E402
+from test_follow_kernel import Follow, echoes, pings_done  # noqa: E402
 
-FAST = dict(count=3, interval=0.1, timeout=1.0)  # TCG answers in ~1 ms, the first one in ~15
+# Healthy: each probe waits for its own reply (Lab.ping, up to PROBE_TIMEOUT): TCG answers in ~1 ms,
+# the first in ~15, a busy machine in whatever it takes. Failing: no reply will ever come.
+FAST = dict(count=3, interval=0.1)
 FAILING = dict(count=2, interval=0.1, timeout=0.3)
+WAIT = 120  # seconds: an upper bound on waiting for a condition, never a measurement
 QEMU = LabSpec(guest="qemu")
 
 
@@ -143,7 +146,7 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_until(cond, timeout: float = 10.0) -> bool:
+def wait_until(cond, timeout: float = WAIT) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -186,7 +189,7 @@ def test_follow_sees_frames_delivered_to_qemu_and_the_guest_kernels_replies():
     with Lab(QEMU) as lab:
         f = Follow(lab.guest_mac, "--netns", lab.hv_ns, "--ip", lab.guest_ip)
         ping = lab.ping_guest_from_remote(**FAST)
-        journeys, summary, _ = f.stop()
+        journeys, summary, _ = f.stop(until=pings_done(lab.guest_mac, 3, 3))
         qemu = lab.guest.pid
     assert ping.received == 3
     reqs = echoes(journeys)
@@ -204,7 +207,7 @@ def test_follow_sees_frames_delivered_to_qemu_and_the_guest_kernels_replies():
 @pytest.mark.kernel
 def test_diagnose_names_local_mac_for_a_qemu_guest():
     with Lab(LabSpec(tap_mac="guest", guest="qemu")) as lab:
-        code, report = diagnose(lab, lambda lab: lab.ping_guest_from_remote(count=3, interval=0.2))
+        code, report = diagnose(lab, lambda lab: lab.ping_guest_from_remote(count=3, interval=0.2, timeout=0.5))
     assert code == 1 and report["cause"] == "local-mac", {k: v for k, v in report.items() if k != "journeys"}
     assert any(libvirt_tap_mac(lab.guest_mac) in c for c in report["fix"])
 
@@ -215,7 +218,8 @@ from tracer.errors import EnvironmentProblem
 from tracer.lab import Lab, LabSpec
 with Lab(LabSpec(guest="qemu")) as lab:
     print(json.dumps({"ns": [lab.remote_ns, lab.hv_ns], "guest": lab.guest.pid, "tmp": str(lab.tmp)}), flush=True)
-    time.sleep(60)
+    while True:  # until the test's signal, however long it takes to come (not pause(): a signal
+        time.sleep(1)  # landing just before it would leave it waiting for another one)
 """
 
 
@@ -225,12 +229,12 @@ def test_killed_lab_takes_its_qemu_guest_along(sig):
     p = subprocess.Popen([sys.executable, "-c", CHILD], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          stdout=subprocess.PIPE, text=True)
     try:
-        assert select.select([p.stdout], [], [], 120)[0], "the child's lab did not come up"
+        assert select.select([p.stdout], [], [], WAIT)[0], "the child's lab did not come up"
         info = json.loads(p.stdout.readline())
         names, qemu, tmp = set(info["ns"]), info["guest"], Path(info["tmp"])
         assert not gone(qemu) and tmp.is_dir()
         p.send_signal(sig)
-        p.wait(timeout=15)
+        p.wait(timeout=WAIT)
         assert p.returncode == -sig
         # SIGTERM: the lab's handler tears down. SIGKILL: qemu's parent-death signal ends it,
         # and the next lab removes the namespaces and the console directory.

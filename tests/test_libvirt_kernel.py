@@ -24,7 +24,7 @@ pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from test_follow_kernel import Follow, run_window  # noqa: E402
+from test_follow_kernel import Follow, pings_done, run_window  # noqa: E402
 
 DIAG_SCHEMA = json.loads(
     (ROOT / "docs" / "causes.md").read_text().split("JSON schema:\n\n```json\n")[1].split("```")[0])
@@ -89,7 +89,7 @@ def test_diagnose_vm_of_a_bridge_interface_says_ok(lv):
     lab, br, _ = lv
 
     def traffic():  # done once every reply came back: the guest has read each request by then
-        assert lab.ping_from_remote(br, timeout=10).received == 3
+        assert lab.ping_from_remote(br).received == 3
 
     code, r = diagnose_vm(lab, br.name, traffic)
     assert code == 0 and r["cause"] == "ok", (r["summary"], r["counts"], r["evidence"])
@@ -109,7 +109,7 @@ def test_follow_vm_shows_journeys_delivered_to_vnet(lv):
     lab, br, _ = lv
     f = Follow("--vm", br.name)
     lab.ping_from_remote(br)
-    journeys, summary, err = f.stop()
+    journeys, summary, err = f.stop(until=pings_done(br.mac, 3, 3))
     assert summary["lost_events"] == 0
     requests = [j for j in journeys if j["summary"].startswith("ICMP echo 203") and j["toward_guest"]]
     assert len(requests) == 3, [j["summary"] for j in journeys]
@@ -126,7 +126,7 @@ def test_follow_with_a_mac_names_the_domain_libvirt_knows(lv):
     lab, br, _ = lv
     f = Follow(br.mac)
     lab.ping_from_remote(br, count=1)
-    journeys, _, _ = f.stop()
+    journeys, _, _ = f.stop(until=pings_done(br.mac, 1, 1))
     assert journeys and all(j["vm"] == br.name for j in journeys)
 
 

@@ -293,7 +293,7 @@ def inside(ns: Netns) -> Iterator[IPRoute]:
         yield ipr
 
 
-def wait_for_blocking(ipr, bridge: int, timeout: float = 10.0) -> None:
+def wait_for_blocking(ipr, bridge: int, timeout: float = 60.0) -> None:
     """Wait until kernel STP has put a port of `bridge` into blocking (it takes about a hello time)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -369,10 +369,7 @@ def lab() -> Iterator[tuple[Netns, Netns, Optional[bool]]]:
 @pytest.mark.kernel
 def test_live_snapshot_sees_the_lab(lab: tuple[Netns, Netns, Optional[bool]]) -> None:
     hv, peer, br_nf = lab
-    started = time.perf_counter()
     snap = collect_snapshot([hv, peer])
-    elapsed = time.perf_counter() - started
-    print(f"collect_snapshot(2 namespaces): {elapsed * 1000:.1f} ms")
     check_lab(snap, br_netfilter_set=bool(br_nf))
     assert Snapshot.from_json(snap.to_json()) == snap
     if os.environ.get("TAPTTRACE_RECORD") == "1":
@@ -453,7 +450,8 @@ def test_entered_returns_home_on_error() -> None:
 
 
 @pytest.mark.kernel
-def test_timings_for_five_namespaces() -> None:
+def test_five_namespaces_of_devices() -> None:
+    """What they cost is measured by bench/startup.py (the same namespaces), not asserted here."""
     require_root()
     with ExitStack() as stack:
         spaces = stack.enter_context(lab_namespaces(*(f"perf{i}" for i in range(5))))
@@ -465,20 +463,9 @@ def test_timings_for_five_namespaces() -> None:
                     ipr.link("set", index=ipr.link_lookup(ifname=f"vnet{i}")[0],
                              master=ipr.link_lookup(ifname="br0")[0])
                 ipr.link("add", ifname="uplink", kind="veth", peer="peer")
-        collect_devices(spaces)  # warm imports and caches
-        runs = []
-        for _ in range(5):
-            started = time.perf_counter()
-            devices = collect_devices(spaces)
-            runs.append(time.perf_counter() - started)
-        started = time.perf_counter()
+        devices = collect_devices(spaces)
         snap = collect_snapshot(spaces)
-        full = time.perf_counter() - started
-        print(f"collect_devices(5 namespaces, {len(devices)} devices): best {min(runs) * 1000:.1f} ms, "
-              f"worst {max(runs) * 1000:.1f} ms; collect_snapshot: {full * 1000:.1f} ms")
         assert len(devices) == 5 * 8 and len(snap.namespaces) == 5
-        # generous bound: start-up and unknown-device refreshes must not stall the tracer
-        assert min(runs) < 0.5
 
 
 @pytest.mark.kernel
@@ -488,3 +475,16 @@ def test_machine_devices_feeds_a_device_table(lab: tuple[Netns, Netns, Optional[
     assert names[hv.inode] == hv.name and names[peer.inode] == peer.name and "root" in names.values()
     assert {d.netns for d in devices} <= set(names)
     assert any(d.name == "vnet0" and d.netns == hv.inode and d.is_tap for d in devices)
+
+
+def test_a_namespace_deleted_after_it_was_listed_is_skipped(tmp_path) -> None:
+    """`ip netns del` unmounts a namespace before it unlinks its name: a snapshot or device refresh
+    that listed it just before opens a plain file, and setns says EINVAL. Seen as a traceback from
+    diagnose on a machine where other runs delete their namespaces; it is a namespace gone."""
+    gone = Netns("ttsnap-deleted", 1, str(tmp_path / "ttsnap-deleted"))
+    Path(gone.path).write_text("")
+    with pytest.raises(FileNotFoundError, match="went away"):
+        with entered(gone):
+            pass
+    assert collect_devices([gone]) == []
+    assert collect_snapshot([gone], taps=False).namespaces == ()

@@ -16,9 +16,21 @@ from .sinks.terminal import TerminalSink
 
 T = TypeVar("T")
 
-def trace_while(console: Console, config: FollowConfig, action: Callable[[], T], stop: threading.Event
-                ) -> tuple[list[Journey], FollowSummary, T]:
-    """Follow config.mac while action() runs; return the journeys, the summary and action's result."""
+# How long the demo waits for the journeys of the pings it sent to be reported before it stops
+# following anyway (the final flush then shows any still open as unfinished): a deadline, not a pause.
+JOURNEYS_WAIT_S = 10.0
+
+
+def echo_requests(journeys: list[Journey]) -> int:
+    return sum(j.toward_guest and j.summary.startswith("ICMP echo ") and " reply " not in j.summary for j in journeys)
+
+
+def trace_while(console: Console, config: FollowConfig, action: Callable[[], T], stop: threading.Event,
+                requests: Callable[[T], int] = lambda value: 0) -> tuple[list[Journey], FollowSummary, T]:
+    """Follow config.mac while action() runs; return the journeys, the summary and action's result.
+    requests(result): how many echo requests toward the guest action() sent; following stops once
+    that many journeys have been reported (a journey is reported once it is over, so the frames are
+    through, however slow the machine), or after JOURNEYS_WAIT_S."""
     journeys: list[Journey] = []
     done = threading.Event()
     result: dict = {}
@@ -27,7 +39,10 @@ def trace_while(console: Console, config: FollowConfig, action: Callable[[], T],
         runner.start()
         try:
             value = action()
-            time.sleep(0.3)  # let the last replies finish their journeys
+            deadline = time.monotonic() + JOURNEYS_WAIT_S
+            while (echo_requests(list(journeys)) < requests(value) and runner.is_alive()
+                   and not stop.is_set() and time.monotonic() < deadline):
+                time.sleep(0.05)
         finally:
             done.set()
             runner.join(timeout=10)
@@ -73,9 +88,11 @@ def run_demo(console: Console, stop: threading.Event, guest: str = "stub") -> in
                           f"remote host {lab.remote_ip}; bridge host address {lab.host_ip}\n")
 
             def pings():
-                return lab.ping_guest_from_remote(count=3), lab.ping_guest_from_host(count=2)
+                # 1 s a probe from the remote: the broken path answers nothing
+                return lab.ping_guest_from_remote(count=3, timeout=1.0), lab.ping_guest_from_host(count=2)
 
-            journeys, summary, (remote, host) = trace_while(console, config, pings, stop)
+            journeys, summary, (remote, host) = trace_while(console, config, pings, stop,
+                                                            lambda pair: pair[0].sent + pair[1].sent)
             console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip}"))
             show(console, journeys, summary)
             console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies;  "
@@ -89,7 +106,7 @@ def run_demo(console: Console, stop: threading.Event, guest: str = "stub") -> in
             lab.set_tap_mac(fix)
 
             journeys, summary, remote = trace_while(
-                console, config, lambda: lab.ping_guest_from_remote(count=3), stop)
+                console, config, lambda: lab.ping_guest_from_remote(count=3), stop, lambda r: r.sent)
             console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip} (after the fix)"))
             show(console, journeys, summary)
             console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies")

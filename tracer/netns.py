@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -154,7 +155,14 @@ def entered(ns: Netns) -> Iterator[None]:
         os.close(target)
         raise
     try:
-        _setns(target)
+        try:
+            _setns(target)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            # `ip netns del` unmounts the namespace before it unlinks the name: opened in between,
+            # the path is a plain file. Gone, like a name that no longer exists.
+            raise FileNotFoundError(errno.ENOENT, f"network namespace {ns.name} went away", ns.path) from err
         try:
             yield
         finally:

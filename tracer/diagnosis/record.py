@@ -37,7 +37,8 @@ class Scenario:
     spec: LabSpec = LabSpec()
     # what either returns is not used (the traffic's ping result, say)
     breaks: Callable[[Lab], object] = lambda lab: None
-    traffic: Callable[[Lab], object] = lambda lab: lab.ping_guest_from_remote(count=3, interval=0.2)
+    # 1 s a probe: most scenarios are faults no answer comes through
+    traffic: Callable[[Lab], object] = lambda lab: lab.ping_guest_from_remote(count=3, interval=0.2, timeout=1.0)
     duration: float = 4.0
 
 
@@ -46,7 +47,7 @@ def _hv(lab: Lab, *argv: str) -> None:
 
 
 def _flood(lab: Lab) -> None:
-    lab.ping(lab.remote_ns, lab.guest_ip, count=1300, interval=0.001, timeout=0.1)
+    lab.ping(lab.remote_ns, lab.guest_ip, count=1300, interval=0.001, timeout=0.1, burst=True)
 
 
 def _pause(lab: Lab) -> None:
@@ -96,7 +97,7 @@ SCENARIOS = (
     Scenario("forward-policy", "netfilter-drop", LabSpec(br_netfilter=True), breaks=lambda lab: _hv(
         lab, "iptables", "-P", "FORWARD", "DROP")),
     Scenario("tap-mtu", "mtu", LabSpec(tap_mtu=576),
-             traffic=lambda lab: lab.ping_guest_from_remote(count=3, size=1000)),
+             traffic=lambda lab: lab.ping_guest_from_remote(count=3, size=1000, timeout=1.0)),
     Scenario("bcast-off", "flood-blocked", breaks=lambda lab: _hv(lab, "bridge", "link", "set", "dev", lab.tap,
                                                                   "bcast_flood", "off")),
     Scenario("admin-down", "port-not-forwarding", breaks=lambda lab: _hv(lab, "ip", "link", "set", "dev", lab.tap,

@@ -30,14 +30,14 @@ from xml.sax.saxutils import quoteattr
 
 from .guest_image import READY_MARKER, ensure_guest_image, guest_cmdline
 from .topology import (
+    PROBE_TIMEOUT,
     GuestFailed,
     LabCommandFailed,
     PingResult,
     _track,
     libvirt_tap_mac,
     pid_alive,
-    ping_argv,
-    ping_result,
+    probe_by_probe,
     random_guest_mac,
 )
 from .topology import remove_stale as remove_stale_namespaces
@@ -410,11 +410,10 @@ class LibvirtLab:
     # -- traffic -------------------------------------------------------------------------------
 
     def ping(self, from_remote: bool, dst: str, count: int = 3, interval: float = 0.2,
-             timeout: float = 1.0) -> PingResult:
-        argv = ping_argv(count, interval, timeout) + [dst]
-        if from_remote:
-            argv = ["ip", "netns", "exec", self.remote_ns] + argv
-        return ping_result(_run(*argv, check=False).stdout, count)
+             timeout: float = PROBE_TIMEOUT) -> PingResult:
+        """Probe by probe, as Lab.ping: `received` is exact when it returns."""
+        where = ["ip", "netns", "exec", self.remote_ns] if from_remote else []
+        return probe_by_probe(lambda argv: _run(*where, *argv, dst, check=False).stdout, count, interval, timeout)
 
     def ping_from_remote(self, d: LabDomain, **kw) -> PingResult:
         return self.ping(True, d.ip, **kw)

@@ -81,6 +81,12 @@ class PingResult:
     received: int
 
 
+# How long one probe waits for its reply by default: a deadline, never a measurement (a healthy
+# guest answers in well under a millisecond; a busy CI machine or qemu TCG can take seconds).
+# Callers that expect no answer pass a short timeout: nothing comes back, however long they wait.
+PROBE_TIMEOUT = 10.0
+
+
 def ping_argv(count: int, interval: float, timeout: float) -> list[str]:
     return ["ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", str(timeout)]
 
@@ -89,6 +95,22 @@ def ping_result(out: str, count: int) -> PingResult:
     """iputils ping's summary line; nothing sent back when it printed none (no route, say)."""
     m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
     return PingResult(int(m.group(1)), int(m.group(2))) if m else PingResult(count, 0)
+
+
+def probe_by_probe(run, count: int, interval: float, timeout: float) -> PingResult:
+    """`count` probes, each its own `ping -c 1 -W timeout` (run(argv) -> its stdout): each waits for
+    its own reply up to `timeout` and ends the moment it comes (or when the kernel reports the
+    address unreachable). One `ping -c N` is a timed window instead: once its last probe is out
+    it waits max(2 × slowest reply so far, interval) and counts what has not come back by then as
+    lost (iputils' schedule_exit), so on a busy machine a healthy guest loses the odd reply.
+    `interval` paces the probes; every probe is a new ping process (its own ICMP id, seq 1)."""
+    sent = received = 0
+    for i in range(count):
+        if i and interval:
+            time.sleep(interval)  # pacing between probes, not a wait for anything
+        r = ping_result(run(ping_argv(1, 0.2, timeout)), 1)
+        sent, received = sent + r.sent, received + r.received
+    return PingResult(sent, received)
 
 
 class GuestFailed(TapttraceError):
@@ -399,13 +421,20 @@ class Lab:
         """Run a command in the remote host's namespace."""
         return self.run(self.remote_ns, *argv, check=check)
 
-    def ping(self, from_ns: str, dst: str, count: int = 3, interval: float = 0.2, timeout: float = 1.0,
-             size: Optional[int] = None) -> PingResult:
-        """iputils ping; dst may be IPv4 or IPv6 (fe80::…%dev). Never raises on loss."""
-        argv = ping_argv(count, interval, timeout)
-        if size is not None:
-            argv += ["-s", str(size), "-M", "dont"]
-        return ping_result(self.run(from_ns, *argv, dst, check=False).stdout, count)
+    def ping(self, from_ns: str, dst: str, count: int = 3, interval: float = 0.2, timeout: float = PROBE_TIMEOUT,
+             size: Optional[int] = None, burst: bool = False) -> PingResult:
+        """iputils ping; dst may be IPv4 or IPv6 (fe80::…%dev). Never raises on loss.
+
+        Probe by probe (probe_by_probe): when it returns, every reply that came has been received,
+        so `received` is exact. burst=True: one `ping -c count -i interval` for a rate (a flood
+        into a guest that reads nothing); its `received` is only what came back within ping's
+        own window, never a count to assert."""
+        extra = ["-s", str(size), "-M", "dont"] if size is not None else []
+        if burst:
+            argv = ping_argv(count, interval, timeout) + extra
+            return ping_result(self.run(from_ns, *argv, dst, check=False).stdout, count)
+        return probe_by_probe(lambda argv: self.run(from_ns, *argv, *extra, dst, check=False).stdout,
+                              count, interval, timeout)
 
     def ping_guest_from_remote(self, **kw) -> PingResult:
         return self.ping(self.remote_ns, self.guest_ip, **kw)
