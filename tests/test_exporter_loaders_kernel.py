@@ -241,16 +241,6 @@ def test_bcc_and_libbpf_count_the_same(both, scenario):
                 break
             time.sleep(0.1)
         inode = os.stat(f"/run/netns/{netns}").st_ino
-        deltas: list[dict] = []
-
-        def agree() -> bool:
-            # The two are scraped one after the other: a frame still on its way (a reply's free)
-            # may land between them, so they are read again until they agree (or time runs out).
-            deltas[:] = [_delta(_ours(b, netns), _ours(scrape(c), netns)) for b, c in zip(before, both)]
-            return deltas[0] == deltas[1]
-
-        wait_until(agree, AGREE_S)
-    with_bcc, with_libbpf = deltas
     assert any(k[0] == "tapttrace_frames_total" for k in with_bcc)
     assert any(k[0] == must_see for k in with_bcc), sorted(with_bcc)
     assert with_libbpf == with_bcc
@@ -273,12 +263,11 @@ def test_forwarded_and_delivered_frames_are_counted_in_arrays_not_hashes(both, l
     ping that caused it has its reply.)"""
     collector = both[["bcc", "libbpf"].index(loader)]
     with Lab(LabSpec()) as lab:
-        collector.refresh()
+        watch(collector, lab)  # the module's collectors may still count an earlier lab's namespace only
         assert lab.ping_guest_from_remote(count=3).received == 3
-        assert lab.ping_guest_from_host(count=2).received == 2
+        assert lab.ping_guest_from_host(count=2).received == 2  # every reply back: counted before
         inode = os.stat(f"/run/netns/{lab.hv_ns}").st_ino
         prog = collector.program
-        in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
         counts = prog.read()
         in_hashes = [k for name in ("verdicts", "taps") for k in prog._sum(name) if k[0] == inode]
         verdicts = {k[4] for k in counts.verdicts if k[0] == inode}

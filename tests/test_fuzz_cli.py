@@ -55,6 +55,11 @@ def invoke_unprivileged(argv: list[str]) -> dict:
                 os.setgroups([])
                 os.setresgid(NOBODY, NOBODY, NOBODY)
                 os.setresuid(NOBODY, NOBODY, NOBODY)
+            # The parent (the suite, as root) may have probed the machine already: this process is
+            # someone else now, and must find that out for itself.
+            from tracer.features import probe_features
+
+            probe_features.cache_clear()
             result = CliRunner().invoke(main, argv, prog_name="tapttrace")
             tb = ""
             if result.exception is not None and not isinstance(result.exception, SystemExit):
