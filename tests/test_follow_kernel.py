@@ -482,12 +482,15 @@ def _doctor_line(item: str, env: dict[str, str]) -> dict:
     return line
 
 
-def test_doctor_loads_follow_s_program_through_the_chain():
-    """doctor proves the chain on this kernel: the program it reports was loaded (verifier
+def test_doctor_loads_both_programs_through_the_chain():
+    """doctor proves the chain on this kernel: each program it reports was loaded (verifier
     included) by the loader features chose, then closed."""
     line = _doctor_line("follow program", {})
     assert line["ok"], line
     assert line["detail"] == "bpf/follow.c loaded by libbpf: the verifier accepted it"
+    line = _doctor_line("exporter program", {})
+    assert line["ok"], line
+    assert line["detail"] == "bpf/exporter.c loaded by libbpf: the verifier accepted it"
 
 
 def test_doctor_says_why_libbpf_failed_and_that_bcc_took_over(tmp_path):

@@ -7,9 +7,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .. import __version__
+from ..errors import say_note
 from .collector import ExporterCollector, Filters
 from .labels import Inventory, Namer
 from .maps import CounterProgram
@@ -61,10 +62,12 @@ def kernel_namer(features, *, read_now: bool = False) -> Namer:
                  symbol=symbol)
 
 
-def open_program(features: Features, max_series: int = 16384) -> CounterProgram:
+def open_program(features: Features, max_series: int = 16384,
+                 say: Callable[[str], None] = say_note) -> CounterProgram:
     """The exporter's BPF program (bpf/exporter.c), loaded and attached by the loader features chose
     (features.choose_exporter_loader; TAPTTRACE_EXPORTER_LOADER forces one); either way the same
-    maps, read by the same code (maps.ExporterMaps). The libbpf path never imports bcc."""
+    maps, read by the same code (maps.ExporterMaps). The libbpf path never imports bcc. `say` gets
+    the chain's note when it falls back (doctor collects it)."""
     from ..features import open_with_fallback, require
 
     def libbpf() -> CounterProgram:
@@ -80,7 +83,7 @@ def open_program(features: Features, max_series: int = 16384) -> CounterProgram:
 
     # bcc builds the same source and fills the same maps: only start time and memory differ.
     return open_with_fallback("bpf/exporter.c", features, features.exporter_loader,
-                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc}, lost="")
+                              features.exporter_loader_why, {"libbpf": libbpf, "bcc": bcc}, say=say, lost="")
 
 
 def _stop_refresher(stop: threading.Event, refresher: threading.Thread) -> None:
