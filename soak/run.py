@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from bench.harness import Traffic, build_tools, cpu_seconds, machine_info, memory_mb
+from bench.harness import Reader, Traffic, build_tools, cpu_seconds, machine_info, memory_mb
 from bench.topology import REMOTE_MAC, Topology, sh
 
 from . import bpfobjs
@@ -127,8 +127,9 @@ def link_stats(ns: str, dev: str) -> dict[str, int]:
             "tx_packets": st["tx"]["packets"], "tx_dropped": st["tx"]["dropped"]}
 
 
-class TapReader:
-    """bench/reader.c on one tap of the hv namespace: its own count, from a shared file."""
+class TapReader(Reader):
+    """bench/reader.c on one tap of the hv namespace: its own count, from a shared file (bench's
+    Reader on any tap and namespace: its counters and stop are bench's)."""
 
     def __init__(self, ns: str, dev: str, exe: Path, path: Path, cpu: Optional[str] = None):
         self.path = path
@@ -136,25 +137,6 @@ class TapReader:
         self.proc = subprocess.Popen(["ip", "netns", "exec", ns, *pin, str(exe), dev, str(path), "7200"])
         until(lambda: self.proc.poll() is None and path.exists() and path.stat().st_size >= 32
               and self.counters()[3] == 1, f"the reader on {dev}", timeout=30, step=0.02)
-
-    def counters(self) -> tuple[int, int, int, int]:
-        import struct
-
-        with open(self.path, "rb") as f:
-            return struct.unpack("4Q", f.read(32))
-
-    @property
-    def frames(self) -> int:
-        return self.counters()[0]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # -- the processes under test -----------------------------------------------------------------

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 from pathlib import Path
 
 from fuzzing import FUZZ, FUZZ_SLOW
 from hypothesis import given
 from hypothesis import strategies as st
+from test_trips import RecordedRing  # the recorded-batches follow source: the ring's bytes are fuzzed
 
 from tracer import events as ev_codec
 from tracer import frames, replay, ringbuf, trips
@@ -206,36 +206,6 @@ def test_the_stitcher_takes_any_trips_and_events(records):
     journeys += stitcher.flush(2**64, final=True)
     for j in journeys:
         journey_to_dict(annotate(j), 0)
-
-
-class RecordedRing:
-    """A follow source that hands over the given batches of records, then stops follow
-    (as tests/test_trips.py's: the ring's bytes are what is fuzzed, not its reading)."""
-
-    def __init__(self, batches, stop):
-        self.batches, self.stop = list(batches), stop
-
-    def poll_batch(self, timeout_ms):
-        batch = self.batches.pop(0) if self.batches else []
-        if not self.batches:
-            self.stop.set()
-        return batch
-
-    def read_up_to_ns(self):
-        return 0 if self.batches else time.monotonic_ns()
-
-    def poll(self, sink, timeout_ms):
-        for raw in self.poll_batch(timeout_ms):
-            sink(raw)
-
-    def drain(self, sink):
-        pass
-
-    def lost(self):
-        return 0
-
-    def watch_ips(self, addrs):
-        pass
 
 
 def recorded_records():
