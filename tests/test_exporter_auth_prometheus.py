@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import yaml
-from test_exporter_prometheus import _get, free_port, query, until
+from test_exporter_prometheus import _get, query, run_prometheus, until
 from tls_helpers import Certs, certificates
 
 from tracer.exporter.privileges import KEEP, mask, names, status_sets
@@ -74,8 +73,6 @@ def exporter(c: Certs) -> Iterator[tuple[subprocess.Popen, int, Path]]:
 
 @contextmanager
 def prometheus(tmp: Path, port: int, c: Certs) -> Iterator[str]:
-    if not shutil.which("prometheus"):
-        pytest.skip("needs Debian's prometheus package (apt-get install prometheus)")
     (tmp / "right.pass").write_text(PASSWORD)
     (tmp / "wrong.pass").write_text("not-" + PASSWORD)
     tls = {"ca_file": str(c.ca)}
@@ -87,23 +84,8 @@ def prometheus(tmp: Path, port: int, c: Certs) -> Iterator[str]:
                   {"job_name": "wrong", "scheme": "https", "tls_config": tls, "static_configs": [target],
                    "basic_auth": {"username": "prometheus", "password_file": str(tmp / "wrong.pass")}},
                   {"job_name": "anonymous", "scheme": "https", "tls_config": tls, "static_configs": [target]}]}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    web = free_port()
-    with open(tmp / "prometheus.log", "w") as log:
-        proc = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
-                                stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{web}"
-    try:
-        until(lambda: _get(url + "/-/ready") is not None, "prometheus ready")
+    with run_prometheus(tmp, config) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def targets(url: str) -> dict[str, dict]:

@@ -38,17 +38,25 @@ def free_port() -> int:
 
 @contextmanager
 def prometheus(tmp: Path, targets: dict[str, int]) -> Iterator[str]:
-    if not shutil.which("prometheus"):
-        pytest.skip("needs Debian's prometheus package (apt-get install prometheus)")
-    port = free_port()
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(RULES)],
               "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}"]}]}
                                  for job, p in targets.items()]}
+    with run_prometheus(tmp, config) as url:
+        yield url
+
+
+@contextmanager
+def run_prometheus(tmp: Path, config: dict) -> Iterator[str]:
+    """A real Prometheus with this configuration, in tmp, until the block ends: its base URL once ready."""
+    if not shutil.which("prometheus"):
+        pytest.skip("needs Debian's prometheus package (apt-get install prometheus)")
+    port = free_port()
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "w"))
+    with open(tmp / "prometheus.log", "w") as log:
+        proc = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         until(lambda: _get(url + "/-/ready") is not None, "prometheus ready")
