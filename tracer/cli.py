@@ -138,6 +138,7 @@ def diagnose(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], 
 def doctor(as_json: bool) -> None:
     """Report what the running kernel offers and what tapttrace will use."""
     from .config import FollowConfig
+    from .exporter.service import open_program
     from .features import doctor_lines, load_line
     from .runtime import machine_features, open_follow_program
 
@@ -151,8 +152,6 @@ def doctor(as_json: bool) -> None:
             probe = FollowConfig(mac="02:00:00:00:00:00", ringbuf_pages=1)
             lines.append(load_line("follow program", "bpf/follow.c", features,
                                    lambda say: open_follow_program(features, probe, say=say)))
-            from .exporter.service import open_program
-
             # The exporter's maps at their smallest: only the verifier's say is wanted here.
             lines.append(load_line("exporter program", "bpf/exporter.c", features,
                                    lambda say: open_program(features, max_series=64, say=say)))

@@ -19,6 +19,7 @@ import os
 import re
 import struct
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TypeVar
@@ -627,7 +628,7 @@ def open_with_fallback(program: str, features: "Features", chosen: str, why: str
 
 
 def load_line(item: str, program: str, features: "Features",
-              open_program: Callable[[Callable[[str], None]], object]) -> DoctorLine:
+              open_program: Callable[[Callable[[str], None]], AbstractContextManager]) -> DoctorLine:
     """doctor's proof that a program loads here: opened through the loader chain (the verifier has
     its say), closed at once. open_program(say) runs the chain with `say` for its note, so a
     verifier refusal shows with the verifier's own words and the fallback taken."""
@@ -639,7 +640,7 @@ def load_line(item: str, program: str, features: "Features",
     except (KernelError, EnvironmentProblem) as err:
         return DoctorLine(item, False, f"{program} did not load: {err.message}",
                           "tapttrace doctor's lines above say what this kernel lacks", True)
-    with program_object:  # type: ignore[attr-defined]  # every program is a context manager
+    with program_object:
         loader = getattr(program_object, "loader", "bcc")
     if said:
         return DoctorLine(item, True, f"{said[0]}: bcc loaded it")
