@@ -334,8 +334,7 @@ class LibbpfFollowProgram:
                 return
             except _FloodHookFailed as failed:
                 self.close()
-                kprobes = getattr(features, "kprobes", None)
-                if self.bridge_hook == "fentry" and kprobes is not None and kprobes.ok:
+                if self.bridge_hook == "fentry" and features.kprobes.ok:
                     # No fentry into br_flood here (no BTF of it: a module loaded after the probe,
                     # or one without BTF); the kprobe needs none. Nothing is lost: no note.
                     self.bridge_hook = "kprobe"
