@@ -12,6 +12,21 @@
 #define TT_HOOK_DROP 3
 #define TT_HOOK_CONSUME 4
 #define TT_HOOK_FLOOD 5 /* only where kprobes or fentry exist: see BRIDGE_HOOKS in follow.c */
+/* Inside the bridge and the tap (fentry, else kprobe; libbpf only): the decisions. */
+#define TT_HOOK_FORWARD 6    /* br_forward(): one port chosen (the FDB's entry, or a host's frame) */
+#define TT_HOOK_FLOOD_PORT 7 /* maybe_deliver(): a port a flood offers the frame to */
+#define TT_HOOK_PASS_UP 8    /* br_pass_frame_up(): the frame goes up to the host's stack */
+#define TT_HOOK_EGRESS 9     /* br_dev_queue_push_xmit(): out of a port (reason: its MTU) */
+#define TT_HOOK_EGRESS_NF 10 /* br_nf_dev_queue_xmit(): the same, through br_netfilter */
+#define TT_HOOK_TAP_XMIT 11  /* tun_net_xmit(): the tap takes the frame for its queue */
+
+/* The reason word of TT_HOOK_FORWARD / TT_HOOK_FLOOD_PORT: the port's facts at that moment, which
+ * decide whether the bridge sends the frame there (should_deliver(), inlined everywhere). */
+#define TT_PORT_STATE_MASK 0x0f	   /* BR_STATE_*: 0 disabled 1 listening 2 learning 3 forwarding 4 blocking */
+#define TT_PORT_INGRESS (1u << 4)  /* the port is the one the frame came in by (needs hairpin) */
+#define TT_PORT_LOCAL_RCV (1u << 5) /* br_forward: the host gets a copy too */
+#define TT_PORT_KNOWN (1u << 7)	   /* the facts were read (the kernel has the port's BTF) */
+#define TT_PORT_FLAGS_SHIFT 8	   /* the port's BR_* flags, bits 0..23 (BR_HAIRPIN_MODE 0, BR_ISOLATED 16) */
 
 struct tt_event {
 	__u64 ts_ns;

@@ -51,22 +51,30 @@ def apply_fix(report: dict) -> None:
         subprocess.run(shlex.split(command), check=True, capture_output=True, text=True)
 
 
+# Every cause is found with and without br_netfilter (issue 11): it is loaded on most libvirt and
+# Docker hosts, and with it a bridged IP frame crosses iptables and leaves through
+# br_nf_dev_queue_xmit: another path, other freeing functions, the same cause.
+@pytest.fixture(params=[False, True], ids=["plain", "br_netfilter"])
+def br_nf(request) -> bool:
+    return request.param
+
+
 def assert_fixed(lab: Lab) -> None:
     # Each probe waits for its reply (Lab.ping); the first may still meet the fault's last trace
     # (a bridge relearning the guest, a woken guest working through its queue).
     assert lab.ping_guest_from_remote(count=3, interval=0.2).received >= 2
 
 
-def test_healthy_guest_is_ok():
-    with Lab(LabSpec()) as lab:
+def test_healthy_guest_is_ok(br_nf):
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
         code, report = diagnose(lab, ping)
     assert code == 0 and report["cause"] == "ok", {k: v for k, v in report.items() if k != "journeys"}
     assert report["mac"] == lab.guest_mac and report["journeys"]
     assert any(j["verdict"] == "delivered" for j in report["journeys"])
 
 
-def test_tap_carrying_the_guest_mac_is_local_mac():
-    with Lab(LabSpec(tap_mac="guest")) as lab:
+def test_tap_carrying_the_guest_mac_is_local_mac(br_nf):
+    with Lab(LabSpec(tap_mac="guest", br_netfilter=br_nf)) as lab:
         code, report = diagnose(lab, ping_unanswered)
         assert code == 1 and report["cause"] == "local-mac"
         assert lab.tap in report["summary"] and lab.bridge in report["summary"]
@@ -76,8 +84,8 @@ def test_tap_carrying_the_guest_mac_is_local_mac():
         assert_fixed(lab)
 
 
-def test_tap_outside_the_bridge_is_port_not_in_bridge():
-    with Lab(LabSpec(attach_tap=False)) as lab:
+def test_tap_outside_the_bridge_is_port_not_in_bridge(br_nf):
+    with Lab(LabSpec(attach_tap=False, br_netfilter=br_nf)) as lab:
         code, report = diagnose(lab, ping_unanswered)
         assert code == 1 and report["cause"] == "port-not-in-bridge"
         assert lab.tap in report["summary"]
@@ -85,8 +93,8 @@ def test_tap_outside_the_bridge_is_port_not_in_bridge():
         assert_fixed(lab)
 
 
-def test_tap_admin_down_is_port_not_forwarding():
-    with Lab(LabSpec()) as lab:
+def test_tap_admin_down_is_port_not_forwarding(br_nf):
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
         lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.tap, "down")
         code, report = diagnose(lab, ping_unanswered)
         assert code == 1 and report["cause"] == "port-not-forwarding"
@@ -94,8 +102,8 @@ def test_tap_admin_down_is_port_not_forwarding():
         assert_fixed(lab)
 
 
-def test_stp_port_not_forwarding():
-    with Lab(LabSpec()) as lab:
+def test_stp_port_not_forwarding(br_nf):
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
         # Kernel STP with the longest forward delay: ports sit in listening/learning for a minute.
         lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.bridge, "type", "bridge", "forward_delay", "3000",
                 "stp_state", "1")
@@ -117,20 +125,26 @@ def test_stp_port_not_forwarding():
         assert_fixed(lab)
 
 
-def test_iptables_forward_drop_through_br_netfilter_is_netfilter_drop():
-    with Lab(LabSpec()) as lab:
-        lab.set_br_netfilter(True)
-        lab.run(lab.hv_ns, "iptables", "-P", "FORWARD", "DROP")
+def test_netfilter_drop_of_bridged_frames_is_netfilter_drop(br_nf):
+    """With br_netfilter: iptables' FORWARD policy drops bridged IP frames. Without: only the bridge
+    family sees them, so the drop is an nft bridge table's forward chain."""
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
+        if br_nf:
+            lab.run(lab.hv_ns, "iptables", "-P", "FORWARD", "DROP")
+        else:
+            lab.run(lab.hv_ns, "nft", "add table bridge tt_filter; add chain bridge tt_filter forward "
+                    "{ type filter hook forward priority 0; policy accept; }; "
+                    f"add rule bridge tt_filter forward ether daddr {lab.guest_mac} ip protocol icmp drop")
         code, report = diagnose(lab, ping_unanswered)
-        assert code == 1 and report["cause"] == "netfilter-drop"
-        assert "FORWARD" in report["summary"]
+        assert code == 1 and report["cause"] == "netfilter-drop", {k: v for k, v in report.items() if k != "journeys"}
+        assert ("FORWARD" if br_nf else "tt_filter") in report["summary"] + " ".join(report["evidence"])
         assert any(j["verdict"] in ("dropped", "flooded") for j in report["journeys"])
         apply_fix(report)
         assert_fixed(lab)
 
 
-def test_stopped_guest_is_guest_not_reading():
-    with Lab(LabSpec()) as lab:
+def test_stopped_guest_is_guest_not_reading(br_nf):
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
         lab.ping_guest_from_remote(count=1)  # ARP resolved while the guest still reads
         lab.pause_guest()
 
@@ -144,8 +158,8 @@ def test_stopped_guest_is_guest_not_reading():
         assert_fixed(lab)
 
 
-def test_frames_larger_than_the_tap_mtu_is_mtu():
-    with Lab(LabSpec(tap_mtu=576)) as lab:
+def test_frames_larger_than_the_tap_mtu_is_mtu(br_nf):
+    with Lab(LabSpec(tap_mtu=576, br_netfilter=br_nf)) as lab:
         def big(lab):  # dropped on the way into the tap: no answer will come
             lab.ping_guest_from_remote(count=3, size=1000, timeout=0.5)
 
@@ -155,8 +169,8 @@ def test_frames_larger_than_the_tap_mtu_is_mtu():
         assert lab.ping_guest_from_remote(count=3, size=1000).received >= 2
 
 
-def test_config_cause_without_traffic_is_still_reported():
-    with Lab(LabSpec(tap_mac="guest")) as lab:
+def test_config_cause_without_traffic_is_still_reported(br_nf):
+    with Lab(LabSpec(tap_mac="guest", br_netfilter=br_nf)) as lab:
         code, report = diagnose(lab, None, duration=1)
     assert code == 1 and report["cause"] == "local-mac"
 
@@ -167,8 +181,8 @@ def test_no_traffic_on_a_healthy_guest():
     assert report["cause"] in ("no-traffic", "ok"), {k: v for k, v in report.items() if k != "journeys"}
 
 
-def test_flood_flags_off_is_flood_blocked():
-    with Lab(LabSpec()) as lab:
+def test_flood_flags_off_is_flood_blocked(br_nf):
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
         lab.run(lab.hv_ns, "bridge", "link", "set", "dev", lab.tap, "flood", "off", "mcast_flood", "off",
                 "bcast_flood", "off")
         code, report = diagnose(lab, ping_unanswered)

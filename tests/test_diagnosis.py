@@ -375,6 +375,75 @@ def test_rule_mtu_from_a_drop_at_a_bridge_transmit_location():
     assert f.cause == "mtu" and f.fix[0].endswith("mtu 9000")
 
 
+def test_rule_mtu_from_evidence_whatever_function_freed_the_frame():
+    """With br_netfilter the oversized frame is freed in br_nf_dev_queue_xmit, on 5.10 without a
+    reason: the cause is the frame's size against the tap's MTU, not the freeing function."""
+    ctx = context("mtu")
+    t = ctx.target
+    for reason, location in (("NOT_SPECIFIED", "br_nf_dev_queue_xmit+0x1a3"), ("", "kfree_skb_list+0x2c"),
+                             ("PKT_TOO_BIG", "br_dev_queue_push_xmit+0x40")):
+        big = ping(1, t, copies=[dropped(t, "vnet0", reason, location)], frame_len=1042)
+        f = R.rule_mtu(dataclasses.replace(ctx, journeys=(big,)))
+        assert f is not None and f.cause == "mtu" and f.facts["tap_mtu"] == 576, (reason, location)
+    # an oversized frame dropped for another reason was not dropped for its size
+    nf = ping(2, t, copies=[dropped(t, "vnet0", "NETFILTER_DROP", "nft_do_chain+0x1")], frame_len=1042)
+    assert R.rule_mtu(dataclasses.replace(ctx, journeys=(nf,))) is None
+
+
+def test_rule_mtu_from_the_bridges_egress_hop():
+    ctx = context("mtu")
+    t = ctx.target
+    ns = t.netns
+    hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
+            Hop(1100, 0, "egress", ns, "vnet0", "tap, port of br0", location="br_nf_dev_queue_xmit",
+                detail="too big: 1028 bytes > MTU 576")]
+    j = ping(1, t, copies=[dropped(t, "vnet0", "NOT_SPECIFIED", "br_nf_dev_queue_xmit+0x1a3")], hops=hops,
+             frame_len=1042)
+    f = R.rule_mtu(dataclasses.replace(ctx, journeys=(j,)))
+    assert f is not None and any("too big: 1028 bytes > MTU 576" in e for e in f.evidence)
+
+
+def test_rule_port_not_forwarding_from_the_bridges_refusal_while_the_frames_came():
+    """The tap forwards by the time the snapshot is read, but the bridge's own hop refused it as
+    listening when the frames came (STP after a flap): that is the cause, with the state seen."""
+    ctx = context("healthy")
+    t = ctx.target
+    ns = t.netns
+    hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
+            Hop(1100, 0, "flood-decision", ns, "br0", "bridge", "broadcast"),
+            Hop(1200, 0, "flood-port", ns, "vnet0", "tap, port of br0", location="maybe_deliver",
+                detail="refused: port listening")]
+    arp = ping(1, t, copies=[dropped(t, "up0", "NOT_SPECIFIED", "br_flood+0x1")], hops=hops,
+               dst="ff:ff:ff:ff:ff:ff", summary="ARP who-has 198.51.100.10 tell 198.51.100.1", ethertype=0x0806)
+    f = R.rule_port_not_forwarding(dataclasses.replace(ctx, journeys=(arp,)))
+    assert f is not None and f.cause == "port-not-forwarding" and "listening" in f.summary
+    assert f.facts["stp_state_seen"] == "listening" and f.journeys == (1,)
+
+
+def test_rule_port_not_forwarding_on_the_way_in_without_a_drop_reason():
+    """5.10 gives no reason and 6.1/6.12 NOT_SPECIFIED for a frame dropped on a port that doesn't
+    forward: the port it came in by and that port's state say it."""
+    ctx = context("healthy")
+    t = ctx.target
+    assert ctx.bridge is not None
+    up0 = ctx.bridge.port("up0")
+    assert up0 is not None
+    listening = dataclasses.replace(up0, stp_state="listening")
+    br = dataclasses.replace(ctx.bridge, ports=tuple(listening if q.name == "up0" else q for q in ctx.bridge.ports))
+    j = ping(1, t, copies=[dropped(t, "up0", "", "br_handle_frame+0x2f")])
+    f = R._ingress_not_forwarding(dataclasses.replace(ctx, journeys=(j,), target=dataclasses.replace(t, bridge=br)))
+    assert f is not None and f.facts["port"] == "up0" and f.facts["stp_state"] == "listening"
+
+
+def test_rule_fdb_wrong_port_from_the_bridges_fdb_decision():
+    ctx = context("healthy")
+    t = ctx.target
+    j = ping(1, t, copies=[Copy(0, "forwarded", "up1", t.netns, port="up1")])
+    j.fdb = "up1"
+    f = R.rule_fdb_wrong_port(dataclasses.replace(ctx, journeys=(j,)))
+    assert f is not None and f.facts["fdb_port"] == "up1"
+
+
 def test_rule_guest_link_down():
     d, _, _ = load("healthy")
     xml = domain(d["mac"], extra="<link state='down'/>")

@@ -29,7 +29,7 @@ def test_decode_fields():
     assert events.from_dict(events.to_dict(e)) == e
 
 
-@pytest.mark.parametrize("bad", [raw_event(size=100), raw_event(hook=9)])
+@pytest.mark.parametrize("bad", [raw_event(size=100), raw_event(hook=99)])
 def test_bad_records_raise_decode_error(bad):
     with pytest.raises(events.DecodeError):
         events.decode(bad)

@@ -34,14 +34,23 @@ def test_br_flood_programs_are_off_unless_chosen():
         assert prog.loaded_programs() == set(libbpf_loader.PROGRAMS)
 
 
-def test_kprobe_br_flood_passes_the_verifier():
-    """Production kernels with kprobes get br_flood() as a hop; here kprobes can't attach, but the
-    kprobe program (skb read through BPF_CORE_READ) must load, so the path is proven before it
-    meets such a kernel."""
+def hooked_programs(prog: LibbpfFollowProgram) -> set[str]:
+    """The programs the loader chose for the bridge's and the tap's functions (features.plan_bridge_hooks)."""
+    return {f"tt_{func}_{kind}" for func, kind in prog.hooks.items() if kind != "none"}
+
+
+def test_kprobe_bridge_hops_pass_the_verifier():
+    """Production kernels with kprobes get the bridge's own decisions as hops (br_flood, br_forward,
+    maybe_deliver, br_pass_frame_up, the egress, tun_net_xmit); here kprobes can't attach, but each
+    kprobe program (reads through BPF_CORE_READ) must load, so the path is proven before it meets
+    such a kernel. Every function this kernel has is planned (bridge, br_netfilter and tun are
+    built in here)."""
     f = dataclasses.replace(probe_features(), bridge_hook="kprobe")
     with LibbpfFollowProgram(f, MAC, 8, attach=False) as prog:
         assert prog.bridge_hook == "kprobe", prog.notes
-        assert prog.loaded_programs() == {*libbpf_loader.PROGRAMS, "tt_br_flood_kprobe"}
+        assert prog.hooks["br_forward"] == "kprobe" and prog.hooks["maybe_deliver"] == "kprobe", prog.hooks
+        assert prog.loaded_programs() == {*libbpf_loader.PROGRAMS, *hooked_programs(prog)}
+        assert "tt_br_flood_kprobe" in prog.loaded_programs()
         assert prog.attached == 0
 
 
@@ -51,7 +60,7 @@ def test_fentry_br_flood_loads_or_is_refused_with_eperm():
     f = dataclasses.replace(probe_features(), bridge_hook="fentry")
     with LibbpfFollowProgram(f, MAC, 8, attach=False) as prog:
         if prog.bridge_hook == "fentry":
-            assert prog.loaded_programs() == {*libbpf_loader.PROGRAMS, "tt_br_flood_fentry"}
+            assert prog.loaded_programs() == {*libbpf_loader.PROGRAMS, *hooked_programs(prog)}
         else:
             assert prog.bridge_hook == "none" and len(prog.notes) == 1 and "EPERM" in prog.notes[0], prog.notes
             assert prog.loaded_programs() == set(libbpf_loader.PROGRAMS)
@@ -66,7 +75,7 @@ def test_a_br_flood_hook_that_will_not_attach_is_a_note_not_a_failure():
         if prog.bridge_hook == "none":
             assert prog.attached == 4 and "br_flood" in prog.notes[0]
         else:
-            assert prog.attached == 5
+            assert prog.attached == 4 + len(hooked_programs(prog))
     assert our_programs(os.getpid()) == before
 
 

@@ -200,3 +200,95 @@ def test_a_journey_that_sees_events_again_is_not_idle_and_a_shorter_idle_time_ap
     st.idle_ns = 100  # e.g. while events are being lost
     (j,) = st.flush(late.ts_ns + 100)
     assert j.verdict == "queued" and st.open_journeys == 0
+
+
+# -- hops from inside the bridge and the tap (fentry/kprobe kernels) ---------------------------------
+
+
+def _with_bridge_hops(rec, make):
+    """The recording's first ICMP echo toward the guest, with events from inside the bridge added
+    after its arrival on up0 (make(rx, tx) -> extra events)."""
+    evs = [e for e in rec.events if e.data[:6] != b"\xff" * 6]
+    rx = next(e for e in evs if e.hook == Hook.RECEIVE and e.ifname == "up0")
+    mine = [e for e in rec.events if e.skb == rx.skb and e.ts_ns >= rx.ts_ns]
+    tx = next((e for e in mine if e.hook == Hook.QUEUE and e.ifname == "vnet0"), rx)
+    st = Stitcher(rec.devices, rec.namer)
+    for e in sorted(mine + make(rx, tx), key=lambda e: e.ts_ns):
+        st.feed(e)
+    (j,) = [j for j in st.flush(rx.ts_ns, final=True) if j.summary.startswith("ICMP echo")]
+    return j
+
+
+def test_bridge_hops_say_the_fdb_port_and_the_mtu_it_fits():
+    from tracer.records import PORT_KNOWN
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    j = _with_bridge_hops(rec, lambda rx, tx: [
+        replace(tx, hook=Hook.FORWARD, ts_ns=rx.ts_ns + 1, reason=PORT_KNOWN | 3, location=0),
+        replace(tx, hook=Hook.EGRESS, ts_ns=rx.ts_ns + 2, reason=1500, location=0),
+        replace(tx, hook=Hook.TAP_XMIT, ts_ns=tx.ts_ns + 1, reason=0, location=0)])
+    assert j.verdict == "delivered" and j.fdb == "vnet0"
+    hops = [(h.event, h.dev, h.location, h.detail) for h in j.hops]
+    assert ("to-port", "vnet0", "br_forward", "") in hops
+    assert ("egress", "vnet0", "br_dev_queue_push_xmit", "fits MTU 1500") in hops
+    assert ("tap-xmit", "vnet0", "tun_net_xmit", "") in hops
+
+
+def test_bridge_hops_say_a_port_refused_for_its_state_or_as_the_way_in():
+    from tracer.records import BR_HAIRPIN_MODE, PORT_FLAGS_SHIFT, PORT_INGRESS, PORT_KNOWN
+    from tracer.stitch import port_refusal
+    assert port_refusal(0) == ""  # no facts (5.10: no BTF of the bridge's port)
+    assert port_refusal(PORT_KNOWN | 3) == ""
+    assert port_refusal(PORT_KNOWN | 1) == "refused: port listening"
+    assert port_refusal(PORT_KNOWN | 4) == "refused: port blocking"
+    assert port_refusal(PORT_KNOWN | 3 | PORT_INGRESS).endswith("(hairpin off)")
+    assert port_refusal(PORT_KNOWN | 3 | PORT_INGRESS | BR_HAIRPIN_MODE << PORT_FLAGS_SHIFT) == ""
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    j = _with_bridge_hops(rec, lambda rx, tx: [
+        replace(tx, hook=Hook.FLOOD_PORT, ts_ns=rx.ts_ns + 1, reason=PORT_KNOWN | 2, location=0)])
+    assert [h.detail for h in j.hops if h.event == "flood-port"] == ["refused: port learning"]
+
+
+def test_a_frame_the_bridge_passes_up_with_no_port_chosen_is_fdb_local():
+    rec = replay.load(REC / "follow-reader-local-mac.jsonl")
+    evs = [e for e in rec.events if e.data[:6] != b"\xff" * 6]
+    rx = next(e for e in evs if e.hook == Hook.RECEIVE and e.ifname == "up0")
+    st = Stitcher(rec.devices, rec.namer)
+    mine = [e for e in rec.events if e.skb == rx.skb and e.ts_ns >= rx.ts_ns]
+    for e in sorted(mine + [replace(rx, hook=Hook.PASS_UP, ts_ns=rx.ts_ns + 1)], key=lambda e: e.ts_ns):
+        st.feed(e)
+    (j,) = [j for j in st.flush(rx.ts_ns, final=True) if j.summary.startswith("ICMP echo")]
+    assert j.fdb == "local" and j.verdict == "dropped"
+    assert ("to-host", "br_pass_frame_up") in [(h.event, h.location) for h in j.hops]
+    from tracer.sinks.terminal import describe_fdb
+    assert describe_fdb(j).startswith(f"FDB: {j.dst_mac} is br0's own address")
+
+
+def test_a_unicast_flood_is_fdb_miss_and_broadcasts_have_no_fdb_decision():
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    j = _with_bridge_hops(rec, lambda rx, tx: [replace(rx, hook=Hook.FLOOD, ts_ns=rx.ts_ns + 1, reason=0)])
+    assert j.fdb == "miss"
+    (arp,) = [j for j in journeys_of("follow-reader-healthy.jsonl") if j.summary.startswith("ARP")]
+    assert arp.fdb == ""
+
+
+def test_bridge_hops_and_the_fdb_decision_go_through_json_and_match_the_schema():
+    import json
+
+    import jsonschema
+
+    from tracer.records import PORT_KNOWN
+    from tracer.sinks.jsonl import journey_from_dict, journey_to_dict
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    j = _with_bridge_hops(rec, lambda rx, tx: [
+        replace(tx, hook=Hook.FORWARD, ts_ns=rx.ts_ns + 1, reason=PORT_KNOWN | 1, location=0),
+        replace(tx, hook=Hook.EGRESS_NF, ts_ns=rx.ts_ns + 2, reason=576, location=0)])
+    d = journey_to_dict(j, 0)
+    schema = json.loads((Path(__file__).parent.parent / "docs" / "journey.schema.json").read_text())
+    jsonschema.validate(d, schema)
+    assert d["fdb"] == "vnet0"
+    egress = next(h for h in d["hops"] if h["event"] == "egress")
+    assert (egress["location"], egress["detail"]) == ("br_nf_dev_queue_xmit", "fits MTU 576")
+    assert j.frame_len - 14 <= 576
+    back = journey_from_dict(json.loads(json.dumps(d)))
+    assert back.fdb == "vnet0" and [h.detail for h in back.hops] == [h.detail for h in j.hops]
+    assert "refused: port listening" in [h.detail for h in back.hops]

@@ -556,6 +556,42 @@ def choose_bridge_hook(fentry: bool, kprobes: bool, bridge_btf: str, bridge_load
     return "kprobe" if kprobes else "none"
 
 
+# The functions follow hooks inside the bridge and the tap (bpf/follow.c: tt_<func>_fentry and
+# tt_<func>_kprobe for each), with the module each lives in where the kernel builds it as one.
+BRIDGE_FUNCS: dict[str, str] = {
+    "br_flood": "bridge",  # the bridge floods: FDB miss, broadcast or multicast
+    "br_forward": "bridge",  # the bridge sends the frame to the one port its FDB names
+    "maybe_deliver": "bridge",  # a flood offers the frame to one port
+    "br_pass_frame_up": "bridge",  # the frame goes up to the host's stack
+    "br_dev_queue_push_xmit": "bridge",  # out of a port, if it fits the port's MTU
+    "br_nf_dev_queue_xmit": "br_netfilter",  # the same through br_netfilter
+    "tun_net_xmit": "tun",  # the tap takes the frame for its queue
+}
+_KALLSYMS_FUNC = re.compile(r"^[0-9a-f]+ [tT] (\w+)(?:\t\[(\w+)\])?$", re.M)
+
+
+def plan_bridge_hooks(bridge_hook: str, kprobes: bool, kallsyms_text: str, sys_root: str = "/sys") -> dict[str, str]:
+    """How each of BRIDGE_FUNCS is hooked now: "fentry", "kprobe" or "none". Decided when follow
+    starts, from /proc/kallsyms, since modules come and go: a function no loaded code has
+    (br_netfilter or tun not loaded: no frame goes through it, nothing is lost) is not hooked; a
+    module without BTF of its own (before 5.11) can't take fentry, so its functions get kprobes;
+    `bridge_hook` is what the kernel allows at all (choose_bridge_hook)."""
+    found: dict[str, str] = {}
+    for m in _KALLSYMS_FUNC.finditer(kallsyms_text):
+        if m.group(1) in BRIDGE_FUNCS and m.group(1) not in found:
+            found[m.group(1)] = m.group(2) or ""
+    plan = {}
+    for func in BRIDGE_FUNCS:
+        module = found.get(func)
+        if module is None or bridge_hook == "none":
+            plan[func] = "none"
+        elif bridge_hook == "fentry" and (not module or Path(sys_root, "kernel/btf", module).is_file()):
+            plan[func] = "fentry"
+        else:
+            plan[func] = "kprobe" if bridge_hook == "kprobe" or kprobes else "none"
+    return plan
+
+
 def _choose_loader(env: str, source: str, tp_btf: Availability, btf_path: Path, hook: str, forced: str,
                    extra: str = "") -> tuple[str, str]:
     """("libbpf" | "bcc", why) for the program built from bpf/<source>: libbpf where tp_btf

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from . import trips
+from .features import BRIDGE_FUNCS, plan_bridge_hooks
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
 from .ringbuf import Record, RingBuffer
@@ -53,7 +54,9 @@ LIBBPF_HEADER = Path("/usr/include/bpf/bpf_helpers.h")
 CLANGS = ("clang-14", "clang", "clang-15", "clang-16", "clang-13")
 BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)"
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
-# The br_flood hop, by features.bridge_hook: off (autoload false) unless chosen.
+# The hops inside the bridge and the tap (features.BRIDGE_FUNCS): each function's fentry and
+# kprobe programs, off (autoload false) unless features.plan_bridge_hooks names that kind for it.
+BRIDGE_PROGRAMS = {f"tt_{func}_{kind}": (func, kind) for func in BRIDGE_FUNCS for kind in ("fentry", "kprobe")}
 FLOOD_PROGRAMS = {"fentry": "tt_br_flood_fentry", "kprobe": "tt_br_flood_kprobe"}
 # struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
 CONFIG = struct.Struct("<QiiII")
@@ -291,12 +294,20 @@ def find_map(lib: ctypes.CDLL, obj: int, name: str, source: str) -> int:
     return m
 
 
-class _FloodHookFailed(Exception):
-    """The object loads without the br_flood program, not with it: loaded again without."""
+class _BridgeHookFailed(Exception):
+    """The object loads without these bridge programs, not with them: loaded again without."""
 
-    def __init__(self, why: str):
+    def __init__(self, funcs: tuple[str, ...], why: str):
         super().__init__(why)
+        self.funcs = funcs
         self.why = why
+
+
+def _kallsyms_text() -> str:
+    try:
+        return Path("/proc/kallsyms").read_text()
+    except OSError:
+        return ""
 
 
 class LibbpfFollowProgram:
@@ -321,37 +332,47 @@ class LibbpfFollowProgram:
         self._links: list[int] = []
         self._ring: Optional[RingBuffer] = None
         self._trip_slots: Optional[trips.TripSlots] = None
-        self.notes: list[str] = []  # what was given up on the way (a br_flood hook that wouldn't go)
+        self.notes: list[str] = []  # what was given up on the way (a bridge hook that wouldn't go)
         mac_int = mac_to_int(mac)
         path = obj_path or build_object()
-        self.bridge_hook = getattr(features, "bridge_hook", "none")
-        if self.bridge_hook not in FLOOD_PROGRAMS:
-            self.bridge_hook = "none"
+        bridge_hook = getattr(features, "bridge_hook", "none")
+        # func -> "fentry" | "kprobe" | "none": what each bridge hop goes through now.
+        self.hooks = plan_bridge_hooks(bridge_hook if bridge_hook in ("fentry", "kprobe") else "none",
+                                       features.kprobes.ok, _kallsyms_text())
+        self._given_up: dict[str, list[str]] = {}  # why -> functions, for one note each
         while True:
             self._open(path)
             try:
                 self._load(features, mac_int, int(ringbuf_pages), attach)
-                return
-            except _FloodHookFailed as failed:
+                break
+            except _BridgeHookFailed as failed:
                 self.close()
-                if self.bridge_hook == "fentry" and features.kprobes.ok:
-                    # No fentry into br_flood here (no BTF of it: a module loaded after the probe,
-                    # or one without BTF); the kprobe needs none. Nothing is lost: no note.
-                    self.bridge_hook = "kprobe"
-                    continue
-                self._give_up_flood(failed.why)
+                for func in failed.funcs:
+                    if self.hooks[func] == "fentry" and features.kprobes.ok:
+                        # No fentry into it here (no BTF of it: a module loaded after the probe, or
+                        # one without BTF); the kprobe needs none. Nothing is lost: no note.
+                        self.hooks[func] = "kprobe"
+                    else:
+                        self._give_up(func, failed.why)
             except BaseException:
                 self.close()
                 raise
+        for why, funcs in self._given_up.items():
+            note = f"no hop at {', '.join(funcs)} ({why}); the tracepoint hops are unaffected"
+            self.notes.append(note)
+            say_note(note)
+
+    @property
+    def bridge_hook(self) -> str:
+        """How br_flood is hooked now: "fentry", "kprobe" or "none"."""
+        return self.hooks.get("br_flood", "none")
 
     def _open(self, path: Path) -> None:
         self._obj = open_object(self._lib, path)
 
-    def _give_up_flood(self, why: str) -> None:
-        note = f"no br_flood hop ({self.bridge_hook}: {why}); the tracepoint hops are unaffected"
-        self.notes.append(note)
-        say_note(note)
-        self.bridge_hook = "none"
+    def _give_up(self, func: str, why: str) -> None:
+        self._given_up.setdefault(f"{self.hooks[func]}: {why}", []).append(func)
+        self.hooks[func] = "none"
 
     def _map(self, name: str) -> int:
         if self._obj is None:
@@ -360,12 +381,12 @@ class LibbpfFollowProgram:
 
     def _load(self, features, mac_int: int, ringbuf_pages: int, attach: bool = True) -> None:
         lib = self._lib
-        flood = FLOOD_PROGRAMS.get(self.bridge_hook)
+        chosen = {f"tt_{func}_{kind}": func for func, kind in self.hooks.items() if kind != "none"}
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog:
             name = lib.bpf_program__name(prog).decode()
-            if name in FLOOD_PROGRAMS.values():
-                lib.bpf_program__set_autoload(prog, name == flood)
+            if name in BRIDGE_PROGRAMS:
+                lib.bpf_program__set_autoload(prog, name in chosen)
             prog = lib.bpf_object__next_program(self._obj, prog)
         rodata = self._map(".rodata")
         size = ctypes.c_size_t(0)
@@ -386,8 +407,14 @@ class LibbpfFollowProgram:
             raise KernelError(f"libbpf refused a ring buffer of {ringbuf_pages} pages (a power of 2 is needed)")
         err = lib.bpf_object__load(self._obj)
         if err:
-            if flood and any(flood in m or "br_flood" in m for m in _messages):
-                raise _FloodHookFailed(f"could not load {flood}: {_why(err)}")
+            said = " ".join(_messages)
+            named = tuple(func for name, func in chosen.items() if name in said)
+            if named:
+                # One function's BTF missing is that function's problem; anything else (EPERM: the
+                # kernel refuses fentry itself) is every fentry's, so they all go at once.
+                fentry = tuple(f for f in chosen.values() if self.hooks[f] == "fentry")
+                each = "find kernel BTF type ID" in said or "btf_id" in said or self.hooks[named[0]] != "fentry"
+                raise _BridgeHookFailed(named if each else fentry, f"could not load: {_why(err)}")
             raise KernelError(f"could not load bpf/follow.c: {_why(err)}")
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog and attach:
@@ -396,8 +423,8 @@ class LibbpfFollowProgram:
                 pass
             elif link := lib.bpf_program__attach(prog):
                 self._links.append(link)
-            elif name == flood:  # br_flood not there to hook (bridge a module not loaded, no kprobes…)
-                self._give_up_flood(f"could not attach {name}: {_why(ctypes.get_errno())}")
+            elif name in chosen:  # not there to hook after all (a module unloaded, no kprobes…)
+                self._give_up(chosen[name], f"could not attach: {_why(ctypes.get_errno())}")
             else:
                 raise KernelError(f"could not attach {name} of bpf/follow.c: {_why(ctypes.get_errno())}")
             prog = lib.bpf_object__next_program(self._obj, prog)

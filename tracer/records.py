@@ -21,6 +21,29 @@ class Hook(enum.IntEnum):
     DROP = 3  # skb:kfree_skb: the frame is freed as a drop, with a reason
     CONSUME = 4  # skb:consume_skb: the frame is freed after normal use
     FLOOD = 5  # br_flood() (kprobe/fentry, where the kernel has them): the bridge decides to flood
+    # Inside the bridge and the tap (fentry, else kprobe; features.BRIDGE_FUNCS):
+    FORWARD = 6  # br_forward(): the bridge sends the frame to the one port its FDB names
+    FLOOD_PORT = 7  # maybe_deliver(): a flood offers the frame to one port
+    PASS_UP = 8  # br_pass_frame_up(): the bridge hands the frame to the host's stack
+    EGRESS = 9  # br_dev_queue_push_xmit(): out of a port, if the frame fits its MTU
+    EGRESS_NF = 10  # br_nf_dev_queue_xmit(): the same through br_netfilter
+    TAP_XMIT = 11  # tun_net_xmit(): the tap takes the frame for its queue
+
+
+# The kernel function each function hook marks (the hop's `location`).
+HOOK_FUNCTIONS = {Hook.FLOOD: "br_flood", Hook.FORWARD: "br_forward", Hook.FLOOD_PORT: "maybe_deliver",
+                  Hook.PASS_UP: "br_pass_frame_up", Hook.EGRESS: "br_dev_queue_push_xmit",
+                  Hook.EGRESS_NF: "br_nf_dev_queue_xmit", Hook.TAP_XMIT: "tun_net_xmit"}
+
+# The reason word of FORWARD / FLOOD_PORT (bpf/tapttrace.h TT_PORT_*): the port's facts.
+PORT_STATE_MASK = 0x0F
+PORT_INGRESS = 1 << 4
+PORT_LOCAL_RCV = 1 << 5
+PORT_KNOWN = 1 << 7
+PORT_FLAGS_SHIFT = 8
+BR_HAIRPIN_MODE = 1 << 0  # the port's BR_* flags (include/linux/if_bridge.h, the same on every kernel)
+BR_ISOLATED = 1 << 16
+STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,9 @@ class Hop:
     reason: str = ""  # drop reason name, for event == "dropped"
     location: str = ""  # symbolized kernel function, for dropped/consumed/read
     reader: str = ""  # for event == "read": the process holding the tap open, when known
+    # Hops from inside the bridge and the tap (fentry/kprobe) say what was decided there:
+    # "refused: port listening", "too big: 1028 > MTU 576", "unknown unicast" …
+    detail: str = ""
 
 
 @dataclass
@@ -130,6 +156,10 @@ class Journey:
     flood_ports: list[str] = field(default_factory=list)  # ports that got a copy
     flood_missed: list[str] = field(default_factory=list)  # ports of the bridge that did not
     bridge: str = ""  # the bridge it crossed, if any
+    # The bridge's FDB decision for the destination, where the bridge's own hops show it:
+    # "local" (its own address: passed up), "miss" (flooded), a port's name, "" (not seen).
+    fdb: str = ""
+    fdb_local: str = ""  # for fdb == "local": the device whose own address it is (a tap carrying the guest's MAC)
     toward_guest: bool = False  # addressed to the watched MAC (or asking for its IP)
     note: str = ""  # e.g. "never reached vnet0"
     vm: str = ""  # the watched guest's VM name (libvirt domain, or the tap holder's), when known

@@ -14,7 +14,23 @@ from itertools import islice
 from typing import Any, Callable, Optional, Protocol
 
 from . import frames, trips
-from .records import Copy, Device, Event, Hook, Hop, Journey, Verdict
+from .records import (
+    BR_HAIRPIN_MODE,
+    HOOK_FUNCTIONS,
+    PORT_FLAGS_SHIFT,
+    PORT_INGRESS,
+    PORT_KNOWN,
+    PORT_LOCAL_RCV,
+    PORT_STATE_MASK,
+    STP_STATES,
+    Copy,
+    Device,
+    Event,
+    Hook,
+    Hop,
+    Journey,
+    Verdict,
+)
 
 MS = 1_000_000
 
@@ -76,7 +92,7 @@ class JourneyShape:
         self.base = {**_JOURNEY_DEFAULTS, "shape": self}
         self.base.update((k, v) for k, v in template.__dict__.items()
                          if k in ("copies", "verdict", "reason", "location", "drop_dev", "flood_ports",
-                                  "flood_missed", "bridge"))
+                                  "flood_missed", "bridge", "fdb", "fdb_local"))
         self.generation = generation
         self.cache: dict[Callable[..., Any], Any] = {}  # keyed by the function that rendered it
 
@@ -372,6 +388,8 @@ class Stitcher:
         if ev.hook == Hook.FLOOD:
             bridge = (dev.name if dev.is_bridge else dev.master_name) if dev else name
             return Hop(ev.ts_ns, copy, "flood-decision", ns, bridge, "bridge", _FLOOD_KINDS.get(ev.reason & 0xFF, ""))
+        if ev.hook in _BRIDGE_HOP_EVENTS:
+            return _bridge_hop(ev, copy, ns, name, role)
         where = self.namer.symbol(ev.location)
         if ev.hook == Hook.DROP:
             return Hop(ev.ts_ns, copy, "dropped", ns, name, role, self.namer.reason(ev.reason), where)
@@ -425,6 +443,14 @@ class Stitcher:
         if ingress is not None:
             journey.bridge = ingress.master_name
         group = bool(js.first.data[:1]) and js.first.data[0] & 1 == 1  # broadcast/multicast destination
+        if not group:
+            journey.fdb = _fdb_decision(js)
+            if journey.fdb == "local" and ingress is not None and ingress.master is not None:
+                # A local entry is a port's (or the bridge's) own address: which one holds it.
+                ports = self.devices.ports(ingress.netns, ingress.master)
+                bridge = self.devices.device(ingress.netns, ingress.master, ingress.master_name)
+                holder = next((d for d in [*ports, bridge] if d is not None and d.mac == journey.dst_mac), None)
+                journey.fdb_local = holder.name if holder is not None else ""
         if len(copies) > 1 or (group and ingress is not None and copies):
             journey.verdict = Verdict.FLOODED.value
             got = [c.port for c in copies if c.port]
@@ -459,7 +485,7 @@ def _ts_of_pair(pair: tuple[Event, Optional[Device]]) -> int:
     return pair[0].ts_ns
 
 
-_HOP_DEFAULTS = {"reason": "", "location": "", "reader": ""}
+_HOP_DEFAULTS = {"reason": "", "location": "", "reader": "", "detail": ""}
 _JOURNEY_DEFAULTS = {"toward_guest": False, "note": "", "vm": ""}
 _new = object.__new__
 
@@ -478,6 +504,60 @@ def _first_ts(js: _JourneyState) -> tuple[int, int]:
 
 
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
+
+# Hops from inside the bridge and the tap (fentry/kprobe): the words of each.
+_BRIDGE_HOP_EVENTS = {Hook.FORWARD: "to-port", Hook.FLOOD_PORT: "flood-port", Hook.PASS_UP: "to-host",
+                      Hook.EGRESS: "egress", Hook.EGRESS_NF: "egress", Hook.TAP_XMIT: "tap-xmit"}
+
+
+def port_refusal(facts: int) -> str:
+    """Why the bridge won't send the frame to the port whose facts (bpf/tapttrace.h TT_PORT_*) a
+    to-port or flood-port hop carries, as should_deliver() decides it; "" when it will (or the
+    kernel gave no facts: 5.10's bridge has no BTF)."""
+    if not facts & PORT_KNOWN:
+        return ""
+    flags = facts >> PORT_FLAGS_SHIFT
+    if facts & PORT_INGRESS and not flags & BR_HAIRPIN_MODE:
+        return "refused: it is the port the frame came in by (hairpin off)"
+    state = facts & PORT_STATE_MASK
+    if state != 3:
+        return f"refused: port {STP_STATES.get(state, f'in STP state {state}')}"
+    return ""
+
+
+def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
+    hook = ev.hook
+    detail = ""
+    if hook in (Hook.FORWARD, Hook.FLOOD_PORT):
+        detail = port_refusal(ev.reason)
+        if hook == Hook.FLOOD_PORT and ev.reason & PORT_INGRESS and detail.endswith("(hairpin off)"):
+            detail = "not back out the port it came in by"  # every flood skips its way in: no fault
+        if hook == Hook.FORWARD and ev.reason & PORT_LOCAL_RCV:
+            detail = "; ".join(x for x in (detail, "the host gets a copy too") if x)
+    elif hook in (Hook.EGRESS, Hook.EGRESS_NF) and ev.reason:
+        l3 = ev.frame_len - 14
+        detail = f"too big: {l3} bytes > MTU {ev.reason}" if l3 > ev.reason else f"fits MTU {ev.reason}"
+    return Hop(ev.ts_ns, copy, _BRIDGE_HOP_EVENTS[hook], ns, name, role, location=HOOK_FUNCTIONS[hook],
+               detail=detail)
+
+
+def _fdb_decision(js: _JourneyState) -> str:
+    """The bridge's FDB decision for a unicast frame, from its own hops: the port br_forward() was
+    given, "miss" for a flood of unknown unicast, "local" for a frame passed up with neither (the
+    destination is the bridge's own address); "" when the bridge's hops are not there to say."""
+    forward = flood = up = ""
+    for cs in js.copies:
+        for i, (ev, dev) in enumerate(cs.events):
+            if ev.hook == Hook.FORWARD and not forward:
+                forward = dev.name if dev else ev.ifname
+                if not forward:  # no BTF of the port (5.10): the port it was then sent out of
+                    forward = next((d.name for e, d in cs.events[i:] if e.hook == Hook.QUEUE and d is not None
+                                    and d.master is not None), "")
+            elif ev.hook == Hook.FLOOD and ev.reason & 0xFF == 0:
+                flood = "miss"
+            elif ev.hook == Hook.PASS_UP:
+                up = "local"
+    return forward or flood or up
 
 
 def _role(dev: Optional[Device]) -> str:

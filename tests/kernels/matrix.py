@@ -58,7 +58,16 @@ EXPORTER = "tests/test_exporter_kernel.py"
 CORE_TESTS = (
     f"{FOLLOW}::test_healthy_guest_frames_are_delivered_to_the_tap",
     f"{FOLLOW}::test_tap_carrying_the_guest_mac_sends_frames_to_the_host_stack_never_the_tap",
-    f"{DIAGNOSE}::test_tap_carrying_the_guest_mac_is_local_mac",
+    f"{DIAGNOSE}::test_tap_carrying_the_guest_mac_is_local_mac[plain]",
+    f"{DIAGNOSE}::test_tap_carrying_the_guest_mac_is_local_mac[br_netfilter]",
+    # causes whose evidence differs by kernel (drop reasons, the bridge's own hops), with and
+    # without br_netfilter (issue 11)
+    f"{DIAGNOSE}::test_frames_larger_than_the_tap_mtu_is_mtu[plain]",
+    f"{DIAGNOSE}::test_frames_larger_than_the_tap_mtu_is_mtu[br_netfilter]",
+    f"{DIAGNOSE}::test_stp_port_not_forwarding[plain]",
+    f"{DIAGNOSE}::test_stp_port_not_forwarding[br_netfilter]",
+    f"{DIAGNOSE}::test_flood_flags_off_is_flood_blocked[plain]",
+    f"{DIAGNOSE}::test_stopped_guest_is_guest_not_reading[plain]",
     f"{FOLLOW}::test_bcc_loader_delivers_the_same_journeys",
     f"{EXPORTER}::test_delivered_and_forwarded_pings_are_counted_exactly",
     # nothing left behind: follow ended by its count or by SIGTERM, the exporter by SIGTERM

@@ -107,6 +107,8 @@ def journey_path(j: Journey) -> str:
             step += f" {h.reason} at {h.location}"
         elif h.event == "read" and h.reader:
             step += f" by {h.reader}"
+        elif h.detail:  # a decision inside the bridge or the tap
+            step += f" ({h.detail})"
         steps.append(step + (f" [copy {h.copy}]" if h.copy else ""))
     return " → ".join(steps) or "(no hops)"
 

@@ -20,9 +20,6 @@ from .netfilter import Culprit, Probe, Ruleset
 
 Rule = Callable[[Context], Optional[Finding]]
 
-# kfree_skb locations where the bridge (or the forward into the tap) refuses an oversized frame
-XMIT_LOCATIONS = ("br_dev_queue_push_xmit", "is_skb_forwardable", "__dev_forward_skb", "dev_forward_skb",
-                  "br_forward", "__br_forward", "br_flood", "tun_net_xmit")
 NETFILTER_LOCATIONS = ("nf_hook_slow", "nft_do_chain", "ipt_do_table", "ip6t_do_table", "ebt_do_table",
                        "arpt_do_table")
 
@@ -239,6 +236,22 @@ def rule_port_not_forwarding(ctx: Context) -> Optional[Finding]:
                              "driver comes up",))
     if p.stp_state != "forwarding":
         return _stp_finding(ctx, found)
+    # The bridge's own hops (fentry/kprobes) saw it refuse the tap for its state while the frames
+    # came, though the port forwards by now (STP's listening and learning pass in seconds).
+    refused = [(j, h) for j in ctx.lost for h in j.hops
+               if h.event in ("to-port", "flood-port") and h.dev == ctx.tap and h.detail.startswith("refused: port ")]
+    if refused:
+        state = refused[0][1].detail.removeprefix("refused: port ")
+        ids = tuple(dict.fromkeys(j.id for j, _ in refused))
+        evidence = [f"{_n(len(ids), 'frame')} for the guest: {br.name} refused {ctx.tap} at "
+                    f"{refused[0][1].location}: port {state}",
+                    f"{ctx.tap} is {p.stp_state} now (STP {br.stp_mode}, forward delay {br.forward_delay_s:g} s)"]
+        stp_fix = _stp_off(ctx, p.name) if br.stp_mode == "kernel" else ()
+        return Finding("port-not-forwarding", f"{ctx.tap} was {state}, not forwarding, when the guest's frames came, "
+                       f"so {br.name} sent it nothing", tuple(evidence), stp_fix,
+                       () if stp_fix else ("a port (re)enabled under STP listens and learns before it forwards: "
+                                       "ports of VMs rarely need STP",),
+                       facts={**facts, "stp_state_seen": state}, journeys=ids, basis="traffic")
     return _ingress_not_forwarding(ctx)
 
 
@@ -275,7 +288,15 @@ def _ingress_not_forwarding(ctx: Context) -> Optional[Finding]:
     """Frames dropped on the way in because the port they came in by doesn't forward."""
     br = ctx.bridge
     assert br is not None
-    hits = [(j, c) for j in ctx.lost for c in jv.dropped_copies(j) if c.reason == "BRIDGE_INGRESS_STP_STATE"]
+    def not_forwarding(dev: str) -> bool:
+        port = br.port(dev)
+        return port is not None and port.stp_state != "forwarding"
+
+    # The kernel's reason (6.8+), else the evidence: dropped on the port it came in by, which
+    # doesn't forward (5.10 has no reasons; 6.1 and 6.12 say NOT_SPECIFIED at br_handle_frame).
+    hits = [(j, c) for j in ctx.lost for c in jv.dropped_copies(j)
+            if c.reason == "BRIDGE_INGRESS_STP_STATE"
+            or (c.reason in ("", "NOT_SPECIFIED") and c.dev and c.dev == jv.ingress_port(j) and not_forwarding(c.dev))]
     if not hits:
         return None
     dev = hits[0][1].dev or jv.ingress_port(hits[0][0])
@@ -287,8 +308,8 @@ def _ingress_not_forwarding(ctx: Context) -> Optional[Finding]:
 
     return Finding("port-not-forwarding", f"{dev}, the port the guest's frames come in by, is {state}, so {br.name} "
                    "drops them on arrival",
-                   (f"{_n(len(hits), 'frame')} for the guest dropped as BRIDGE_INGRESS_STP_STATE at "
-                    f"{hits[0][1].location} on {dev}",),
+                   (f"{_n(len(hits), 'frame')} for the guest dropped as {hits[0][1].reason or 'a drop'} at "
+                    f"{hits[0][1].location} on {dev}, which is {state}",),
                    fix, facts={"bridge": br.name, "port": dev, "stp_state": state},
                    journeys=jv.ids_of(j for j, _ in hits), basis="traffic")
 
@@ -300,7 +321,8 @@ def rule_fdb_wrong_port(ctx: Context) -> Optional[Finding]:
         return None
     wrong = [e for e in ns.fdb_of(br.name, t.mac) if not e.permanent and e.dev not in (ctx.tap, br.name)]
     sent_away = [j for j in ctx.lost if not jv.is_group(j) and j.bridge == br.name and (
-        any(c.port and c.port != ctx.tap and c.outcome == "forwarded" for c in j.copies)
+        j.fdb not in ("", "local", "miss", ctx.tap)  # the bridge's own hops: its FDB named another port
+        or any(c.port and c.port != ctx.tap and c.outcome == "forwarded" for c in j.copies)
         or any(_loc(c.location) in ("br_forward", "br_handle_frame_finish") for c in jv.dropped_copies(j)))]
     sticky = [e for e in wrong if e.state == "static" or e.sticky or e.extern_learn]
     if not (sticky or sent_away or (wrong and not ctx.got)):
@@ -320,7 +342,8 @@ def rule_fdb_wrong_port(ctx: Context) -> Optional[Finding]:
                           "who sends them")
         if e.extern_learn:
             advice.append("a driver or controller added the entry (extern_learn): it may add it again")
-    dest = wrong[0].dev if wrong else next((c.port for j in sent_away for c in j.copies if c.port), "another port")
+    dest = wrong[0].dev if wrong else next((j.fdb for j in sent_away if j.fdb), "") or next(
+        (c.port for j in sent_away for c in j.copies if c.port), "another port")
     back = dest in ingress
     if sent_away:
         evidence.append(f"{_n(len(sent_away), 'frame')} for the guest " + (
@@ -540,33 +563,50 @@ def _nf_fix(ctx: Context, c: Culprit, j) -> str:
 
 
 def rule_mtu(ctx: Context) -> Optional[Finding]:
-    """Frames larger than the tap's MTU: the bridge refuses to send them (is_skb_forwardable)."""
+    """Frames larger than the tap's MTU: the bridge refuses to send them out of it."""
+    # Found from evidence, not from which function freed the frame (br_dev_queue_push_xmit, or
+    # br_nf_dev_queue_xmit with br_netfilter, or the tap's own check, by kernel): the bridge's
+    # egress hop on the tap says "too big" where the kernel lets us see it; elsewhere, a frame that
+    # crossed the bridge (so it got in), is larger than the tap's MTU and was lost.
     t, br, p = ctx.target, ctx.bridge, ctx.port
     if br is None or p is None or t.tap is None:
         return None
     mtu = p.mtu or t.tap.mtu
     big = []
     for j in ctx.lost:
-        if _l3_len(j) <= mtu:
-            continue
-        drops = jv.dropped_copies(j)
-        if not drops or any(_loc(c.location) in XMIT_LOCATIONS or c.reason == "PKT_TOO_BIG" for c in drops):
+        if any(h.event == "egress" and h.dev == ctx.tap and h.detail.startswith("too big") for h in j.hops):
             big.append(j)
+            continue
+        if _l3_len(j) <= mtu or j.bridge != br.name:
+            continue
+        if any(c.reason in _EXPLAINED_ELSEWHERE for c in jv.dropped_copies(j)):
+            continue
+        big.append(j)
     if not big:
         return None
     largest = max(_l3_len(j) for j in big)
     others = [q.mtu for q in br.ports if q.name != ctx.tap and q.mtu]
     want = max(others + [largest])
     drop = jv.first_drop(big)
+    seen = next((h for j in big for h in j.hops if h.event == "egress" and h.dev == ctx.tap), None)
     evidence = [f"{_n(len(big), 'frame')} for the guest carried up to {largest} bytes after the Ethernet header, more "
-                f"than {ctx.tap}'s MTU of {mtu}" + (f"; dropped as {drop.reason} at {drop.location}" if drop else ""),
+                f"than {ctx.tap}'s MTU of {mtu}" + (f"; dropped as {drop.reason or 'a drop'} at {drop.location}"
+                                                    if drop else ""),
                 f"the other ports of {br.name} have MTU {max(others)}" if others else f"{br.name} has no other port"]
+    if seen is not None:
+        evidence.append(f"the bridge's egress to {ctx.tap} ({seen.location}) saw it: {seen.detail}")
     return Finding("mtu", f"frames of up to {largest + 14} bytes don't fit {ctx.tap}'s MTU of {mtu}, so {br.name} "
                    "drops them", tuple(evidence), (ctx.cmd("ip", "link", "set", "dev", ctx.tap, "mtu", str(want)),),
                    advice=("the guest's own interface MTU should match (libvirt passes <mtu size=…/> to virtio-net)",),
                    libvirt_xml=bridge_interface_xml(t.mac, br.name, mtu=want) if t.libvirt is not None else "",
                    facts={"tap_mtu": mtu, "largest_l3": largest, "wanted_mtu": want},
                    journeys=jv.ids_of(big), basis="configuration+traffic")
+
+
+# Drop reasons another rule (or no MTU) explains: an oversized frame dropped for one of these was
+# not dropped for its size.
+_EXPLAINED_ELSEWHERE = ("NETFILTER_DROP", "TAP_FILTER", "TAP_TXFILTER", "FULL_RING", "NOMEM", "QDISC_DROP",
+                        "TC_INGRESS", "TC_EGRESS", "XDP", "BRIDGE_INGRESS_STP_STATE", "OTHERHOST")
 
 
 def _l3_len(j) -> int:

@@ -455,7 +455,12 @@ class Lab:
         self.tap_mac = mac
 
     def set_br_netfilter(self, on: bool) -> None:
-        """bridge-nf-call-ip(6)tables in the hypervisor namespace (when br_netfilter is there)."""
+        """bridge-nf-call-ip(6)tables in the hypervisor namespace (when br_netfilter is there). On
+        asks for br_netfilter: loaded here when it is a module (stock kernels), an error when absent."""
+        if on and not Path("/proc/sys/net/bridge").is_dir():
+            subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
+            if not Path("/proc/sys/net/bridge").is_dir():
+                raise EnvironmentProblem("br_netfilter is needed and can't be loaded (modprobe br_netfilter)")
         if Path("/proc/sys/net/bridge").is_dir():
             for family in ("iptables", "ip6tables", "arptables"):
                 self.run(self.hv_ns, "sysctl", "-qw", f"net.bridge.bridge-nf-call-{family}={int(on)}")

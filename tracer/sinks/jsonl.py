@@ -30,6 +30,8 @@ def journey_to_dict(j: Journey, wall_offset_ns: int) -> dict:
         "frame_len": j.frame_len,
         "verdict": j.verdict,
         "bridge": j.bridge or None,
+        "fdb": j.fdb or None,
+        "fdb_local": j.fdb_local or None,
         "toward_guest": j.toward_guest,
         "vm": j.vm or None,
         "note": j.note or None,
@@ -39,7 +41,7 @@ def journey_to_dict(j: Journey, wall_offset_ns: int) -> dict:
         "hops": [
             {"t_us": round((h.ts_ns - start) / 1000, 3), "copy": h.copy, "event": h.event,
              "netns": h.netns, "dev": h.dev, "role": h.role or None, "reason": h.reason or None,
-             "location": h.location or None, "reader": h.reader or None}
+             "location": h.location or None, "reader": h.reader or None, "detail": h.detail or None}
             for h in j.hops
         ],
         "copies": [
@@ -60,10 +62,12 @@ def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
         dst_mac=d["dst_mac"], ethertype=int(d["ethertype"], 16), summary=d["summary"], frame_len=d["frame_len"],
         frame=b"", verdict=d["verdict"], reason=drop.get("reason", ""), location=drop.get("location", ""),
         drop_dev=drop.get("dev", ""), flood_ports=list(flood.get("ports", [])),
-        flood_missed=list(flood.get("missed", [])), bridge=d.get("bridge") or "",
+        flood_missed=list(flood.get("missed", [])), bridge=d.get("bridge") or "", fdb=d.get("fdb") or "",
+        fdb_local=d.get("fdb_local") or "",
         toward_guest=d["toward_guest"], note=d.get("note") or "", vm=d.get("vm") or "",
         hops=[Hop(start + round(h["t_us"] * 1000), h["copy"], h["event"], h["netns"], h["dev"], h["role"] or "",
-                  h["reason"] or "", h["location"] or "", h["reader"] or "") for h in d["hops"]],
+                  h["reason"] or "", h["location"] or "", h["reader"] or "", h.get("detail") or "")
+              for h in d["hops"]],
         copies=[Copy(c["copy"], c["outcome"], c["dev"], c["netns"], c["reason"] or "", c["location"] or "",
                      c.get("port") or "") for c in d["copies"]],
     )

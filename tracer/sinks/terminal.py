@@ -28,6 +28,9 @@ def describe_hop(h: Hop) -> str:
         return f"sent to {h.dev} (tap)" if h.role == "tap" else f"sent to {where}"
     if h.event == "flood-decision":
         return f"{h.dev} floods it ({h.reason})"
+    if h.event in _BRIDGE_WORDS:  # a decision inside the bridge or the tap
+        return _BRIDGE_WORDS[h.event].format(dev=h.dev) + (f": {h.detail}" if h.detail else "") + \
+            (f" [{h.location}]" if h.location else "")
     if h.event == "read":
         who = f" by {h.reader}" if h.reader else " by the process holding the tap"
         return f"read from {h.dev}{who}"
@@ -37,6 +40,24 @@ def describe_hop(h: Hop) -> str:
     if h.event == "consumed":
         return "consumed" + (f" at {h.location}" if h.location else "") + on
     return h.event
+
+
+_BRIDGE_WORDS = {"to-port": "the bridge sends it to {dev}", "flood-port": "the flood offers it to {dev}",
+                 "to-host": "the bridge passes it up to the host", "egress": "leaves by {dev}",
+                 "tap-xmit": "{dev} takes it for its queue"}
+
+
+def describe_fdb(j: Journey) -> str:
+    """The bridge's FDB decision in words ("" when the bridge's own hops are not there to say)."""
+    br = j.bridge or "the bridge"
+    if j.fdb == "local":
+        on = f" on {j.fdb_local}" if j.fdb_local else ""
+        return f"FDB: {j.dst_mac} is {br}'s own address (local entry{on}) → passed up to the host"
+    if j.fdb == "miss":
+        return f"FDB: {br} has no entry for {j.dst_mac} → flooded"
+    if j.fdb:
+        return f"FDB: {j.dst_mac} is on {j.fdb} → sent there"
+    return ""
 
 
 def describe_verdict(j: Journey) -> str:
@@ -81,8 +102,12 @@ class TerminalSink:
                 line.append(f"[{h.netns}] ", style="magenta")
             if multi:
                 line.append(f"copy {h.copy}: ", style="dim")
-            line.append(describe_hop(h), style="red" if h.event == "dropped" else "")
+            bad = h.event == "dropped" or h.detail.startswith(("refused", "too big"))
+            line.append(describe_hop(h), style="red" if bad else "")
             self.console.print(line, soft_wrap=True)
+        fdb = describe_fdb(j)
+        if fdb:
+            self.console.print(Text(f"  {fdb}", style="bold"), soft_wrap=True)
         verdict = Text("  ⇒ ")
         verdict.append(describe_verdict(j), style=_VERDICT_STYLE.get(j.verdict, "bold"))
         self.console.print(verdict)
