@@ -5,7 +5,9 @@
  * kernel's verifier refuses the object (tracer/features.py's loader chain).
  *
  * Hooks are the tracepoints a frame passes on every kernel (receive, queue, drop, consume) and,
- * where the kernel lets us hook functions, br_flood. Each one decides in a couple of reads whether
+ * where the kernel lets us hook functions, the bridge's and the tap's own decisions (br_flood, and
+ * under libbpf br_forward, maybe_deliver, br_pass_frame_up, the egress, tun_net_xmit: the end of
+ * this file). Each one decides in a couple of reads whether
  * the skb's Ethernet header concerns the watched MAC (source or destination, or an ARP request /
  * IPv6 neighbour solicitation for one of the guest's addresses) before it touches a map or the
  * ring buffer.

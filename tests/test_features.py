@@ -321,3 +321,38 @@ def test_br_flood_is_hooked_by_what_can_reach_it(fentry, kprobes, btf, loaded, h
     from tracer.features import choose_bridge_hook
 
     assert choose_bridge_hook(fentry, kprobes, btf, loaded) == hook
+
+
+KALLSYMS = """ffffffffc0a01000 t br_flood\t[bridge]
+ffffffffc0a02000 T br_forward\t[bridge]
+ffffffffc0a03000 t maybe_deliver\t[bridge]
+ffffffffc0a03100 t maybe_deliver.cold\t[bridge]
+ffffffffc0a04000 t br_pass_frame_up\t[bridge]
+ffffffffc0a05000 T br_dev_queue_push_xmit\t[bridge]
+ffffffffc0b01000 t tun_net_xmit\t[tun]
+ffffffff81e94f20 T netif_receive_skb
+"""
+
+
+@pytest.mark.parametrize("hook, module_btf, kprobes, want", [
+    # Debian 12, 13: fentry through each module's BTF; br_netfilter not loaded: not hooked, nothing lost
+    ("fentry", ("bridge", "tun"), True,
+     {"br_flood": "fentry", "tun_net_xmit": "fentry", "br_nf_dev_queue_xmit": "none"}),
+    # a module without BTF of its own (5.10) gets kprobes for its functions
+    ("fentry", ("tun",), True, {"br_forward": "kprobe", "tun_net_xmit": "fentry"}),
+    ("fentry", (), False, {"br_forward": "none", "maybe_deliver": "none"}),
+    ("kprobe", (), True, {"maybe_deliver": "kprobe", "br_pass_frame_up": "kprobe", "br_nf_dev_queue_xmit": "none"}),
+    ("none", ("bridge", "tun"), True, {"br_flood": "none", "tun_net_xmit": "none"}),  # this machine: neither
+])
+def test_each_bridge_function_is_hooked_by_what_can_reach_it_now(tmp_path, hook, module_btf, kprobes, want):
+    from tracer.features import BRIDGE_FUNCS, plan_bridge_hooks
+
+    (tmp_path / "kernel" / "btf").mkdir(parents=True)
+    for module in module_btf:
+        (tmp_path / "kernel" / "btf" / module).write_bytes(b"\x9f\xeb")
+    plan = plan_bridge_hooks(hook, kprobes, KALLSYMS, str(tmp_path))
+    assert set(plan) == set(BRIDGE_FUNCS)
+    assert {k: plan[k] for k in want} == want
+    # built into vmlinux (no [module]): fentry through vmlinux's BTF
+    vmlinux = "ffffffff81000000 T br_forward\n"
+    assert plan_bridge_hooks("fentry", False, vmlinux, str(tmp_path))["br_forward"] == "fentry"

@@ -213,6 +213,9 @@ class Features:
     bridge_btf: str = ""
     bridge_loaded: bool = False  # the bridge is in the running kernel (built in, or its module loaded)
     bridge_hook_bcc: str = "none"  # bridge_hook for bcc: kprobe where br_flood is only in a module's BTF
+    # How each of BRIDGE_FUNCS would be hooked as probed (follow plans again when it starts, as
+    # modules come and go): ((func, "fentry" | "kprobe" | "none"), ...). libbpf only.
+    bridge_plan: tuple[tuple[str, str], ...] = ()
     follow_loader: str = "bcc"  # "libbpf" (bpf/follow.c built once, tracer/libbpf_loader.py) | "bcc" (the same source compiled at start, tracer/loader.py)
     follow_loader_why: str = ""
     exporter_loader: str = "bcc"  # "libbpf" (bpf/exporter.c built once, tracer/exporter/program_btf.py) | "bcc" (the same source compiled at start, tracer/exporter/program.py)
@@ -570,6 +573,13 @@ BRIDGE_FUNCS: dict[str, str] = {
 _KALLSYMS_FUNC = re.compile(r"^[0-9a-f]+ [tT] (\w+)(?:\t\[(\w+)\])?$", re.M)
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def plan_bridge_hooks(bridge_hook: str, kprobes: bool, kallsyms_text: str, sys_root: str = "/sys") -> dict[str, str]:
     """How each of BRIDGE_FUNCS is hooked now: "fentry", "kprobe" or "none". Decided when follow
     starts, from /proc/kallsyms, since modules come and go: a function no loaded code has
@@ -810,6 +820,8 @@ def _probe(roots: ProbeRoots) -> Features:
         bpf_atomics=atomics,
         bridge_btf=bridge_btf,
         bridge_hook_bcc=bridge_hook_bcc,
+        bridge_plan=tuple(plan_bridge_hooks(bridge_hook, kprobes.ok, _read_text(Path(roots.proc, "kallsyms")),
+                                            roots.sys).items()),
         follow_loader=follow_loader,
         follow_loader_why=follow_loader_why,
         exporter_loader=exporter_loader,
@@ -929,7 +941,8 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
     hooks = {"raw_tracepoint": "raw tracepoints", "tracepoint": "classic tracepoints", "none": "nothing usable"}
     lines.append(DoctorLine("hooks", f.hook != "none", f"tapttrace will use {hooks[f.hook]}", required=True))
     bridge = {"fentry": "fentry on bridge functions", "kprobe": "kprobes on bridge functions",
-              "none": "none: bridge-internal decisions (floods) are not shown; tracepoints still are"}
+              "none": "none: the bridge's own decisions (FDB lookups, floods, port refusals, its egress MTU check, "
+                      "the tap's transmit) are not hops; tracepoints still are, and diagnose works from them"}
     where = {"vmlinux": "; br_flood is in vmlinux", "module": "; br_flood is in the bridge module's BTF",
              "": ("; the bridge module has no BTF of its own (module BTF came in 5.11)" if f.bridge_loaded
                   else "; the bridge module is not loaded yet (hooked when follow starts, if loaded by then)")}
@@ -937,6 +950,16 @@ def doctor_lines(features: Features) -> list[DoctorLine]:
                 if f.bridge_hook_bcc != f.bridge_hook else "")
     lines.append(DoctorLine("bridge-internal hooks", f.bridge_hook != "none",
                             bridge[f.bridge_hook] + where.get(f.bridge_btf, "") + bcc_note))
+    if f.bridge_hook != "none" and f.bridge_plan:
+        # The bridge's own decisions as follow's hops (libbpf): which functions, through what.
+        by_kind: dict[str, list[str]] = {}
+        for func, kind in f.bridge_plan:
+            by_kind.setdefault(kind, []).append(func)
+        said = [f"{kind}: {', '.join(funcs)}" for kind, funcs in by_kind.items() if kind != "none"]
+        if by_kind.get("none"):
+            said.append(f"not loaded now, so not hooked (nothing goes through them): {', '.join(by_kind['none'])}")
+        lines.append(DoctorLine("bridge decision hops", bool(said) and any(k != "none" for k in by_kind),
+                                "; ".join(said) + ("; bcc gets none of them (libbpf only)" if said else "")))
     lines.append(DoctorLine("tp_btf", f.tp_btf.ok, f.tp_btf.detail))
     lost = "" if f.bpf_atomics.ok else (
         ": journeys are stitched in user space only (every hop is its own ring-buffer record), and the "

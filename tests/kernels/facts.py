@@ -16,6 +16,7 @@ def main() -> None:
         "bridge_hook": f.bridge_hook,
         "bridge_hook_bcc": f.bridge_hook_bcc,
         "bridge_btf": f.bridge_btf,
+        "bridge_plan": dict(f.bridge_plan),
         "kfree_skb_has_reason": f.kfree_skb_has_reason,
         "consume_skb_has_location": f.consume_skb_has_location,
         "bpf_atomics": f.bpf_atomics.ok,

@@ -343,7 +343,13 @@ def render_table(results: Path = RESULTS) -> str:
         bridge = f.get("bridge_hook", "none")
         home = {"module": " (bridge module)", "vmlinux": "",
                 "": " (bridge module without BTF: module BTF came in 5.11)"}.get(f.get("bridge_btf", ""), "")
-        hooks += f"; br_flood: {bridge}" + (home if bridge != "none" else "")
+        plan = f.get("bridge_plan") or {}
+        used = sorted({kind for kind in plan.values() if kind != "none"})
+        if used:  # the bridge's own decisions as hops (features.plan_bridge_hooks)
+            n = sum(kind != "none" for kind in plan.values())
+            hooks += f"; inside the bridge: {' + '.join(used)} ({n} of {len(plan)} functions)" + home
+        else:
+            hooks += f"; br_flood: {bridge}" + (home if bridge != "none" else "")
         lost = "; ".join(lost_features(f)) or "nothing"
         demo = _read(d / "demo.rc")
         demo_text = ("exit 0" if demo == "0" else f"exit {demo}") + f" ({_read(d / 'demo.seconds')} s)"
