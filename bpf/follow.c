@@ -441,7 +441,8 @@ static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, 
 		/* a drop or consume belongs to the skb whatever its bytes are by then (as in stitch.py) */
 		if (!ends && !same_frame(t, eth, frame_len)) {
 			hand_over(t, TT_TRIP_CUT);
-		} else if (hook == TT_HOOK_FLOOD || BPF_CORE_READ_BITFIELD(skb, cloned) || n >= TT_TRIP_HOPS) {
+		} else if (hook >= TT_HOOK_FLOOD || BPF_CORE_READ_BITFIELD(skb, cloned) || n >= TT_TRIP_HOPS) {
+			/* a function hook (br_flood clones next; the bridge's decisions name a port) */
 			hand_over(t, TT_TRIP_CUT);
 			*last = 0;
 			return 0;
@@ -496,15 +497,67 @@ static __always_inline void cut_trip(struct sk_buff *skb)
 }
 #endif /* !TT_BCC: trips */
 
-/* One event about skb; `dev` names the device it is about (NULL: skb->dev), as the bridge's
- * decisions are about a port the skb is not on yet. */
+#ifndef TT_BCC
+/* The bridge's port, as far as its decision hops read it (libbpf matches `net_bridge_port___tt`
+ * to the kernel's `net_bridge_port`, in vmlinux's BTF or the bridge module's). */
+struct net_bridge_port___tt {
+	struct net_device *dev;
+	unsigned long flags;
+	__u8 state;
+} __attribute__((preserve_access_index));
+
+/* The port's facts as the bridge weighs them in should_deliver() (inlined on every kernel, so read
+ * here instead): TT_PORT_* in tapttrace.h. None where the kernel has no BTF of the port (5.10's
+ * bridge module): bpf_core_field_exists() is 0 there and the reads are never made. */
+static __always_inline __u32 port_facts(struct net_bridge_port___tt *p, struct sk_buff *skb)
+{
+	__u32 facts = 0;
+
+	if (!p || !bpf_core_field_exists(p->state))
+		return 0;
+	facts = TT_PORT_KNOWN | (BPF_CORE_READ(p, state) & TT_PORT_STATE_MASK);
+	facts |= ((__u32)BPF_CORE_READ(p, flags) & 0xffffff) << TT_PORT_FLAGS_SHIFT;
+	if ((void *)BPF_CORE_READ(p, dev) == (void *)BPF_CORE_READ(skb, dev))
+		facts |= TT_PORT_INGRESS;
+	return facts;
+}
+
+static __always_inline struct net_device *port_dev(struct net_bridge_port___tt *p)
+{
+	if (!p || !bpf_core_field_exists(p->dev))
+		return 0;
+	return BPF_CORE_READ(p, dev);
+}
+
+/* The MTU of the device the frame leaves by: the limit is_skb_forwardable() checks next. */
+static __always_inline __u32 egress_mtu(struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	return dev ? BPF_CORE_READ(dev, mtu) : 0;
+}
+
+#endif
+
+/* One event about skb (a `hook` constant in each inlined copy). `port`: the bridge port a
+ * decision hop is about (br_forward, maybe_deliver): the event names that port's device, not
+ * skb->dev, and carries its facts. What only a reported frame needs is read after the match. */
 static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 location, __u32 reason,
-				      const int probed, struct net_device *dev)
+				      const int probed, void *port)
 {
 	unsigned char *eth = frame_start(skb, probed);
+	struct net_device *dev = 0;
+	const int port_hop = hook == TT_HOOK_FORWARD || hook == TT_HOOK_FLOOD_PORT;
 
 	if (!eth || !concerns_watched_mac(eth))
 		return 0;
+#ifndef TT_BCC
+	if (port_hop) {
+		reason |= port_facts(port, skb);
+		dev = port_dev(port);
+	} else if (hook == TT_HOOK_EGRESS || hook == TT_HOOK_EGRESS_NF) {
+		reason = egress_mtu(skb);
+	}
+#endif
 	if (TT_CFG(learn) && hook == TT_HOOK_RECEIVE) {
 		__u8 src[6];
 		if (!bpf_probe_read_kernel(src, sizeof(src), eth + 6) && tt_mac48(src) == TT_CFG(watch_mac))
@@ -530,7 +583,11 @@ static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 loc
 	e->reason = reason;
 	e->hook = hook;
 	e->cpu = bpf_get_smp_processor_id();
-	device_ids(dev ? dev : skb_dev(probed, skb), &e->netns, &e->ifindex, e->ifname, probed);
+	/* a port's device was read through BPF_CORE_READ: a number to the verifier, read likewise */
+	if (port_hop)
+		device_ids(dev, &e->netns, &e->ifindex, e->ifname, 1);
+	else
+		device_ids(skb_dev(probed, skb), &e->netns, &e->ifindex, e->ifname, probed);
 	__u32 len = wire_len(skb, eth, probed);
 	e->frame_len = len;
 	e->cap_len = len < TT_SNAPLEN ? len : TT_SNAPLEN;
@@ -612,83 +669,41 @@ TT_KPROBE(br_flood, tt_br_flood_kprobe)
  * Where the kernel lets us into its functions (features.bridge_hook: fentry, else kprobe; through
  * the bridge's and tun's module BTF where they are modules), each of these marks a decision a
  * tracepoint can't show. libbpf builds a fentry and a kprobe program for each, off unless the
- * loader turns one of each on (tracer/libbpf_loader.py, BRIDGE_FUNCS). They read through
- * BPF_CORE_READ, the same in both (`probed`), and cut the frame's in-kernel trip: its hops are
- * stitched in user space from there on, as after br_flood.
+ * loader turns one of each on (tracer/libbpf_loader.py, BRIDGE_FUNCS). The fentry programs read
+ * the skb with plain loads (a BTF-typed argument), the kprobes through BPF_CORE_READ; the port's
+ * facts are read through BPF_CORE_READ in both, and only for a frame that concerns the watched
+ * MAC. Each cuts the frame's in-kernel trip: its hops are stitched in user space from there on,
+ * as after br_flood.
  *
  * bcc gets none of them: its offsets come from vmlinux's BTF, and these structs live in modules. */
-struct net_bridge_port___tt {
-	struct net_device *dev;
-	unsigned long flags;
-	__u8 state;
-} __attribute__((preserve_access_index));
-
-/* The port's facts as the bridge weighs them in should_deliver() (inlined on every kernel, so read
- * here instead): TT_PORT_* in tapttrace.h. None where the kernel has no BTF of the port (5.10's
- * bridge module): bpf_core_field_exists() is 0 there and the reads are never made. */
-static __always_inline __u32 port_facts(struct net_bridge_port___tt *p, struct sk_buff *skb)
-{
-	__u32 facts = 0;
-
-	if (!p || !bpf_core_field_exists(p->state))
-		return 0;
-	facts = TT_PORT_KNOWN | (BPF_CORE_READ(p, state) & TT_PORT_STATE_MASK);
-	facts |= ((__u32)BPF_CORE_READ(p, flags) & 0xffffff) << TT_PORT_FLAGS_SHIFT;
-	if ((void *)BPF_CORE_READ(p, dev) == (void *)BPF_CORE_READ(skb, dev))
-		facts |= TT_PORT_INGRESS;
-	return facts;
-}
-
-static __always_inline struct net_device *port_dev(struct net_bridge_port___tt *p)
-{
-	if (!p || !bpf_core_field_exists(p->dev))
-		return 0;
-	return BPF_CORE_READ(p, dev);
-}
-
-/* The MTU of the device the frame leaves by: the limit is_skb_forwardable() checks next. */
-static __always_inline __u32 egress_mtu(struct sk_buff *skb)
-{
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	return dev ? BPF_CORE_READ(dev, mtu) : 0;
-}
-
 /* br_forward(to, skb, local_rcv, local_orig): the bridge sends the frame to one port: the FDB
  * entry for its destination (br_handle_frame_finish), or the host's own frame (br_dev_xmit). */
-static __always_inline int on_forward(struct net_bridge_port___tt *to, struct sk_buff *skb, __u64 local_rcv)
-{
-	return report_skb(skb, TT_HOOK_FORWARD, 0, port_facts(to, skb) | (local_rcv & 1 ? TT_PORT_LOCAL_RCV : 0),
-			  1, port_dev(to));
-}
 TT_FENTRY(br_forward, tt_br_forward_fentry, void *to, struct sk_buff *skb, __u64 local_rcv)
 {
-	return on_forward(to, skb, local_rcv);
+	return report_skb(skb, TT_HOOK_FORWARD, 0, local_rcv & 1 ? TT_PORT_LOCAL_RCV : 0, 0, to);
 }
 TT_KPROBE(br_forward, tt_br_forward_kprobe)
 {
-	return on_forward((void *)PT_REGS_PARM1(ctx), (struct sk_buff *)PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+	return report_skb((struct sk_buff *)PT_REGS_PARM2(ctx), TT_HOOK_FORWARD, 0,
+			  PT_REGS_PARM3(ctx) & 1 ? TT_PORT_LOCAL_RCV : 0, 1, (void *)PT_REGS_PARM1(ctx));
 }
 
 /* maybe_deliver(prev, p, skb, local_orig): a flood offers the frame to port p; ports whose flood
  * flags (BR_FLOOD, BR_MCAST_FLOOD, BR_BCAST_FLOOD) say no were skipped before it. */
-static __always_inline int on_flood_port(struct net_bridge_port___tt *p, struct sk_buff *skb)
-{
-	return report_skb(skb, TT_HOOK_FLOOD_PORT, 0, port_facts(p, skb), 1, port_dev(p));
-}
 TT_FENTRY(maybe_deliver, tt_maybe_deliver_fentry, void *prev, void *p, struct sk_buff *skb)
 {
-	return on_flood_port(p, skb);
+	return report_skb(skb, TT_HOOK_FLOOD_PORT, 0, 0, 0, p);
 }
 TT_KPROBE(maybe_deliver, tt_maybe_deliver_kprobe)
 {
-	return on_flood_port((void *)PT_REGS_PARM2(ctx), (struct sk_buff *)PT_REGS_PARM3(ctx));
+	return report_skb((struct sk_buff *)PT_REGS_PARM3(ctx), TT_HOOK_FLOOD_PORT, 0, 0, 1, (void *)PT_REGS_PARM2(ctx));
 }
 
 /* br_pass_frame_up(skb): the bridge hands the frame to the host's stack (its FDB says the
  * destination is the bridge's own address, or the host wants a copy of a flood). */
 TT_FENTRY(br_pass_frame_up, tt_br_pass_frame_up_fentry, struct sk_buff *skb)
 {
-	return report_skb(skb, TT_HOOK_PASS_UP, 0, 0, 1, 0);
+	return report_skb(skb, TT_HOOK_PASS_UP, 0, 0, 0, 0);
 }
 TT_KPROBE(br_pass_frame_up, tt_br_pass_frame_up_kprobe)
 {
@@ -696,34 +711,32 @@ TT_KPROBE(br_pass_frame_up, tt_br_pass_frame_up_kprobe)
 }
 
 /* br_dev_queue_push_xmit(net, sk, skb): the frame leaves by the port skb->dev now names, if it
- * fits that device's MTU. */
+ * fits that device's MTU (reason: the MTU). */
 TT_FENTRY(br_dev_queue_push_xmit, tt_br_dev_queue_push_xmit_fentry, void *net, void *sk, struct sk_buff *skb)
 {
-	return report_skb(skb, TT_HOOK_EGRESS, 0, egress_mtu(skb), 1, 0);
+	return report_skb(skb, TT_HOOK_EGRESS, 0, 0, 0, 0);
 }
 TT_KPROBE(br_dev_queue_push_xmit, tt_br_dev_queue_push_xmit_kprobe)
 {
-	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM3(ctx);
-	return report_skb(skb, TT_HOOK_EGRESS, 0, egress_mtu(skb), 1, 0);
+	return report_skb((struct sk_buff *)PT_REGS_PARM3(ctx), TT_HOOK_EGRESS, 0, 0, 1, 0);
 }
 
 /* br_nf_dev_queue_xmit(net, sk, skb): the same moment through br_netfilter (bridge-nf-call-*),
  * which refuses an oversized IP frame itself before br_dev_queue_push_xmit would. */
 TT_FENTRY(br_nf_dev_queue_xmit, tt_br_nf_dev_queue_xmit_fentry, void *net, void *sk, struct sk_buff *skb)
 {
-	return report_skb(skb, TT_HOOK_EGRESS_NF, 0, egress_mtu(skb), 1, 0);
+	return report_skb(skb, TT_HOOK_EGRESS_NF, 0, 0, 0, 0);
 }
 TT_KPROBE(br_nf_dev_queue_xmit, tt_br_nf_dev_queue_xmit_kprobe)
 {
-	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM3(ctx);
-	return report_skb(skb, TT_HOOK_EGRESS_NF, 0, egress_mtu(skb), 1, 0);
+	return report_skb((struct sk_buff *)PT_REGS_PARM3(ctx), TT_HOOK_EGRESS_NF, 0, 0, 1, 0);
 }
 
 /* tun_net_xmit(skb, dev): the tap takes the frame for the queue its holder reads; a drop right
  * after is the tap's own (no reader attached, its filter, a full queue). */
 TT_FENTRY(tun_net_xmit, tt_tun_net_xmit_fentry, struct sk_buff *skb, struct net_device *dev)
 {
-	return report_skb(skb, TT_HOOK_TAP_XMIT, 0, 0, 1, 0);
+	return report_skb(skb, TT_HOOK_TAP_XMIT, 0, 0, 0, 0);
 }
 TT_KPROBE(tun_net_xmit, tt_tun_net_xmit_kprobe)
 {
