@@ -35,7 +35,7 @@ def test_losses_are_said_in_words():
     assert lost_features({**old, "kfree_skb_has_reason": True, "consume_skb_has_location": True,
                           "bpf_atomics": True}) == []
     assert lost_features({"fentry": False, "kprobes": False}) == [
-        "the bridge's own decisions (no fentry, no kprobes): FDB, floods and port refusals are inferred from tracepoints"]
+        "the bridge's own decisions (no fentry, no kprobes): inferred from tracepoints"]
 
 
 def test_table_rows_come_from_the_results(tmp_path):

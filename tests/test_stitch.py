@@ -292,3 +292,19 @@ def test_bridge_hops_and_the_fdb_decision_go_through_json_and_match_the_schema()
     back = journey_from_dict(json.loads(json.dumps(d)))
     assert back.fdb == "vnet0" and [h.detail for h in back.hops] == [h.detail for h in j.hops]
     assert "refused: port listening" in [h.detail for h in back.hops]
+
+
+def test_the_terminal_prints_macs_verbatim():
+    """rich turns ":cd:" into an emoji by default: 52:54:00:cd:b4:55 printed as 52:54:00💿b4:55."""
+    import io
+
+    from tracer.sinks.terminal import TerminalSink, make_console
+    console = make_console()
+    console.file = io.StringIO()
+    (j,) = [j for j in journeys_of("follow-reader-healthy.jsonl") if j.summary.startswith("ARP")]
+    mac = "52:54:00:cd:b4:55"
+    j.src_mac = mac
+    TerminalSink(console, 0).journey(j)
+    console.print(f"guest {mac} and 02:00:00:ab:cd:01")
+    text = console.file.getvalue()
+    assert mac in text and "02:00:00:ab:cd:01" in text and "💿" not in text

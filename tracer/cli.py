@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from typing import Optional
 
 import click
-from rich.console import Console
 
 from . import __version__
 from .errors import TapttraceError
+from .sinks.terminal import make_console
 
 
 def _fail(err: TapttraceError) -> None:
@@ -97,7 +97,7 @@ def follow(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ip
         config = FollowConfig(mac=mac, ips=ips, count=count, duration=duration, json=as_json, pcap=pcap,
                               record=record, learn_ips=not no_learn,
                               netns=tuple(resolve_netns(n).name for n in netns), vm=vm or "")
-        console = Console(stderr=as_json)
+        console = make_console(stderr=as_json)
         with stop_on_signals() as stop:
             with follow_session(config, console=console, stop=stop, vms=vms) as session:
                 if not as_json:
@@ -161,7 +161,7 @@ def doctor(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([line.__dict__ for line in lines], indent=2))
     else:
-        console = Console()
+        console = make_console()
         for line in lines:
             mark = "[green]✓[/green]" if line.ok else "[red]✗[/red]"
             console.print(f"{mark} [bold]{line.item}[/bold]: {line.detail}")
@@ -181,7 +181,7 @@ def demo(keep: bool, guest: str) -> None:
 
     try:
         with stop_on_signals() as stop:
-            sys.exit(run_demo(Console(), stop, guest=guest))
+            sys.exit(run_demo(make_console(), stop, guest=guest))
     except TapttraceError as err:
         _fail(err)
     except LabCommandFailed as err:  # e.g. a kernel without veth: one line, not a traceback

@@ -13,6 +13,7 @@ from .config import FollowConfig
 from .diagnosis import diagnose, locate, read_process_states, render_text, to_json
 from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
+from .sinks.terminal import make_console
 
 MAX_ANALYSED = 10_000  # journeys kept for the rules (≈ 20 MB); later ones are only counted
 
@@ -34,7 +35,7 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
     from .snapshot import collect_snapshot
     from .vms import guest_mac
 
-    console = console or Console(stderr=as_json)
+    console = console or make_console(stderr=as_json)
     mac, inventory = guest_mac(mac, vm, libvirt_uri)
     features = machine_features()
     require(features, features.follow_loader)

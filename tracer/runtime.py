@@ -18,7 +18,7 @@ from .errors import say_note
 from .follow import EventSource, FollowSummary, Recorder, Sink, guest_taps, run_follow
 from .records import Journey
 from .sinks.jsonl import JsonLinesSink
-from .sinks.terminal import TerminalSink
+from .sinks.terminal import TerminalSink, make_console
 from .stitch import Namer
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
     offset = wall_offset_ns()
     if sinks is None:
         sinks = [JsonLinesSink(sys.stdout, offset) if config.json
-                 else TerminalSink(console or Console(), offset)]
+                 else TerminalSink(console or make_console(), offset)]
     with ExitStack() as stack:
         devices = DeviceTable(machine_devices)
         if not config.vm:

@@ -25,5 +25,5 @@ def lost_features(facts: dict) -> list[str]:
     lost = [words for key, missing, words in LOSSES if key in facts and bool(facts[key]) == missing]
     if "fentry: kprobes instead" in lost and "kprobes" in lost:
         lost = [w for w in lost if w not in ("fentry: kprobes instead", "kprobes")]
-        lost.append("the bridge's own decisions (no fentry, no kprobes): FDB, floods and port refusals are inferred from tracepoints")
+        lost.append("the bridge's own decisions (no fentry, no kprobes): inferred from tracepoints")
     return lost

@@ -8,6 +8,13 @@ from rich.text import Text
 
 from ..records import Hop, Journey
 
+
+def make_console(stderr: bool = False) -> Console:
+    """The terminal every command writes to. emoji=False: rich would turn ":cd:" in a MAC such as
+    52:54:00:cd:b4:55 into an emoji; a tool whose output is MACs prints them verbatim."""
+    return Console(stderr=stderr, emoji=False)
+
+
 _VERDICT_STYLE = {
     "delivered": "bold green", "forwarded": "bold cyan", "flooded": "bold blue",
     "local": "bold yellow", "dropped": "bold red", "queued": "bold magenta", "unfinished": "bold",
