@@ -758,3 +758,17 @@ def test_journeys_over_the_analysed_ones_are_counted_in_the_evidence():
     assert capped.cause == plain.cause
     assert capped.evidence[:len(plain.evidence)] == plain.evidence
     assert any(e.startswith("12345 later journeys were seen but not analysed") for e in capped.evidence)
+
+
+def test_rule_flood_blocked_names_the_ports_the_floods_went_to():
+    ctx = context("flood-off")
+    t = ctx.target
+    ns = t.netns
+    hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
+            Hop(1100, 0, "flood-decision", ns, "br0", "bridge", "broadcast"),
+            Hop(1200, 0, "flood-port", ns, "up0", "port of br0", location="maybe_deliver",
+                detail="not back out the port it came in by")]
+    arp = ping(1, t, copies=[Copy(0, "local", "br0", ns)], hops=hops, dst="ff:ff:ff:ff:ff:ff",
+               summary="ARP who-has 198.51.100.10 tell 198.51.100.1", ethertype=0x0806)
+    f = R.rule_flood_blocked(dataclasses.replace(ctx, journeys=(arp,)))
+    assert f is not None and any("offered them to up0, never to" in e for e in f.evidence), f.evidence

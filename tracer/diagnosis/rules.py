@@ -385,6 +385,10 @@ def rule_flood_blocked(ctx: Context) -> Optional[Finding]:
     evidence = [f"{ctx.tap} on {br.name}{ctx.where()}: " + "; ".join(f"{_flag_text(f)}: {why}" for f, why in blocking)]
     if skipped:
         evidence.append(f"{_n(len(skipped), 'flooded frame')} for the guest skipped {ctx.tap}")
+        offered = sorted({h.dev for j in skipped for h in j.hops if h.event == "flood-port" and h.dev})
+        if offered and ctx.tap not in offered:  # the bridge's own hops: the ports its floods went to
+            evidence.append(f"{br.name}'s floods offered them to {', '.join(offered)}, never to {ctx.tap} "
+                            "(a port whose flood flag is off is passed over before that)")
     args = [a for f, _ in blocking for a in ((f, "off") if f == "isolated" else (f, "on"))]
     xml = ""
     if any(f == "isolated" for f, _ in blocking) and t.libvirt is not None and t.libvirt.isolated:
