@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs inside one kernel of the matrix (or on the host, as its "host" row), in the checkout:
 # doctor, facts, demo, then the kernel tests given. Results go to OUT (shared with the host).
-# usage: guest.sh NAME OUT [pytest node id ...]
+# usage: guest.sh NAME OUT [pytest node id ... | @FILE of node ids, one a line]
 set -uo pipefail
 name=$1 out=$2
 shift 2
+if [ $# -eq 1 ] && [ "${1#@}" != "$1" ]; then  # the ids in a file (matrix.guest_command says why)
+  mapfile -t ids < "${1#@}"
+  set -- "${ids[@]}"
+fi
 export PYTHONDONTWRITEBYTECODE=1 CI=true TAPTTRACE_KERNEL_MATRIX="$name"
 # The guest's modprobe finds the kernel's modules (virtme-ng links them); load what the labs use.
 for m in veth bridge tun br_netfilter nf_tables; do modprobe "$m" 2>/dev/null || true; done
