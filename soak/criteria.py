@@ -18,6 +18,7 @@ _ALLOWED_STDERR = [
     re.compile(r"^tapttrace exporter: stopped, programs detached$"),
     re.compile(r"^tapttrace exporter: capabilities reduced to [a-z_, ]+$"),
     re.compile(r"^tapttrace: note: "),
+    re.compile(r"^tapttrace: watching "),  # follow/diagnose --json: every hook attached
     re.compile(r"^\s*$"),
 ]
 

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import jsonschema
 import pytest
 
+from tracer.errors import READY_PREFIX
 from tracer.features import probe_features
 from tracer.lab import Lab, LabSpec
 
@@ -36,6 +37,27 @@ def tapttrace(*args: str) -> list[str]:
 WAIT = 120
 
 
+def read_lines(pipe, lines: list[str]) -> threading.Thread:
+    """Collect a pipe's lines into `lines` from a background thread (ends at EOF)."""
+    t = threading.Thread(target=lambda: lines.extend(pipe), daemon=True)
+    t.start()
+    return t
+
+
+def wait_ready(proc: subprocess.Popen, err: list[str], what: str) -> None:
+    """Until follow or diagnose (--json) says on stderr that every hook is attached (errors.say_ready):
+    frames sent from then on are all seen. Holding a program is not enough: they are loaded together
+    and attached one by one, fentry ones slowly under qemu TCG (the kernel matrix)."""
+    deadline = time.monotonic() + WAIT
+    while not any(line.startswith(READY_PREFIX) for line in list(err)):
+        if proc.poll() is not None:
+            time.sleep(0.2)  # what it said on its way out
+            raise AssertionError(f"{what} exited ({proc.returncode}) before it was attached: {''.join(err)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never said it was attached: {''.join(err)}")
+        time.sleep(0.05)
+
+
 class Follow:
     """`tapttrace follow --json` running in the background while the test makes traffic.
 
@@ -49,37 +71,23 @@ class Follow:
                                      stderr=subprocess.PIPE, text=True)
         self._out: list[str] = []
         self._err: list[str] = []
-        self._readers: list[threading.Thread] = []
+        # stderr is read from the start (it says when follow is attached); stdout from the first
+        # wait for journeys (until then the pipe fills, which tests of a writer blocked on a full
+        # pipe rely on).
+        self._readers: list[threading.Thread] = [read_lines(self.proc.stderr, self._err)]
+        self._out_reader: Optional[threading.Thread] = None
         try:
-            self.programs = self._wait_attached()
+            wait_ready(self.proc, self._err, "follow")
+            self.programs = our_programs(self.proc.pid)
         except BaseException:
             self.proc.kill()
             self.proc.wait()
             raise
 
-    def _wait_attached(self) -> set[int]:
-        # follow prints nothing on stdout before the first journey; its programs are attached
-        # once it holds a BPF link for each of its four hooks (a loaded program is not yet
-        # attached: frames sent in between would be missed by this follow only).
-        # a deadline, not a wait: Python starts slowly under qemu TCG (the kernel matrix)
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"follow exited early: {self.proc.stderr.read()}")
-            if our_links(self.proc.pid) >= 4:
-                return our_programs(self.proc.pid)
-            time.sleep(0.05)
-        raise AssertionError("follow's BPF programs never showed up")
-
     def _read_in_background(self) -> None:
-        """Read follow's output as it comes (started by the first wait: until then the pipe fills,
-        which tests of a writer blocked on a full pipe rely on)."""
-        if self._readers:
-            return
-        for pipe, lines in ((self.proc.stdout, self._out), (self.proc.stderr, self._err)):
-            t = threading.Thread(target=lambda pipe=pipe, lines=lines: lines.extend(pipe), daemon=True)
-            t.start()
-            self._readers.append(t)
+        if self._out_reader is None:
+            self._out_reader = read_lines(self.proc.stdout, self._out)
+            self._readers.append(self._out_reader)
 
     def journeys(self) -> list[dict]:
         """The journeys follow has written so far (once waiting has begun)."""
@@ -106,13 +114,11 @@ class Follow:
         if sig is not None:
             self.proc.send_signal(sig)
         try:
-            if self._readers:
-                self.proc.wait(timeout=WAIT)
-                for t in self._readers:
-                    t.join(WAIT)
-                out, err = "".join(self._out), "".join(self._err)
-            else:
-                out, err = self.proc.communicate(timeout=WAIT)
+            self._read_in_background()
+            self.proc.wait(timeout=WAIT)
+            for t in self._readers:
+                t.join(WAIT)
+            out, err = "".join(self._out), "".join(self._err)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -132,17 +138,23 @@ def run_window(argv: list[str], traffic=None, *, timeout: float = 90) -> tuple[i
     SIGINT ends the window when traffic() has returned (the caller's traffic must be done by then:
     a ping whose replies came back). Without traffic, the command's own --duration ends it."""
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+    readers = [read_lines(proc.stdout, out_lines), read_lines(proc.stderr, err_lines)]
     try:
         if traffic is not None:
-            deadline = time.monotonic() + WAIT
-            while our_links(proc.pid) < 4 and proc.poll() is None:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{argv[3:5]}: its BPF programs never showed up")
-                time.sleep(0.05)
+            try:
+                wait_ready(proc, err_lines, str(argv[3:5]))
+            except AssertionError:
+                if proc.poll() is None:
+                    raise
             if proc.poll() is None:
                 traffic()
                 proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        for t in readers:
+            t.join(timeout)
+        out, err = "".join(out_lines), "".join(err_lines)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -163,18 +175,6 @@ def our_programs(pid: int) -> set[int]:
             if line.startswith("prog_id:"):
                 ids.add(int(line.split()[1]))
     return ids
-
-
-def our_links(pid: int) -> int:
-    """How many BPF links (attached programs) a process holds open."""
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
-    count = 0
-    for entry in fdinfo.iterdir() if fdinfo.exists() else []:
-        try:
-            count += "link_type:" in entry.read_text()
-        except OSError:
-            continue
-    return count
 
 
 def loaded_programs() -> set[int]:
@@ -437,17 +437,21 @@ def test_no_program_remains_after_any_ending(how):
         elif how == "error":
             args += ["--pcap", "/nonexistent-dir/x.pcap"]
         proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err_lines: list[str] = []
+        readers = [read_lines(proc.stderr, err_lines)]
         if how != "error":
-            deadline = time.monotonic() + WAIT
-            while len(our_programs(proc.pid)) < 4 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_ready(proc, err_lines, "follow")
             seen = our_programs(proc.pid)
             assert seen, "follow never attached"
             lab.ping_guest_from_remote(count=2)
             if how in ("sigint", "sigterm"):
                 proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
         try:
-            out, err = proc.communicate(timeout=30)
+            out = proc.stdout.read()  # until follow ends (by its count, duration, signal or error)
+            proc.wait(timeout=WAIT)
+            for t in readers:
+                t.join(WAIT)
+            err = "".join(err_lines)
         finally:
             if proc.poll() is None:
                 proc.kill()

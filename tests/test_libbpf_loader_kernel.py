@@ -82,9 +82,9 @@ def test_a_br_flood_hook_that_will_not_attach_is_a_note_not_a_failure():
 def test_programs_load_attach_and_detach_on_close():
     before = our_programs(os.getpid())
     with LibbpfFollowProgram(probe_features(), MAC, 8) as prog:
-        assert prog.attached == 4
+        assert prog.attached == 4 + len(hooked_programs(prog))
         ours = our_programs(os.getpid()) - before
-        assert len(ours) == 4
+        assert len(ours) == prog.attached
         prog.watch_ips(["198.51.100.7", "2001:db8::7"])
         assert prog.lost() == 0
         assert prog.poll_batch(10) == []  # nothing concerns this MAC
@@ -96,7 +96,7 @@ def test_kernels_without_drop_reason_or_consume_location_still_load():
     """.rodata says which ctx[] indexes exist; the others must be ruled out before the verifier looks."""
     f = dataclasses.replace(probe_features(), kfree_skb_reason_arg=None, consume_skb_location_arg=None)
     with LibbpfFollowProgram(f, MAC, 8) as prog:
-        assert prog.attached == 4
+        assert prog.attached == 4 + len(hooked_programs(prog))
 
 
 def test_an_error_after_load_leaves_nothing_behind(monkeypatch):
@@ -138,7 +138,7 @@ def test_object_is_built_once_into_the_cache_not_the_repo(tmp_path):
     assert build_object(cache=tmp_path) == obj and obj.stat().st_mtime_ns == mtime
     assert not list(Path(libbpf_loader.BPF_DIR).glob("*.o"))
     with LibbpfFollowProgram(probe_features(), MAC, 8, obj_path=obj) as prog:
-        assert prog.attached == 4
+        assert prog.attached == 4 + len(hooked_programs(prog))
 
 
 def _journeys(follow: Follow, until) -> list[tuple]:
@@ -176,4 +176,4 @@ def test_object_for_kernels_without_bpf_rdonly_cast_loads(tmp_path, monkeypatch)
     monkeypatch.setattr(libbpf_loader, "kernel_defines", lambda btf=None: [])
     obj = build_object(cache=tmp_path)
     with LibbpfFollowProgram(probe_features(), MAC, 8, obj_path=obj) as prog:
-        assert prog.attached == 4
+        assert prog.attached == 4 + len(hooked_programs(prog))

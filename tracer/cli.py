@@ -12,7 +12,7 @@ from typing import Optional
 import click
 
 from . import __version__
-from .errors import TapttraceError
+from .errors import TapttraceError, say_ready
 from .sinks.terminal import make_console
 
 
@@ -100,7 +100,9 @@ def follow(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ip
         console = make_console(stderr=as_json)
         with stop_on_signals() as stop:
             with follow_session(config, console=console, stop=stop, vms=vms) as session:
-                if not as_json:
+                if as_json:  # stdout is the journeys': the line scripts wait for goes to stderr
+                    say_ready(f"{session.guest()} on {session.describe()}; Ctrl-C to stop")
+                else:
                     console.print(f"[dim]following {session.guest()} on {session.describe()}; "
                                   "Ctrl-C to stop[/dim]")
                 session.run()

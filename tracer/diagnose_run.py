@@ -11,6 +11,7 @@ from rich.console import Console
 
 from .config import FollowConfig
 from .diagnosis import diagnose, locate, read_process_states, render_text, to_json
+from .errors import say_ready
 from .records import Journey
 from .runtime import follow_session, machine_features, wall_offset_ns
 from .sinks.terminal import make_console
@@ -58,6 +59,8 @@ def run_diagnose(mac: Optional[str], ips: tuple[str, ...], tap: Optional[str], d
     with follow_session(config, sinks=[], on_journey=keep, stop=stop) as session:
         started = time.monotonic()
         done = threading.Event()
+        if as_json:
+            say_ready(f"{mac} for up to {duration:g} s; Ctrl-C ends the window early")
         ticker = threading.Thread(target=_countdown, args=(console, duration, done), daemon=True)
         ticker.start()
         try:

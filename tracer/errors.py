@@ -41,3 +41,12 @@ class KernelError(TapttraceError):
 def say_note(text: str) -> None:
     """What a command gave up and why (a hook that wouldn't attach, a loader it fell back from), on stderr."""
     print(f"tapttrace: note: {text}", file=sys.stderr)
+
+
+READY_PREFIX = "tapttrace: watching "
+
+
+def say_ready(what: str) -> None:
+    """The one line on stderr, with --json, that says every hook is attached: from here on no frame
+    is missed. Scripts (and tapttrace's own tests) start their traffic on it."""
+    print(f"{READY_PREFIX}{what}", file=sys.stderr, flush=True)
