@@ -103,8 +103,8 @@ def journey_path(j: Journey) -> str:
         if h.event == "flood-decision":
             continue
         step = f"{h.dev or '?'} {h.event}"
-        if h.event == "dropped":
-            step += f" {h.reason} at {h.location}"
+        if h.event == "dropped":  # no reason before 5.17: the function alone
+            step += f" {h.reason} at {h.location}" if h.reason else f" at {h.location}"
         elif h.event == "read" and h.reader:
             step += f" by {h.reader}"
         elif h.detail:  # a decision inside the bridge or the tap
