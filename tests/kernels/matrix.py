@@ -352,7 +352,9 @@ def render_table(results: Path = RESULTS) -> str:
         if used:  # the bridge's own decisions as hops (features.plan_bridge_hooks)
             n = sum(kind != "none" for kind in plan.values())
             hooks += f"; inside the bridge: {' + '.join(used)} ({n} of {len(plan)} functions)" + home
-        else:
+        elif plan:  # none of them can be hooked here
+            hooks += "; inside the bridge: none"
+        else:  # results from before the plan was recorded
             hooks += f"; br_flood: {bridge}" + (home if bridge != "none" else "")
         lost = "; ".join(lost_features(f)) or "nothing"
         demo = _read(d / "demo.rc")
