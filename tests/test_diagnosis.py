@@ -79,6 +79,16 @@ def ping(jid: int, target: Target, *, copies: list[Copy], hops: Optional[list[Ho
                    toward_guest=True)
 
 
+def flooded_arp(target: Target, offered: Hop, end: Copy) -> Journey:
+    """A hand-made broadcast ARP for the guest's address that br0 floods, as the bridge's own hops
+    (fentry/kprobes) show it: received on up0, the flood decision, then `offered` (a flood-port hop)."""
+    ns = target.netns
+    hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
+            Hop(1100, 0, "flood-decision", ns, "br0", "bridge", "broadcast"), offered]
+    return ping(1, target, copies=[end], hops=hops, dst="ff:ff:ff:ff:ff:ff",
+                summary="ARP who-has 198.51.100.10 tell 198.51.100.1", ethertype=0x0806)
+
+
 def dropped(target: Target, dev: str, reason: str, location: str) -> Copy:
     return Copy(0, "dropped", dev, target.netns, reason, location)
 
@@ -408,13 +418,9 @@ def test_rule_port_not_forwarding_from_the_bridges_refusal_while_the_frames_came
     listening when the frames came (STP after a flap): that is the cause, with the state seen."""
     ctx = context("healthy")
     t = ctx.target
-    ns = t.netns
-    hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
-            Hop(1100, 0, "flood-decision", ns, "br0", "bridge", "broadcast"),
-            Hop(1200, 0, "flood-port", ns, "vnet0", "tap, port of br0", location="maybe_deliver",
-                detail="refused: port listening")]
-    arp = ping(1, t, copies=[dropped(t, "up0", "NOT_SPECIFIED", "br_flood+0x1")], hops=hops,
-               dst="ff:ff:ff:ff:ff:ff", summary="ARP who-has 198.51.100.10 tell 198.51.100.1", ethertype=0x0806)
+    offered = Hop(1200, 0, "flood-port", t.netns, "vnet0", "tap, port of br0", location="maybe_deliver",
+                  detail="refused: port listening")
+    arp = flooded_arp(t, offered, dropped(t, "up0", "NOT_SPECIFIED", "br_flood+0x1"))
     f = R.rule_port_not_forwarding(dataclasses.replace(ctx, journeys=(arp,)))
     assert f is not None and f.cause == "port-not-forwarding" and "listening" in f.summary
     assert f.facts["stp_state_seen"] == "listening" and f.journeys == (1,)
@@ -763,12 +769,8 @@ def test_journeys_over_the_analysed_ones_are_counted_in_the_evidence():
 def test_rule_flood_blocked_names_the_ports_the_floods_went_to():
     ctx = context("flood-off")
     t = ctx.target
-    ns = t.netns
-    hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
-            Hop(1100, 0, "flood-decision", ns, "br0", "bridge", "broadcast"),
-            Hop(1200, 0, "flood-port", ns, "up0", "port of br0", location="maybe_deliver",
-                detail="not back out the port it came in by")]
-    arp = ping(1, t, copies=[Copy(0, "local", "br0", ns)], hops=hops, dst="ff:ff:ff:ff:ff:ff",
-               summary="ARP who-has 198.51.100.10 tell 198.51.100.1", ethertype=0x0806)
+    offered = Hop(1200, 0, "flood-port", t.netns, "up0", "port of br0", location="maybe_deliver",
+                  detail="not back out the port it came in by")
+    arp = flooded_arp(t, offered, Copy(0, "local", "br0", t.netns))
     f = R.rule_flood_blocked(dataclasses.replace(ctx, journeys=(arp,)))
     assert f is not None and any("offered them to up0, never to" in e for e in f.evidence), f.evidence

@@ -356,3 +356,22 @@ def test_each_bridge_function_is_hooked_by_what_can_reach_it_now(tmp_path, hook,
     # built into vmlinux (no [module]): fentry through vmlinux's BTF
     vmlinux = "ffffffff81000000 T br_forward\n"
     assert plan_bridge_hooks("fentry", False, vmlinux, str(tmp_path))["br_forward"] == "fentry"
+
+
+def test_doctor_says_which_bridge_functions_follow_hooks_from_the_kernels_plan(tmp_path):
+    """bridge_plan reads /proc/kallsyms (here a fake one) only when asked: doctor and follow's loader."""
+    from tracer.features import bridge_plan
+
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc" / "kallsyms").write_text(KALLSYMS)
+    (tmp_path / "kernel" / "btf").mkdir(parents=True)
+    for module in ("bridge", "tun"):
+        (tmp_path / "kernel" / "btf" / module).write_bytes(b"\x9f\xeb")
+    empty = probe_features(roots(tmp_path / "nothing", tmp_path, modules=str(tmp_path), usr_src=str(tmp_path)))
+    f = dataclasses.replace(empty, bridge_hook="fentry")
+    plan = bridge_plan(f, ProbeRoots(proc=str(tmp_path / "proc"), sys=str(tmp_path)))
+    assert plan["br_forward"] == "fentry" and plan["br_nf_dev_queue_xmit"] == "none"
+    (line,) = [line for line in doctor_lines(f, plan) if line.item == "bridge decision hops"]
+    assert line.ok and line.detail.startswith("fentry: br_flood, br_forward, maybe_deliver")
+    assert "not loaded now, so not hooked (nothing goes through them): br_nf_dev_queue_xmit" in line.detail
+    assert not [line for line in doctor_lines(f) if line.item == "bridge decision hops"]  # no plan, no line

@@ -141,12 +141,12 @@ def doctor(as_json: bool) -> None:
     """Report what the running kernel offers and what tapttrace will use."""
     from .config import FollowConfig
     from .exporter.service import open_program
-    from .features import doctor_lines, load_line
+    from .features import bridge_plan, doctor_lines, load_line
     from .runtime import machine_features, open_follow_program
 
     try:
         features = machine_features()
-        lines = doctor_lines(features)
+        lines = doctor_lines(features, bridge_plan(features))
         if features.hook != "none":
             # Loaded through the chain, as follow would, and closed at once: a verifier that refuses
             # the object shows here with its own words and the fallback taken (a locally

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from . import trips
-from .features import BRIDGE_FUNCS, plan_bridge_hooks
+from .features import BRIDGE_FUNCS, bridge_plan
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
 from .ringbuf import Record, RingBuffer
@@ -56,8 +56,12 @@ BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
 # The hops inside the bridge and the tap (features.BRIDGE_FUNCS): each function's fentry and
 # kprobe programs, off (autoload false) unless features.plan_bridge_hooks names that kind for it.
-BRIDGE_PROGRAMS = {f"tt_{func}_{kind}": (func, kind) for func in BRIDGE_FUNCS for kind in ("fentry", "kprobe")}
-FLOOD_PROGRAMS = {"fentry": "tt_br_flood_fentry", "kprobe": "tt_br_flood_kprobe"}
+def bridge_program(func: str, kind: str) -> str:
+    """The program of bpf/follow.c that hooks `func` through `kind` ("fentry" | "kprobe")."""
+    return f"tt_{func}_{kind}"
+
+
+BRIDGE_PROGRAMS = {bridge_program(func, kind) for func in BRIDGE_FUNCS for kind in ("fentry", "kprobe")}
 # struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
 CONFIG = struct.Struct("<QiiII")
 # "off": every hop as its own event record, no journey stitched in the kernel (for comparisons:
@@ -303,13 +307,6 @@ class _BridgeHookFailed(Exception):
         self.why = why
 
 
-def _kallsyms_text() -> str:
-    try:
-        return Path("/proc/kallsyms").read_text()
-    except OSError:
-        return ""
-
-
 class LibbpfFollowProgram:
     """bpf/follow.c loaded and attached by libbpf. Leaving the context detaches everything."""
 
@@ -335,10 +332,8 @@ class LibbpfFollowProgram:
         self.notes: list[str] = []  # what was given up on the way (a bridge hook that wouldn't go)
         mac_int = mac_to_int(mac)
         path = obj_path or build_object()
-        bridge_hook = getattr(features, "bridge_hook", "none")
         # func -> "fentry" | "kprobe" | "none": what each bridge hop goes through now.
-        self.hooks = plan_bridge_hooks(bridge_hook if bridge_hook in ("fentry", "kprobe") else "none",
-                                       features.kprobes.ok, _kallsyms_text())
+        self.hooks = bridge_plan(features)
         self._given_up: dict[str, list[str]] = {}  # why -> functions, for one note each
         while True:
             self._open(path)
@@ -381,7 +376,7 @@ class LibbpfFollowProgram:
 
     def _load(self, features, mac_int: int, ringbuf_pages: int, attach: bool = True) -> None:
         lib = self._lib
-        chosen = {f"tt_{func}_{kind}": func for func, kind in self.hooks.items() if kind != "none"}
+        chosen = {bridge_program(func, kind): func for func, kind in self.hooks.items() if kind != "none"}
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog:
             name = lib.bpf_program__name(prog).decode()

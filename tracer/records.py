@@ -41,8 +41,7 @@ PORT_INGRESS = 1 << 4
 PORT_LOCAL_RCV = 1 << 5
 PORT_KNOWN = 1 << 7
 PORT_FLAGS_SHIFT = 8
-BR_HAIRPIN_MODE = 1 << 0  # the port's BR_* flags (include/linux/if_bridge.h, the same on every kernel)
-BR_ISOLATED = 1 << 16
+BR_HAIRPIN_MODE = 1 << 0  # of the port's BR_* flags (include/linux/if_bridge.h, the same on every kernel)
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 

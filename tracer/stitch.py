@@ -530,7 +530,7 @@ def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
     detail = ""
     if hook in (Hook.FORWARD, Hook.FLOOD_PORT):
         detail = port_refusal(ev.reason)
-        if hook == Hook.FLOOD_PORT and ev.reason & PORT_INGRESS and detail.endswith("(hairpin off)"):
+        if hook == Hook.FLOOD_PORT and detail.endswith("(hairpin off)"):
             detail = "not back out the port it came in by"  # every flood skips its way in: no fault
         if hook == Hook.FORWARD and ev.reason & PORT_LOCAL_RCV:
             detail = "; ".join(x for x in (detail, "the host gets a copy too") if x)

@@ -2,6 +2,7 @@
 import json
 import sys
 
+from tracer.features import bridge_plan
 from tracer.runtime import machine_features
 
 
@@ -16,7 +17,7 @@ def main() -> None:
         "bridge_hook": f.bridge_hook,
         "bridge_hook_bcc": f.bridge_hook_bcc,
         "bridge_btf": f.bridge_btf,
-        "bridge_plan": dict(f.bridge_plan),
+        "bridge_plan": bridge_plan(f),
         "kfree_skb_has_reason": f.kfree_skb_has_reason,
         "consume_skb_has_location": f.consume_skb_has_location,
         "bpf_atomics": f.bpf_atomics.ok,
