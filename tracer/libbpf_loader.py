@@ -185,17 +185,24 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 _print_cb = None  # kept alive as long as libbpf may call it
 
 
-_PRINT_BUF = 1 << 20  # a verifier log comes as one message of up to libbpf's log buffer
+# A verifier log comes as one message of up to libbpf's log buffer. One buffer, allocated on the
+# first message worth keeping: libbpf says ~1500 DEBUG lines per load, and a fresh 1 MiB buffer
+# for each cost 14 s of follow's 30 s start under qemu (TCG), 9 ms a message.
+_PRINT_BUF = 1 << 20
+_print_buf = None
 
 
 def _on_print(level: int, fmt: bytes, args) -> int:
-    buf = ctypes.create_string_buffer(_PRINT_BUF)
-    _libc.vsnprintf(buf, len(buf), fmt, args)
-    if level <= 1:  # LIBBPF_WARN, LIBBPF_INFO; not DEBUG
-        text = buf.value.decode(errors="replace").strip()
-        said = verifier_error(text)
-        _messages.append(f"verifier: {said}" if said else text[-1000:])
-        del _messages[:-20]
+    global _print_buf
+    if level > 1:  # LIBBPF_DEBUG: not kept (LIBBPF_WARN 0, LIBBPF_INFO 1 are)
+        return 0
+    if _print_buf is None:
+        _print_buf = ctypes.create_string_buffer(_PRINT_BUF)
+    _libc.vsnprintf(_print_buf, _PRINT_BUF, fmt, args)
+    text = _print_buf.value.decode(errors="replace").strip()
+    said = verifier_error(text)
+    _messages.append(f"verifier: {said}" if said else text[-1000:])
+    del _messages[:-20]
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`tapttrace exporter`: registered in tracer/cli.py with main.add_command(exporter_command)."""
+"""`tapttrace exporter`: imported by tracer/cli.py's command group when asked for (_Commands)."""
 from __future__ import annotations
 
 import signal
