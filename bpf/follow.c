@@ -507,33 +507,41 @@ struct net_bridge_port___tt {
 } __attribute__((preserve_access_index));
 
 /* The port's facts as the bridge weighs them in should_deliver() (inlined on every kernel, so read
- * here instead): TT_PORT_* in tapttrace.h. None where the kernel has no BTF of the port (5.10's
- * bridge module): bpf_core_field_exists() is 0 there and the reads are never made. */
-static __always_inline __u32 port_facts(struct net_bridge_port___tt *p, struct sk_buff *skb)
+ * here instead): TT_PORT_* in tapttrace.h; *dev: the port's device, the hop's device. None where
+ * the kernel has no BTF of the port (5.10's bridge module): bpf_core_field_exists() is 0 there and
+ * the reads are never made. */
+static __always_inline __u32 port_facts(struct net_bridge_port___tt *p, struct sk_buff *skb,
+					struct net_device **dev)
 {
 	__u32 facts = 0;
 
 	if (!p || !bpf_core_field_exists(p->state))
 		return 0;
+	*dev = BPF_CORE_READ(p, dev);
 	facts = TT_PORT_KNOWN | (BPF_CORE_READ(p, state) & TT_PORT_STATE_MASK);
 	facts |= ((__u32)BPF_CORE_READ(p, flags) & 0xffffff) << TT_PORT_FLAGS_SHIFT;
-	if ((void *)BPF_CORE_READ(p, dev) == (void *)BPF_CORE_READ(skb, dev))
+	if ((void *)*dev == (void *)BPF_CORE_READ(skb, dev))
 		facts |= TT_PORT_INGRESS;
 	return facts;
 }
 
-static __always_inline struct net_device *port_dev(struct net_bridge_port___tt *p)
-{
-	if (!p || !bpf_core_field_exists(p->dev))
-		return 0;
-	return BPF_CORE_READ(p, dev);
-}
-
-/* The MTU of the device the frame leaves by: the limit is_skb_forwardable() checks next. */
-static __always_inline __u32 egress_mtu(struct sk_buff *skb)
+/* What is_skb_forwardable() (br_dev_queue_push_xmit) and br_nf_dev_queue_xmit() weigh next: the
+ * MTU of the device the frame leaves by, and whether the skb is GSO (segmented later, so never
+ * too big for them, whatever its length): TT_EGRESS_* in tapttrace.h. */
+static __always_inline __u32 egress_facts(struct sk_buff *skb)
 {
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	return dev ? BPF_CORE_READ(dev, mtu) : 0;
+	struct skb_shared_info *shinfo;
+	__u32 facts;
+
+	if (!dev)
+		return 0;
+	facts = BPF_CORE_READ(dev, mtu) & TT_EGRESS_MTU_MASK;
+	/* skb_shinfo(): the shared info sits at head + end (end is an offset on 64-bit kernels) */
+	shinfo = (void *)(BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, end));
+	if (BPF_CORE_READ(shinfo, gso_size))
+		facts |= TT_EGRESS_GSO;
+	return facts;
 }
 
 #endif
@@ -551,12 +559,10 @@ static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 loc
 	if (!eth || !concerns_watched_mac(eth))
 		return 0;
 #ifndef TT_BCC
-	if (port_hop) {
-		reason |= port_facts(port, skb);
-		dev = port_dev(port);
-	} else if (hook == TT_HOOK_EGRESS || hook == TT_HOOK_EGRESS_NF) {
-		reason = egress_mtu(skb);
-	}
+	if (port_hop)
+		reason |= port_facts(port, skb, &dev);
+	else if (hook == TT_HOOK_EGRESS || hook == TT_HOOK_EGRESS_NF)
+		reason = egress_facts(skb);
 #endif
 	if (TT_CFG(learn) && hook == TT_HOOK_RECEIVE) {
 		__u8 src[6];

@@ -16,7 +16,7 @@
 #define TT_HOOK_FORWARD 6    /* br_forward(): one port chosen (the FDB's entry, or a host's frame) */
 #define TT_HOOK_FLOOD_PORT 7 /* maybe_deliver(): a port a flood offers the frame to */
 #define TT_HOOK_PASS_UP 8    /* br_pass_frame_up(): the frame goes up to the host's stack */
-#define TT_HOOK_EGRESS 9     /* br_dev_queue_push_xmit(): out of a port (reason: its MTU) */
+#define TT_HOOK_EGRESS 9     /* br_dev_queue_push_xmit(): out of a port (reason: TT_EGRESS_*) */
 #define TT_HOOK_EGRESS_NF 10 /* br_nf_dev_queue_xmit(): the same, through br_netfilter */
 #define TT_HOOK_TAP_XMIT 11  /* tun_net_xmit(): the tap takes the frame for its queue */
 
@@ -27,6 +27,10 @@
 #define TT_PORT_LOCAL_RCV (1u << 5) /* br_forward: the host gets a copy too */
 #define TT_PORT_KNOWN (1u << 7)	   /* the facts were read (the kernel has the port's BTF) */
 #define TT_PORT_FLAGS_SHIFT 8	   /* the port's BR_* flags, bits 0..23 (BR_HAIRPIN_MODE 0, BR_ISOLATED 16) */
+
+/* The reason word of TT_HOOK_EGRESS / TT_HOOK_EGRESS_NF: what decides whether the frame fits. */
+#define TT_EGRESS_MTU_MASK 0x7fffffffu /* the egress device's MTU */
+#define TT_EGRESS_GSO (1u << 31)	       /* a GSO skb: segmented later, never too big here */
 
 struct tt_event {
 	__u64 ts_ns;

@@ -406,7 +406,7 @@ def test_rule_mtu_from_the_bridges_egress_hop():
     ns = t.netns
     hops = [Hop(1000, 0, "received", ns, "up0", "port of br0"),
             Hop(1100, 0, "egress", ns, "vnet0", "tap, port of br0", location="br_nf_dev_queue_xmit",
-                detail="too big: 1028 bytes > MTU 576")]
+                detail="too big: 1028 bytes > MTU 576", fault="too-big")]
     j = ping(1, t, copies=[dropped(t, "vnet0", "NOT_SPECIFIED", "br_nf_dev_queue_xmit+0x1a3")], hops=hops,
              frame_len=1042)
     f = R.rule_mtu(dataclasses.replace(ctx, journeys=(j,)))
@@ -419,7 +419,7 @@ def test_rule_port_not_forwarding_from_the_bridges_refusal_while_the_frames_came
     ctx = context("healthy")
     t = ctx.target
     offered = Hop(1200, 0, "flood-port", t.netns, "vnet0", "tap, port of br0", location="maybe_deliver",
-                  detail="refused: port listening")
+                  detail="refused: port listening", fault="port-listening")
     arp = flooded_arp(t, offered, dropped(t, "up0", "NOT_SPECIFIED", "br_flood+0x1"))
     f = R.rule_port_not_forwarding(dataclasses.replace(ctx, journeys=(arp,)))
     assert f is not None and f.cause == "port-not-forwarding" and "listening" in f.summary

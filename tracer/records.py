@@ -42,6 +42,9 @@ PORT_LOCAL_RCV = 1 << 5
 PORT_KNOWN = 1 << 7
 PORT_FLAGS_SHIFT = 8
 BR_HAIRPIN_MODE = 1 << 0  # of the port's BR_* flags (include/linux/if_bridge.h, the same on every kernel)
+# The reason word of EGRESS / EGRESS_NF (bpf/tapttrace.h TT_EGRESS_*): what decides whether it fits.
+EGRESS_MTU_MASK = 0x7FFFFFFF
+EGRESS_GSO = 1 << 31
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
@@ -109,6 +112,9 @@ class Hop:
     # Hops from inside the bridge and the tap (fentry/kprobe) say what was decided there:
     # "refused: port listening", "too big: 1028 > MTU 576", "unknown unicast" …
     detail: str = ""
+    # What such a hop found wrong, as a code for rules and colours (the words are `detail`'s):
+    # "port-listening" (or another STP state), "hairpin" (refused back out of its way in), "too-big".
+    fault: str = ""
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional, Protocol
 from . import frames, trips
 from .records import (
     BR_HAIRPIN_MODE,
+    EGRESS_GSO,
+    EGRESS_MTU_MASK,
     HOOK_FUNCTIONS,
     PORT_FLAGS_SHIFT,
     PORT_INGRESS,
@@ -510,35 +512,71 @@ _BRIDGE_HOP_EVENTS = {Hook.FORWARD: "to-port", Hook.FLOOD_PORT: "flood-port", Ho
                       Hook.EGRESS: "egress", Hook.EGRESS_NF: "egress", Hook.TAP_XMIT: "tap-xmit"}
 
 
-def port_refusal(facts: int) -> str:
+def port_fault(facts: int) -> str:
     """Why the bridge won't send the frame to the port whose facts (bpf/tapttrace.h TT_PORT_*) a
-    to-port or flood-port hop carries, as should_deliver() decides it; "" when it will (or the
-    kernel gave no facts: 5.10's bridge has no BTF)."""
+    to-port or flood-port hop carries, as should_deliver() decides it: "hairpin" (the port it came
+    in by, hairpin off), "port-<STP state>"; "" when it will (or the kernel gave no facts: 5.10's
+    bridge has no BTF)."""
     if not facts & PORT_KNOWN:
         return ""
     flags = facts >> PORT_FLAGS_SHIFT
     if facts & PORT_INGRESS and not flags & BR_HAIRPIN_MODE:
-        return "refused: it is the port the frame came in by (hairpin off)"
+        return "hairpin"
     state = facts & PORT_STATE_MASK
     if state != 3:
-        return f"refused: port {STP_STATES.get(state, f'in STP state {state}')}"
+        return f"port-{STP_STATES.get(state, f'state-{state}')}"
     return ""
+
+
+def port_refusal(facts: int) -> str:
+    """port_fault's words: "refused: port listening", … ("" when the port takes the frame)."""
+    fault = port_fault(facts)
+    if fault == "hairpin":
+        return "refused: it is the port the frame came in by (hairpin off)"
+    if fault.startswith("port-state-"):
+        return f"refused: port in STP state {fault.removeprefix('port-state-')}"
+    return f"refused: port {fault.removeprefix('port-')}" if fault else ""
+
+
+def egress_fit(hook: Hook, facts: int, frame_len: int, data: bytes) -> tuple[str, str]:
+    """Whether the frame fits the port it leaves by, as the kernel weighs it next, from the egress
+    hop's facts (bpf/tapttrace.h TT_EGRESS_*): (fault, words): ("", "fits MTU 1500"),
+    ("too-big", "too big: 1028 bytes > MTU 576"), …
+
+    br_dev_queue_push_xmit's is_skb_forwardable() lets a frame of MTU + the Ethernet header + a
+    VLAN tag (18 bytes) through, and any GSO skb (segmented later). br_nf_dev_queue_xmit, first
+    with br_netfilter, holds an IP packet to the MTU itself and fragments an IPv4 one without DF
+    instead of dropping it; anything else goes on to br_dev_queue_push_xmit and its own hop."""
+    mtu = facts & EGRESS_MTU_MASK
+    l3 = frame_len - 14
+    too_big = ("too-big", f"too big: {l3} bytes > MTU {mtu}")
+    if facts & EGRESS_GSO:
+        return "", f"fits: a GSO frame ({l3} bytes), segmented for MTU {mtu} later"
+    if hook == Hook.EGRESS_NF:
+        ethertype = data[12:14] if len(data) >= 14 else b""
+        if l3 <= mtu:
+            return "", f"fits MTU {mtu}"
+        if ethertype not in (b"\x08\x00", b"\x86\xdd"):
+            return "", ""  # not br_netfilter's to judge: br_dev_queue_push_xmit's hop says
+        if ethertype == b"\x08\x00" and len(data) >= 21 and not data[20] & 0x40:  # IPv4 without DF
+            return "", f"too big for MTU {mtu} ({l3} bytes): br_netfilter fragments it"
+        return too_big
+    return too_big if frame_len > mtu + 18 else ("", f"fits MTU {mtu}")
 
 
 def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
     hook = ev.hook
-    detail = ""
+    detail = fault = ""
     if hook in (Hook.FORWARD, Hook.FLOOD_PORT):
-        detail = port_refusal(ev.reason)
-        if hook == Hook.FLOOD_PORT and detail.endswith("(hairpin off)"):
-            detail = "not back out the port it came in by"  # every flood skips its way in: no fault
+        fault, detail = port_fault(ev.reason), port_refusal(ev.reason)
+        if hook == Hook.FLOOD_PORT and fault == "hairpin":
+            fault, detail = "", "not back out the port it came in by"  # every flood skips its way in: no fault
         if hook == Hook.FORWARD and ev.reason & PORT_LOCAL_RCV:
             detail = "; ".join(x for x in (detail, "the host gets a copy too") if x)
-    elif hook in (Hook.EGRESS, Hook.EGRESS_NF) and ev.reason:
-        l3 = ev.frame_len - 14
-        detail = f"too big: {l3} bytes > MTU {ev.reason}" if l3 > ev.reason else f"fits MTU {ev.reason}"
+    elif hook in (Hook.EGRESS, Hook.EGRESS_NF) and ev.reason & EGRESS_MTU_MASK:
+        fault, detail = egress_fit(hook, ev.reason, ev.frame_len, ev.data)
     return Hop(ev.ts_ns, copy, _BRIDGE_HOP_EVENTS[hook], ns, name, role, location=HOOK_FUNCTIONS[hook],
-               detail=detail)
+               detail=detail, fault=fault)
 
 
 def _fdb_decision(js: _JourneyState) -> str:

@@ -239,9 +239,9 @@ def rule_port_not_forwarding(ctx: Context) -> Optional[Finding]:
     # The bridge's own hops (fentry/kprobes) saw it refuse the tap for its state while the frames
     # came, though the port forwards by now (STP's listening and learning pass in seconds).
     refused = [(j, h) for j in ctx.lost for h in j.hops
-               if h.event in ("to-port", "flood-port") and h.dev == ctx.tap and h.detail.startswith("refused: port ")]
+               if h.event in ("to-port", "flood-port") and h.dev == ctx.tap and h.fault.startswith("port-")]
     if refused:
-        state = refused[0][1].detail.removeprefix("refused: port ")
+        state = refused[0][1].fault.removeprefix("port-")
         ids = tuple(dict.fromkeys(j.id for j, _ in refused))
         evidence = [f"{_n(len(ids), 'frame')} for the guest: {br.name} refused {ctx.tap} at "
                     f"{refused[0][1].location}: port {state}",
@@ -578,7 +578,7 @@ def rule_mtu(ctx: Context) -> Optional[Finding]:
     mtu = p.mtu or t.tap.mtu
     big = []
     for j in ctx.lost:
-        if any(h.event == "egress" and h.dev == ctx.tap and h.detail.startswith("too big") for h in j.hops):
+        if any(h.event == "egress" and h.dev == ctx.tap and h.fault == "too-big" for h in j.hops):
             big.append(j)
             continue
         if _l3_len(j) <= mtu or j.bridge != br.name:

@@ -41,7 +41,8 @@ def journey_to_dict(j: Journey, wall_offset_ns: int) -> dict:
         "hops": [
             {"t_us": round((h.ts_ns - start) / 1000, 3), "copy": h.copy, "event": h.event,
              "netns": h.netns, "dev": h.dev, "role": h.role or None, "reason": h.reason or None,
-             "location": h.location or None, "reader": h.reader or None, "detail": h.detail or None}
+             "location": h.location or None, "reader": h.reader or None, "detail": h.detail or None,
+             "fault": h.fault or None}
             for h in j.hops
         ],
         "copies": [
@@ -66,7 +67,8 @@ def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
         fdb_local=d.get("fdb_local") or "",
         toward_guest=d["toward_guest"], note=d.get("note") or "", vm=d.get("vm") or "",
         hops=[Hop(start + round(h["t_us"] * 1000), h["copy"], h["event"], h["netns"], h["dev"], h["role"] or "",
-                  h["reason"] or "", h["location"] or "", h["reader"] or "", h.get("detail") or "")
+                  h["reason"] or "", h["location"] or "", h["reader"] or "", h.get("detail") or "",
+                  h.get("fault") or "")
               for h in d["hops"]],
         copies=[Copy(c["copy"], c["outcome"], c["dev"], c["netns"], c["reason"] or "", c["location"] or "",
                      c.get("port") or "") for c in d["copies"]],

@@ -109,7 +109,7 @@ class TerminalSink:
                 line.append(f"[{h.netns}] ", style="magenta")
             if multi:
                 line.append(f"copy {h.copy}: ", style="dim")
-            bad = h.event == "dropped" or h.detail.startswith(("refused", "too big"))
+            bad = h.event == "dropped" or bool(h.fault)
             line.append(describe_hop(h), style="red" if bad else "")
             self.console.print(line, soft_wrap=True)
         fdb = describe_fdb(j)
