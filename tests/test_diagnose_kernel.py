@@ -93,6 +93,22 @@ def test_tap_outside_the_bridge_is_port_not_in_bridge(br_nf):
         assert_fixed(lab)
 
 
+def test_guest_mac_in_the_fdb_on_the_uplink_is_fdb_wrong_port(br_nf):
+    """A sticky FDB entry puts the guest's MAC on the port the remote's frames come in by (a static
+    one alone would move back as soon as the guest speaks): the bridge may not send a frame back out
+    of its way in (hairpin off), so it drops them there."""
+    with Lab(LabSpec(br_netfilter=br_nf)) as lab:
+        # replace: the bridge may have learned the guest on the tap already
+        lab.run(lab.hv_ns, "bridge", "fdb", "replace", lab.guest_mac, "dev", lab.uplink, "master", "static", "sticky")
+        code, report = diagnose(lab, ping_unanswered)
+        assert code == 1 and report["cause"] == "fdb-wrong-port", {k: v for k, v in report.items() if k != "journeys"}
+        assert report["facts"]["fdb_port"] == lab.uplink and lab.uplink in report["facts"]["ingress"]
+        fdb = {j.get("fdb") for j in report["journeys"] if j["dst_mac"] == lab.guest_mac} - {None}
+        assert fdb <= {lab.uplink}  # where the bridge's own hops exist, its FDB decision says so
+        apply_fix(report)
+        assert_fixed(lab)
+
+
 def test_tap_admin_down_is_port_not_forwarding(br_nf):
     with Lab(LabSpec(br_netfilter=br_nf)) as lab:
         lab.run(lab.hv_ns, "ip", "link", "set", "dev", lab.tap, "down")

@@ -65,6 +65,7 @@ CORE_TESTS = (
         "test_tap_carrying_the_guest_mac_is_local_mac",
         "test_tap_outside_the_bridge_is_port_not_in_bridge",
         "test_tap_admin_down_is_port_not_forwarding",
+        "test_guest_mac_in_the_fdb_on_the_uplink_is_fdb_wrong_port",
         "test_stp_port_not_forwarding",
         "test_netfilter_drop_of_bridged_frames_is_netfilter_drop",
         "test_stopped_guest_is_guest_not_reading",
