@@ -544,6 +544,57 @@ static __always_inline __u32 egress_facts(struct sk_buff *skb)
 	return facts;
 }
 
+/* tun.c's own structs, as far as the tap-xmit hop reads them: in the tun module's BTF where it has
+ * one (5.11+; on 5.10 bpf_core_field_exists() is 0 and no facts are read). */
+struct ptr_ring___tt {
+	int producer;
+	int size;
+	void **queue;
+} __attribute__((preserve_access_index));
+
+struct tun_file___tt {
+	struct ptr_ring___tt tx_ring;
+} __attribute__((preserve_access_index));
+
+struct tun_struct___tt {
+	void *tfiles[1]; /* MAX_TAP_QUEUES of them: indexed by hand below */
+	unsigned int numqueues;
+} __attribute__((preserve_access_index));
+
+/* What tun_net_xmit() weighs next for the skb it was given (TT_TAP_* in tapttrace.h): whether a
+ * process holds the queue the skb is for (tun->tfiles[skb->queue_mapping], else it drops), and
+ * whether that queue's ring is full (ptr_ring_produce() fails: the slot at the producer is still
+ * taken, or the ring has no size). */
+static __always_inline __u32 tap_facts(struct sk_buff *skb)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct tun_struct___tt *tun;
+	struct tun_file___tt *tfile = 0;
+	void *taken = 0, **queue;
+	__u32 txq, facts;
+	int producer, size;
+
+	if (!dev || !bpf_core_field_exists(tun->numqueues) || !bpf_core_field_exists(tfile->tx_ring))
+		return 0;
+	/* netdev_priv(): the private area follows the net_device, aligned to NETDEV_ALIGN (32) */
+	tun = (void *)dev + ((bpf_core_type_size(struct net_device) + 31) & ~31);
+	txq = BPF_CORE_READ(skb, queue_mapping);
+	if (txq >= 256)
+		return TT_TAP_KNOWN | TT_TAP_NO_READER;
+	bpf_probe_read_kernel(&tfile, sizeof(tfile),
+			      (void *)tun + bpf_core_field_offset(tun->tfiles) + txq * sizeof(void *));
+	if (!tfile)
+		return TT_TAP_KNOWN | TT_TAP_NO_READER;
+	producer = BPF_CORE_READ(tfile, tx_ring.producer);
+	size = BPF_CORE_READ(tfile, tx_ring.size);
+	queue = BPF_CORE_READ(tfile, tx_ring.queue);
+	facts = TT_TAP_KNOWN | ((__u32)size & TT_TAP_SIZE_MASK);
+	if (size <= 0 || producer < 0 || producer >= size || !queue)
+		return facts | TT_TAP_FULL;
+	bpf_probe_read_kernel(&taken, sizeof(taken), queue + producer);
+	return taken ? facts | TT_TAP_FULL : facts;
+}
+
 #endif
 
 /* One event about skb (a `hook` constant in each inlined copy). `port`: the bridge port a
@@ -563,6 +614,8 @@ static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 loc
 		reason |= port_facts(port, skb, &dev);
 	else if (hook == TT_HOOK_EGRESS || hook == TT_HOOK_EGRESS_NF)
 		reason = egress_facts(skb);
+	else if (hook == TT_HOOK_TAP_XMIT)
+		reason = tap_facts(skb);
 #endif
 	if (TT_CFG(learn) && hook == TT_HOOK_RECEIVE) {
 		__u8 src[6];

@@ -18,7 +18,7 @@
 #define TT_HOOK_PASS_UP 8    /* br_pass_frame_up(): the frame goes up to the host's stack */
 #define TT_HOOK_EGRESS 9     /* br_dev_queue_push_xmit(): out of a port (reason: TT_EGRESS_*) */
 #define TT_HOOK_EGRESS_NF 10 /* br_nf_dev_queue_xmit(): the same, through br_netfilter */
-#define TT_HOOK_TAP_XMIT 11  /* tun_net_xmit(): the tap takes the frame for its queue */
+#define TT_HOOK_TAP_XMIT 11  /* tun_net_xmit(): the tap takes the frame for its queue (reason: TT_TAP_*) */
 
 /* The reason word of TT_HOOK_FORWARD / TT_HOOK_FLOOD_PORT: the port's facts at that moment, which
  * decide whether the bridge sends the frame there (should_deliver(), inlined everywhere). */
@@ -31,6 +31,12 @@
 /* The reason word of TT_HOOK_EGRESS / TT_HOOK_EGRESS_NF: what decides whether the frame fits. */
 #define TT_EGRESS_MTU_MASK 0x7fffffffu /* the egress device's MTU */
 #define TT_EGRESS_GSO (1u << 31)	       /* a GSO skb: segmented later, never too big here */
+
+/* The reason word of TT_HOOK_TAP_XMIT: the queue the frame is for, as tun_net_xmit() finds it. */
+#define TT_TAP_SIZE_MASK 0xffffffu    /* its ring's size (the tap's txqueuelen when it was attached) */
+#define TT_TAP_NO_READER (1u << 29)   /* no process holds that queue: tun drops the frame */
+#define TT_TAP_FULL (1u << 30)	      /* its ring is full: the holder isn't reading; tun drops it */
+#define TT_TAP_KNOWN (1u << 31)	      /* the facts were read (the kernel has tun's BTF) */
 
 struct tt_event {
 	__u64 ts_ns;

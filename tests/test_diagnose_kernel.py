@@ -16,7 +16,7 @@ pytestmark = pytest.mark.kernel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from test_follow_kernel import run_window  # noqa: E402
+from test_follow_kernel import bridge_hops_here, run_window  # noqa: E402
 
 
 def diagnose(lab: Lab, traffic, *extra: str, duration: float = 3.0) -> tuple[int, dict]:
@@ -169,6 +169,9 @@ def test_stopped_guest_is_guest_not_reading(br_nf):
 
         code, report = diagnose(lab, flood)
         assert code == 1 and report["cause"] == "guest-not-reading"
+        if bridge_hops_here() and Path("/sys/kernel/btf/tun").is_file():  # tun_net_xmit's facts (6.1+)
+            assert any(e.startswith("the tap's own hop (tun_net_xmit) saw it: its queue is full (")
+                       for e in report["evidence"]), report["evidence"]
         assert str(lab.guest.pid) in report["summary"] or any(str(lab.guest.pid) in e for e in report["evidence"])
         apply_fix(report)
         assert_fixed(lab)

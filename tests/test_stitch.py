@@ -286,16 +286,28 @@ def test_egress_hop_weighs_the_frame_as_the_kernel_does(hook, facts, frame_len, 
     assert egress_fit(hook, facts, frame_len, data) == (fault, words)
 
 
+def test_tap_xmit_hop_says_what_tun_finds_for_the_frame():
+    from tracer.records import TAP_FULL, TAP_KNOWN, TAP_NO_READER
+    from tracer.stitch import tap_queue
+    assert tap_queue(0) == ("", "")  # no facts (5.10: tun has no BTF)
+    assert tap_queue(TAP_KNOWN | 500) == ("", "room in its queue of 500")
+    assert tap_queue(TAP_KNOWN | TAP_FULL | 500) == (
+        "queue-full", "its queue is full (500 frames): the holder is not reading")
+    assert tap_queue(TAP_KNOWN | TAP_NO_READER)[0] == "no-reader"
+
+
 def test_bridge_hop_constants_match_the_bpf_header():
     import re
 
     from tracer import records
     text = (Path(__file__).resolve().parent.parent / "bpf" / "tapttrace.h").read_text()
     defines = {}
-    for name, value in re.findall(r"#define TT_((?:PORT|EGRESS)_\w+)\s+(\(1u << \d+\)|0x[0-9a-f]+u?|\d+)", text):
+    for name, value in re.findall(r"#define TT_((?:PORT|EGRESS|TAP)_\w+)\s+(\(1u << \d+\)|0x[0-9a-f]+u?|\d+)", text):
         shift = re.fullmatch(r"\(1u << (\d+)\)", value)
         defines[name] = 1 << int(shift.group(1)) if shift else int(value.rstrip("u"), 0)
     assert defines == {"PORT_STATE_MASK": records.PORT_STATE_MASK, "PORT_INGRESS": records.PORT_INGRESS,
                        "PORT_LOCAL_RCV": records.PORT_LOCAL_RCV, "PORT_KNOWN": records.PORT_KNOWN,
                        "PORT_FLAGS_SHIFT": records.PORT_FLAGS_SHIFT, "EGRESS_MTU_MASK": records.EGRESS_MTU_MASK,
-                       "EGRESS_GSO": records.EGRESS_GSO}
+                       "EGRESS_GSO": records.EGRESS_GSO, "TAP_SIZE_MASK": records.TAP_SIZE_MASK,
+                       "TAP_NO_READER": records.TAP_NO_READER, "TAP_FULL": records.TAP_FULL,
+                       "TAP_KNOWN": records.TAP_KNOWN}

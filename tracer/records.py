@@ -45,6 +45,11 @@ BR_HAIRPIN_MODE = 1 << 0  # of the port's BR_* flags (include/linux/if_bridge.h,
 # The reason word of EGRESS / EGRESS_NF (bpf/tapttrace.h TT_EGRESS_*): what decides whether it fits.
 EGRESS_MTU_MASK = 0x7FFFFFFF
 EGRESS_GSO = 1 << 31
+# The reason word of TAP_XMIT (bpf/tapttrace.h TT_TAP_*): the queue the frame is for.
+TAP_SIZE_MASK = 0xFFFFFF
+TAP_NO_READER = 1 << 29
+TAP_FULL = 1 << 30
+TAP_KNOWN = 1 << 31
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
@@ -113,7 +118,8 @@ class Hop:
     # "refused: port listening", "too big: 1028 > MTU 576", "unknown unicast" …
     detail: str = ""
     # What such a hop found wrong, as a code for rules and colours (the words are `detail`'s):
-    # "port-listening" (or another STP state), "hairpin" (refused back out of its way in), "too-big".
+    # "port-listening" (or another STP state), "hairpin" (refused back out of its way in), "too-big",
+    # "queue-full" and "no-reader" (the tap's queue, at tun_net_xmit).
     fault: str = ""
 
 

@@ -25,6 +25,10 @@ from .records import (
     PORT_LOCAL_RCV,
     PORT_STATE_MASK,
     STP_STATES,
+    TAP_FULL,
+    TAP_KNOWN,
+    TAP_NO_READER,
+    TAP_SIZE_MASK,
     Copy,
     Device,
     Event,
@@ -564,6 +568,20 @@ def egress_fit(hook: Hook, facts: int, frame_len: int, data: bytes) -> tuple[str
     return too_big if frame_len > mtu + 18 else ("", f"fits MTU {mtu}")
 
 
+def tap_queue(facts: int) -> tuple[str, str]:
+    """What tun_net_xmit() finds for the frame, from the tap-xmit hop's facts (bpf/tapttrace.h
+    TT_TAP_*): (fault, words): ("queue-full", "its queue is full (500 frames): …"), ("no-reader",
+    …), ("", "room in its queue of 500"); ("", "") without tun's BTF (5.10)."""
+    if not facts & TAP_KNOWN:
+        return "", ""
+    if facts & TAP_NO_READER:
+        return "no-reader", "no process holds the tap's queue: tun drops it"
+    size = facts & TAP_SIZE_MASK
+    if facts & TAP_FULL:
+        return "queue-full", f"its queue is full ({size} frames): the holder is not reading"
+    return "", f"room in its queue of {size}"
+
+
 def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
     hook = ev.hook
     detail = fault = ""
@@ -575,6 +593,8 @@ def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
             detail = "; ".join(x for x in (detail, "the host gets a copy too") if x)
     elif hook in (Hook.EGRESS, Hook.EGRESS_NF) and ev.reason & EGRESS_MTU_MASK:
         fault, detail = egress_fit(hook, ev.reason, ev.frame_len, ev.data)
+    elif hook == Hook.TAP_XMIT:
+        fault, detail = tap_queue(ev.reason)
     return Hop(ev.ts_ns, copy, _BRIDGE_HOP_EVENTS[hook], ns, name, role, location=HOOK_FUNCTIONS[hook],
                detail=detail, fault=fault)
 

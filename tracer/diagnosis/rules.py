@@ -644,7 +644,9 @@ def rule_guest_not_reading(ctx: Context) -> Optional[Finding]:
     mine = ctx.in_namespace()
     full = [j for j in mine if any(c.dev == tap and (c.reason == "FULL_RING" or _loc(c.location) == "tun_net_xmit")
                                    and c.reason not in ("TAP_FILTER", "TAP_TXFILTER")
-                                   for c in jv.dropped_copies(j))]
+                                   for c in jv.dropped_copies(j))
+            # the tap-xmit hop (fentry, with tun's BTF) saw the ring full as tun_net_xmit weighed it
+            or any(h.event == "tap-xmit" and h.dev == tap and h.fault == "queue-full" for h in j.hops)]
     waiting = [j for j in mine if jv.queued(j, tap, ns)]
     reads = [j for j in mine if jv.delivered(j, tap, ns)]
     # Frames still queued when the window closes are normal under load, and with lost events a
@@ -660,6 +662,9 @@ def rule_guest_not_reading(ctx: Context) -> Optional[Finding]:
         drop = jv.first_drop(full)
         evidence.append(f"{_n(len(full), 'frame')} dropped as {drop.reason if drop else 'FULL_RING'} at "
                         f"{drop.location if drop else 'tun_net_xmit'}: {tap}'s queue is full")
+        seen = next((h for j in full for h in j.hops if h.event == "tap-xmit" and h.fault == "queue-full"), None)
+        if seen is not None:
+            evidence.append(f"the tap's own hop ({seen.location}) saw it: {seen.detail}")
     if waiting:
         evidence.append(f"{_n(len(waiting), 'frame')} still unread in {tap}'s queue at the end of the window"
                         + (f"; {_n(len(reads), 'frame')} read during it" if reads else ", none read during it"))
