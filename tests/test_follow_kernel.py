@@ -297,6 +297,10 @@ def test_healthy_guest_frames_are_delivered_to_the_tap():
             # (5.10's bridge module has no BTF: there the to-port hop can't name its port)
             assert {("to-port", lab.tap), ("to-port", "")} & set(events), events
             assert ("egress", lab.tap) in events and ("tap-xmit", lab.tap) in events, events
+            hop = {h["event"]: h for h in j["hops"] if h["dev"] == lab.tap}
+            assert hop["egress"]["detail"] == "fits MTU 1500" and not hop["egress"]["fault"], hop
+            if Path("/sys/kernel/btf/tun").is_file():  # tun_net_xmit's facts need tun's BTF (not 5.10)
+                assert hop["tap-xmit"]["detail"].startswith("room in its queue of"), hop
     replies = [j for j in journeys if j["summary"].startswith("ICMP echo reply") and j["src_mac"] == lab.guest_mac]
     assert len(replies) == 3 and all(j["verdict"] == "forwarded" for j in replies)
     assert summary["lost_events"] == 0
