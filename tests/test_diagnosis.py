@@ -320,6 +320,33 @@ def test_rule_fdb_wrong_port_ignores_a_stale_learned_entry_when_frames_get_throu
     assert diagnose(snap2, locate(snap2, d["mac"], tap="vnet0"), []).cause == "fdb-wrong-port"
 
 
+def test_rule_fdb_wrong_port_fix_removes_the_entry_in_force():
+    """`bridge fdb add` without a VLAN, on a kernel with VLAN support, adds the entry for VLAN 0 and
+    for the port's VLAN 1 (6.1): without VLAN filtering the VLAN-0 one is in force, and one `fdb del`
+    without a VLAN removes both. With VLAN filtering, each entry by its VLAN."""
+    d, snap, _ = load("healthy")
+    moved = []
+    for ns in snap.namespaces:
+        fdb: list = []
+        for e in ns.fdb:
+            if e.mac == d["mac"] and e.master:
+                fdb += [dataclasses.replace(e, dev="up0", vlan=v, state="static", sticky=True) for v in (1, None)]
+            else:
+                fdb.append(e)
+        moved.append(dataclasses.replace(ns, fdb=tuple(fdb)))
+    snap2 = dataclasses.replace(snap, namespaces=tuple(moved))
+    r = diagnose(snap2, locate(snap2, d["mac"], tap="vnet0"), [])
+    hv = r.target.netns
+    assert r.cause == "fdb-wrong-port" and r.fix == (f"bridge -n {hv} fdb del {d['mac']} dev up0 master",)
+    assert f"{d['mac']} on up0 (static, sticky)," in r.evidence[0]
+    filtering = dataclasses.replace(snap2, namespaces=tuple(
+        dataclasses.replace(ns, bridges=tuple(dataclasses.replace(b, vlan_filtering=True) for b in ns.bridges))
+        for ns in snap2.namespaces))
+    r = diagnose(filtering, locate(filtering, d["mac"], tap="vnet0"), [])
+    assert r.fix == (f"bridge -n {hv} fdb del {d['mac']} dev up0 master vlan 1",
+                     f"bridge -n {hv} fdb del {d['mac']} dev up0 master")
+
+
 def test_rule_flood_blocked_bcast_and_isolated():
     r = run("flood-off")
     assert "bcast_flood off" in r.summary and r.fix[0].endswith("link set dev vnet0 bcast_flood on")

@@ -330,12 +330,21 @@ def rule_fdb_wrong_port(ctx: Context) -> Optional[Finding]:
     ingress = {jv.ingress_port(j) for j in ctx.lost} - {""}
     evidence, fix, advice = [], [], []
     if wrong:
+        # Without VLAN filtering the bridge looks up VLAN 0: that entry is the one in force. A kernel
+        # with VLAN support gives every port VLAN 1 even then, and `bridge fdb add` without a VLAN
+        # adds the entry for it too; `bridge fdb del` without a VLAN removes them all (6.1: the fix
+        # "del … vlan 1" left the VLAN-0 entry, and the frames still went to the uplink).
+        if not br.vlan_filtering:
+            wrong.sort(key=lambda e: bool(e.vlan))
         e = wrong[0]
         kind = ", ".join(x for x in (e.state, "sticky" if e.sticky else "", "extern_learn" if e.extern_learn else "",
                                      f"vlan {e.vlan}" if e.vlan else "") if x)
         evidence.append(f"FDB of {br.name}{ctx.where()}: {t.mac} on {e.dev} ({kind}), not on {ctx.tap}")
-        args = ["bridge", "fdb", "del", t.mac, "dev", e.dev, "master"] + (["vlan", str(e.vlan)] if e.vlan else [])
-        fix.append(ctx.cmd(*args))
+        deletes = (dict.fromkeys((x.dev, None) for x in wrong) if not br.vlan_filtering
+                   else dict.fromkeys((x.dev, x.vlan) for x in wrong))
+        for dev, vlan in deletes:
+            fix.append(ctx.cmd(*["bridge", "fdb", "del", t.mac, "dev", dev, "master"],
+                               *(["vlan", str(vlan)] if vlan else [])))
         if e.learned:
             advice.append(f"the bridge learned it: frames with the guest's MAC as source came in by {e.dev} "
                           "(a loop, a duplicate VM, or the guest's frames reflected back); if it comes back, find "
