@@ -175,7 +175,7 @@ def test_stopped_guest_is_guest_not_reading(br_nf):
         code, report = diagnose(lab, flood)
         assert code == 1 and report["cause"] == "guest-not-reading"
         # the drops themselves: FULL_RING (5.17+) or, before, a drop at tun_net_xmit
-        assert any(re.search(rf" at tun_net_xmit(\+0x[0-9a-f]+)?: {lab.tap}'s queue is full$", e)
+        assert any(re.search(rf" at tun_net_xmit(\+0x[0-9a-f]+)?( \[tun\])?: {lab.tap}'s queue is full$", e)
                    for e in report["evidence"]), report["evidence"]
         if bridge_hops_here() and Path("/sys/kernel/btf/tun").is_file():  # tun_net_xmit's facts (6.1+)
             assert any(e.startswith("the tap's own hop (tun_net_xmit) saw it: its queue is full (")

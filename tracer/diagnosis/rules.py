@@ -669,8 +669,9 @@ def rule_guest_not_reading(ctx: Context) -> Optional[Finding]:
     evidence = []
     if full:
         drop = jv.first_drop(full)
-        evidence.append(f"{_n(len(full), 'frame')} dropped as {drop.reason if drop else 'FULL_RING'} at "
-                        f"{drop.location if drop else 'tun_net_xmit'}: {tap}'s queue is full")
+        reason = drop.reason if drop else "FULL_RING"  # "" before 5.17: no drop reasons
+        evidence.append(f"{_n(len(full), 'frame')} dropped" + (f" as {reason}" if reason else "") +
+                        f" at {drop.location if drop else 'tun_net_xmit'}: {tap}'s queue is full")
         seen = next((h for j in full for h in j.hops if h.event == "tap-xmit" and h.fault == "queue-full"), None)
         if seen is not None:
             evidence.append(f"the tap's own hop ({seen.location}) saw it: {seen.detail}")
