@@ -10,9 +10,9 @@
  * reads at scrape time. The hot path is filtered first on skb->dev: user space keeps `devs`
  * (netns inode, ifindex) -> role for bridge ports, taps and bridge devices; the hooks look the
  * net_device pointer up in `devc`, a per-CPU cache of that answer (role 0: not ours) tagged with
- * `devgen`, which user space bumps whenever it changes `devs`. A frame on any device costs one
- * read (skb->dev) and an inlined array lookup; the netns/ifindex reads and the hash lookup happen
- * once per device, CPU and generation.
+ * `devgen`, which user space bumps at every refresh of `devs` (tracer/exporter/maps.py says why).
+ * A frame on any device costs one read (skb->dev) and an inlined array lookup; the netns/ifindex
+ * reads and the hash lookup happen once per device, CPU and generation.
  *
  * Measured per hit on this kind of machine (bench/FINDINGS.md): a bpf_probe_read_kernel ≈ 25–55
  * ns, a hash lookup ≈ 40–50 ns, a per-CPU hash counter ≈ 25 ns, an array lookup ≈ 0 (inlined),
@@ -45,6 +45,9 @@
  * has no bounded index (drops by reason and location, taps dropped by reason, tap `local`, FDB
  * events) and as the fallback for a device or pair that got no index (tables full); user space
  * adds both up into the same keys.
+ *
+ * The bridge's FDB decisions (forward, local, flood) are counted apart from the verdicts, at its
+ * own functions where fentry or kprobes reach them, one hit per decision (the end of this file).
  *
  * Kernel memory: under libbpf the skb is a BTF-typed pointer, so skb->dev, skb->head,
  * skb->mac_header, dev->ifindex and dev->nd_net.net->ns.inum are plain loads (CO-RE relocated
@@ -195,6 +198,9 @@ TT_PERCPU_HASH(verdicts, struct ttx_verdict_key, __u64, MAX_SERIES);
 TT_PERCPU_HASH(drops, struct ttx_drop_key, __u64, MAX_SERIES);
 TT_PERCPU_HASH(taps, struct ttx_tap_key, __u64, MAX_SERIES);
 TT_PERCPU_HASH(fdb, struct ttx_fdb_key, __u64, MAX_SERIES);
+/* The bridge's FDB decisions (the end of this file; empty under bcc and where neither fentry nor
+ * kprobes reach the bridge's functions). */
+TT_PERCPU_HASH(decisions, struct ttx_decision_key, __u64, MAX_SERIES);
 
 /* The array counters (top of the file, exporter.h). */
 TT_PERCPU_ARRAY(devcnt, struct ttx_dev_counts, MAX_DEVS);
@@ -230,7 +236,7 @@ static __always_inline void health_inc(__u32 idx)
 }
 
 /* The counter hashes, by name for count(): bcc can't take a map's address. */
-enum ttx_counter { TTX_VERDICTS, TTX_DROPS, TTX_TAPS, TTX_FDB };
+enum ttx_counter { TTX_VERDICTS, TTX_DROPS, TTX_TAPS, TTX_FDB, TTX_DECISIONS };
 
 /* Per-CPU hash counters: a new series is inserted with value 1 (each CPU has its own copy, so no
  * atomics are needed); a full map is counted, not silently ignored. `map` is a constant in every
@@ -246,13 +252,16 @@ static __always_inline void count(enum ttx_counter map, void *key)
 		v = drops.lookup(key);
 	else if (map == TTX_TAPS)
 		v = taps.lookup(key);
-	else
+	else if (map == TTX_FDB)
 		v = fdb.lookup(key);
+	else
+		v = decisions.lookup(key);
 #else
 	void *m = map == TTX_VERDICTS ? (void *)&verdicts
 		: map == TTX_DROPS    ? (void *)&drops
 		: map == TTX_TAPS     ? (void *)&taps
-				      : (void *)&fdb;
+		: map == TTX_FDB      ? (void *)&fdb
+				      : (void *)&decisions;
 	v = bpf_map_lookup_elem(m, key);
 #endif
 	if (v) {
@@ -266,8 +275,10 @@ static __always_inline void count(enum ttx_counter map, void *key)
 		err = drops.update(key, &one);
 	else if (map == TTX_TAPS)
 		err = taps.update(key, &one);
-	else
+	else if (map == TTX_FDB)
 		err = fdb.update(key, &one);
+	else
+		err = decisions.update(key, &one);
 #else
 	err = bpf_map_update_elem(m, key, &one, BPF_ANY);
 #endif
@@ -446,16 +457,21 @@ static __always_inline void dev_key(struct net_device *dev, struct ttx_dev_key *
 
 /* A kernel pointer as a number (see the top of the file). volatile: clang must not forward the
  * store to the load, or the number would be the pointer register again. */
+static __always_inline __u64 addr_via(__u64 *scratch, const void *p)
+{
+	*(volatile __u64 *)scratch = (__u64)p;
+	return *(volatile __u64 *)scratch;
+}
+
 static __always_inline __u64 addr(struct ttx_cur *f, const void *p)
 {
-	*(volatile __u64 *)&f->scratch = (__u64)p;
-	return *(volatile __u64 *)&f->scratch;
+	return addr_via(&f->scratch, p);
 }
 
 /* What we watch `dev` (at address devp) as: fills *d and returns its role bits, 0 for a device
  * we don't watch. The netns/ifindex reads and the `devs` lookup happen once per device, CPU
  * and generation. */
-static __always_inline __u32 dev_role(struct net_device *dev, __u64 devp, struct ttx_devc *d)
+static __always_inline __u32 dev_role_of(struct net_device *dev, __u64 devp, struct ttx_devc *d, const int probed)
 {
 	if (!devp)
 		return 0;
@@ -471,7 +487,7 @@ static __always_inline __u32 dev_role(struct net_device *dev, __u64 devp, struct
 		 * generation, so a change made meanwhile leaves this entry outdated, never wrong for
 		 * long). */
 		struct ttx_dev_key k;
-		dev_key(dev, &k, 0);
+		dev_key(dev, &k, probed);
 		struct ttx_dev_ent *v = dev_ent(&k);
 		c->dev = devp;
 		c->gen = g;
@@ -483,6 +499,11 @@ static __always_inline __u32 dev_role(struct net_device *dev, __u64 devp, struct
 	}
 	*d = *c;
 	return d->role;
+}
+
+static __always_inline __u32 dev_role(struct net_device *dev, __u64 devp, struct ttx_devc *d)
+{
+	return dev_role_of(dev, devp, d, 0);
 }
 
 /* A verdict: in devcnt[in_idx] (flooded, local, dropped) or paircnt (forwarded, delivered) when
@@ -841,3 +862,153 @@ TT_TRACEPOINT(fdb_delete, ttx_fdb_delete)
 	return 0;
 }
 #endif
+
+#ifndef TT_BCC
+/* -- the bridge's FDB decisions (libbpf only) ---------------------------------------------------
+ *
+ * Where the kernel lets us into the bridge's own functions (features.bridge_plan: fentry through
+ * the function's BTF, the bridge module's where it is one; else a kprobe), each decision is counted
+ * once, where it is made, with no per-frame state (`decisions`, struct ttx_decision_key):
+ *   br_forward(to, skb, local_rcv, local_orig)      forward: an FDB entry names port `to`
+ *   br_flood(br, skb, pkt_type, local_rcv, ...)     flood: no FDB entry, broadcast or multicast
+ *   br_pass_frame_up(skb, ...)                      local: the FDB names the bridge's own address
+ * libbpf builds a fentry and a kprobe program for each, off unless the loader turns one on
+ * (tracer/libbpf_loader.py's BridgeHooks: the same choice and fallbacks as follow's hops).
+ * br_handle_frame_finish() also passes a frame up right after br_forward()/br_flood() when the
+ * host wants a copy (local_rcv: a broadcast, a promiscuous bridge): no decision of its own. Those
+ * two leave the skb in `decided` (one slot per CPU, written only when local_rcv is set) and the
+ * br_pass_frame_up() that follows on this CPU takes it back instead of counting. A group-addressed
+ * frame passed up with neither before it (br_multicast_flood(), not hooked) is no FDB decision
+ * either. At entry skb->dev is still the frame's way in: the ingress port, or the bridge device
+ * for what the host sends through it (br_dev_xmit); the hooks filter on it through `devc`, as the
+ * tracepoints do. fentry reads the skb with plain loads, the kprobe through BPF_CORE_READ. */
+struct ttx_decided {
+	__u64 skb;     /* the skb whose br_pass_frame_up() is the host's copy (0: none) */
+	__u64 scratch; /* see addr_via() */
+};
+TT_PERCPU_ARRAY(decided, struct ttx_decided, 1);
+
+static __always_inline struct ttx_decided *decided_slot(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&decided, &zero);
+}
+
+/* The device of bridge port `p`. 5.10's bridge module has no BTF (module BTF came in 5.11), so no
+ * CO-RE relocation reaches struct net_bridge_port there; its dev has followed br at the head of
+ * the struct since 2.6 (br_private.h), so it is read there, and believed only when `devs` knows
+ * that device as a port of the frame's bridge (count_decision). */
+static __always_inline struct net_device *port_device(struct net_bridge_port___tt *p)
+{
+	struct net_device *dev = 0;
+
+	if (!p)
+		return 0;
+	if (bpf_core_field_exists(p->dev))
+		return BPF_CORE_READ(p, dev);
+	bpf_probe_read_kernel(&dev, sizeof(dev), (void *)((__u64)p + sizeof(void *)));
+	return dev;
+}
+
+/* 1 when the frame's Ethernet destination is a group address (or can't be read). */
+static __always_inline int dst_is_group(struct sk_buff *skb, const int probed)
+{
+	__u16 mac_header = TT_FIELD(probed, skb, mac_header, OFF_SKB_MAC_HEADER, __u16);
+	unsigned char *head = TT_FIELD(probed, skb, head, OFF_SKB_HEAD, unsigned char *);
+	__u8 d0 = 1;
+
+	if (mac_header == 0xffff || bpf_probe_read_kernel(&d0, 1, head + mac_header))
+		return 1;
+	return d0 & 1;
+}
+
+static __always_inline void count_decision(struct ttx_decided *s, struct sk_buff *skb, struct net_device *in,
+					   const int probed, __u32 decision, __u32 pkt_type, void *to)
+{
+	struct ttx_devc d;
+	__u32 role = dev_role_of(in, addr_via(&s->scratch, in), &d, probed);
+
+	if (!(role & (TTX_ROLE_PORT | TTX_ROLE_BRIDGE)))
+		return;
+	if (decision == TTX_D_LOCAL && dst_is_group(skb, probed))
+		return;
+	struct ttx_decision_key k = {};
+	k.netns = d.netns;
+	k.bridge = d.bridge; /* a bridge device's own ifindex for the bridge itself */
+	k.in_port = d.ifindex;
+	k.decision = decision;
+	k.pkt_type = pkt_type;
+	if (decision == TTX_D_LOCAL) {
+		k.out_port = d.bridge;
+	} else if (decision == TTX_D_FORWARD) {
+		struct net_device *out = port_device(to);
+		struct ttx_devc o;
+		if (out && (dev_role_of(out, addr_via(&s->scratch, out), &o, 1) & TTX_ROLE_PORT) &&
+		    o.bridge == d.bridge && o.netns == d.netns)
+			k.out_port = o.ifindex;
+	}
+	count(TTX_DECISIONS, &k);
+}
+
+/* br_forward() and br_flood(): counted, and the skb noted when the host gets its copy next. */
+static __always_inline void forward_or_flood(struct sk_buff *skb, struct net_device *in, const int probed,
+					     __u64 local_rcv, __u32 decision, __u32 pkt_type, void *to)
+{
+	struct ttx_decided *s = decided_slot();
+
+	if (!s)
+		return;
+	s->skb = local_rcv & 1 ? addr_via(&s->scratch, skb) : 0;
+	count_decision(s, skb, in, probed, decision, pkt_type, to);
+}
+
+static __always_inline void pass_up(struct sk_buff *skb, struct net_device *in, const int probed)
+{
+	struct ttx_decided *s = decided_slot();
+
+	if (!s)
+		return;
+	if (s->skb && s->skb == addr_via(&s->scratch, skb)) {
+		s->skb = 0; /* the host's copy of the forward or flood just counted */
+		return;
+	}
+	count_decision(s, skb, in, probed, TTX_D_LOCAL, TTX_PKT_UNICAST, 0);
+}
+
+TT_FENTRY(br_forward, ttx_br_forward_fentry, void *to, struct sk_buff *skb, __u64 local_rcv)
+{
+	forward_or_flood(skb, skb->dev, 0, local_rcv, TTX_D_FORWARD, TTX_PKT_UNICAST, to);
+	return 0;
+}
+TT_KPROBE(br_forward, ttx_br_forward_kprobe)
+{
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	forward_or_flood(skb, BPF_CORE_READ(skb, dev), 1, PT_REGS_PARM3(ctx), TTX_D_FORWARD, TTX_PKT_UNICAST,
+			 (void *)PT_REGS_PARM1(ctx));
+	return 0;
+}
+
+TT_FENTRY(br_flood, ttx_br_flood_fentry, void *br, struct sk_buff *skb, __u64 pkt_type, __u64 local_rcv)
+{
+	forward_or_flood(skb, skb->dev, 0, local_rcv, TTX_D_FLOOD, (__u32)pkt_type, 0);
+	return 0;
+}
+TT_KPROBE(br_flood, ttx_br_flood_kprobe)
+{
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM2(ctx);
+	forward_or_flood(skb, BPF_CORE_READ(skb, dev), 1, PT_REGS_PARM4(ctx), TTX_D_FLOOD, (__u32)PT_REGS_PARM3(ctx), 0);
+	return 0;
+}
+
+TT_FENTRY(br_pass_frame_up, ttx_br_pass_frame_up_fentry, struct sk_buff *skb)
+{
+	pass_up(skb, skb->dev, 0);
+	return 0;
+}
+TT_KPROBE(br_pass_frame_up, ttx_br_pass_frame_up_kprobe)
+{
+	struct sk_buff *skb = (struct sk_buff *)PT_REGS_PARM1(ctx);
+	pass_up(skb, BPF_CORE_READ(skb, dev), 1);
+	return 0;
+}
+#endif /* !TT_BCC: FDB decisions */

@@ -27,6 +27,18 @@
 #define TTX_FDB_MOVED 2
 #define TTX_FDB_DELETED 3
 
+/* Values of ttx_decision_key.decision: the bridge's FDB decision, counted at its own functions
+ * (br_forward, br_flood, br_pass_frame_up; fentry or kprobe, libbpf only). */
+#define TTX_D_FORWARD 1 /* an FDB entry names one port: br_forward */
+#define TTX_D_LOCAL 2   /* the FDB names the bridge's own address: br_pass_frame_up, no flood before */
+#define TTX_D_FLOOD 3   /* no FDB entry, broadcast or multicast: br_flood */
+
+/* Values of ttx_decision_key.pkt_type: the kernel's enum br_pkt_type (br_flood's argument; a
+ * forward or local decision is always unicast). */
+#define TTX_PKT_UNICAST 0
+#define TTX_PKT_MULTICAST 1
+#define TTX_PKT_BROADCAST 2
+
 /* Indices of the health array */
 #define TTX_H_COUNTER_FULL 0 /* a counter map had no room for a new series: a count was lost */
 #define TTX_H_FRAME_TABLE_FULL 1 /* the per-frame table refused an entry: a verdict was lost */
@@ -65,6 +77,15 @@ struct ttx_fdb_key {
 	__u32 bridge;
 	__u32 port;
 	__u32 event;
+};
+
+struct ttx_decision_key {
+	__u32 netns;
+	__u32 bridge;
+	__u32 in_port;  /* skb->dev at the decision: the ingress port, or the bridge (the host sending) */
+	__u32 out_port; /* forward: the FDB's port (0: none); local: the bridge; flood: 0 */
+	__u32 decision;
+	__u32 pkt_type;
 };
 
 /* `devs`' value: what user space says of a watched device. Counters in per-CPU arrays are

@@ -42,7 +42,7 @@ class CountsProgram:
     attached = 6
 
     def __init__(self):
-        self.verdicts, self.drops, self.taps, self.fdb = {}, {}, {}, {}
+        self.verdicts, self.drops, self.taps, self.fdb, self.decisions = {}, {}, {}, {}, {}
         self.roles = []
 
     def set_devices(self, roles, vm_macs):
@@ -50,7 +50,7 @@ class CountsProgram:
 
     def read(self) -> Counts:
         return Counts(dict(self.verdicts), dict(self.drops), dict(self.taps), dict(self.fdb),
-                      {"counter_map_full": 0, "frame_table_full": 0})
+                      {"counter_map_full": 0, "frame_table_full": 0}, dict(self.decisions))
 
     def delete(self, name, keys):
         table = getattr(self, name)
@@ -91,6 +91,40 @@ def test_labels_decode_and_self_health_starts_at_zero():
         assert s[(name, ())] == 0
     assert s[("tapttrace_lost_events_total", (("cause", "counter_map_full"),))] == 0
     assert s[("tapttrace_programs_attached", ())] == 6
+
+
+def test_fdb_decision_keys_decode_to_bounded_labels():
+    """bpf/exporter.c's `decisions` keys (netns, bridge, in_port, out_port, decision, pkt_type):
+    forward names its port, local the bridge, flood none; pkt_type is br_flood's enum br_pkt_type."""
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv)
+    c.refresh()
+    c.program.decisions.update({(NS, 3, 4, 5, 1, 0): 7, (NS, 3, 5, 4, 1, 0): 6, (NS, 3, 4, 3, 2, 0): 2,
+                                (NS, 3, 4, 0, 3, 2): 3, (NS, 3, 4, 0, 3, 1): 4, (NS, 3, 4, 0, 3, 0): 5,
+                                (NS, 3, 3, 0, 3, 2): 1})  # the last: the host flooding through br0
+    got = {tuple(dict(k[1])[n] for n in ("in_port", "decision", "pkt_type", "out_port")): v
+           for k, v in samples(c).items() if k[0] == "tapttrace_fdb_decisions_total"}
+    assert got == {("up0", "forward", "unicast", "vnet0"): 7, ("vnet0", "forward", "unicast", "up0"): 6,
+                   ("up0", "local", "unicast", "br0"): 2, ("up0", "flood", "broadcast", ""): 3,
+                   ("up0", "flood", "multicast", ""): 4, ("up0", "flood", "unicast", ""): 5,
+                   ("br0", "flood", "broadcast", ""): 1}
+    assert {dict(k[1])["netns"] for k in samples(c) if k[0] == "tapttrace_fdb_decisions_total"} == {"hv"}
+    assert {dict(k[1])["bridge"] for k in samples(c) if k[0] == "tapttrace_fdb_decisions_total"} == {"br0"}
+    c.program.decisions[(NS, 3, 4, 0, 9, 0)] = 1  # an unknown decision
+    c.program.decisions[(NS, 3, 4, 0, 3, 7)] = 1  # an unknown pkt_type
+    assert samples(c)[("tapttrace_decode_errors_total", ())] == 2
+
+
+def test_fdb_decisions_of_a_vanished_port_go_with_it():
+    inv = [Inventory.build({NS: "hv"}, [BR, UP, TAP])]
+    c = make(inv, grace_refreshes=1)
+    c.refresh()
+    c.program.decisions[(NS, 3, 4, 5, 1, 0)] = 3  # up0 -> vnet0
+    c.program.decisions[(NS, 3, 4, 0, 3, 2)] = 1  # up0 floods
+    inv[0] = Inventory.build({NS: "hv"}, [BR, UP])  # the VM stopped
+    for _ in range(3):
+        c.refresh()
+    assert c.program.decisions == {(NS, 3, 4, 0, 3, 2): 1}
 
 
 def test_unknown_codes_are_decode_errors_not_exceptions():
@@ -233,6 +267,7 @@ def _header_structs() -> dict[str, list[tuple[str, str]]]:
 @pytest.mark.parametrize("cname,ctype", [("ttx_dev_key", maps.DevKey),
                                          ("ttx_verdict_key", maps.VerdictKey), ("ttx_drop_key", maps.DropKey),
                                          ("ttx_tap_key", maps.TapKey), ("ttx_fdb_key", maps.FdbKey),
+                                         ("ttx_decision_key", maps.DecisionKey),
                                          ("ttx_dev_ent", maps.DevEnt), ("ttx_dev_counts", maps.DevCounts),
                                          ("ttx_pair_counts", maps.PairCounts)])
 def test_ctypes_mirror_the_header(cname, ctype):
@@ -252,6 +287,8 @@ def test_header_codes_match_python():
     assert {defs[f"TTX_V_{v.upper()}"]: v for v in maps.VERDICTS.values()} == maps.VERDICTS
     assert {defs[f"TTX_TAP_{v.upper()}"]: v for v in maps.TAP_EVENTS.values()} == maps.TAP_EVENTS
     assert {defs[f"TTX_FDB_{v.upper()}"]: v for v in maps.FDB_EVENTS.values()} == maps.FDB_EVENTS
+    assert {defs[f"TTX_D_{v.upper()}"]: v for v in maps.DECISIONS.values()} == maps.DECISIONS
+    assert {defs[f"TTX_PKT_{v.upper()}"]: v for v in maps.PKT_TYPES.values()} == maps.PKT_TYPES
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "grafana" / "dashboards").glob("*.json")), ids=lambda p: p.name)

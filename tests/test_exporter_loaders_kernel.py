@@ -21,7 +21,7 @@ from tracer import libbpf_loader
 from tracer.errors import KernelError
 from tracer.exporter import maps
 from tracer.exporter.collector import ExporterCollector
-from tracer.exporter.program import ExporterProgram
+from tracer.exporter.program import DECISION_FUNCS, DECISIONS_LOST, ExporterProgram
 from tracer.exporter.program_btf import FDB_PROGRAMS, PROGRAMS, LibbpfExporterProgram
 from tracer.exporter.service import kernel_namer, machine_inventory
 from tracer.features import EXPORTER_LOADER_ENV, probe_features
@@ -47,6 +47,20 @@ def features():
     return f
 
 
+def decision_programs(prog) -> set[str]:
+    """The FDB decisions' programs the loader put in (fentry or kprobe; none under bcc)."""
+    return {libbpf_loader.bridge_program(func, kind, "ttx")
+            for func, kind in getattr(prog, "decision_hooks", {}).items() if kind != "none"}
+
+
+def other_notes(prog) -> list[str]:
+    """The loader's notes but the one saying the FDB decisions are not counted (this machine: no
+    fentry, no kprobes; bcc: never), whose own tests are below and in test_exporter_kernel."""
+    said = [n for n in prog.notes if n.startswith(DECISIONS_LOST)]
+    assert len(said) == (1 if len(decision_programs(prog)) < len(DECISION_FUNCS) else 0), prog.notes
+    return [n for n in prog.notes if not n.startswith(DECISIONS_LOST)]
+
+
 def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -65,17 +79,47 @@ def test_this_machine_chooses_libbpf_for_the_exporter():
 
 def test_every_program_passes_the_verifier():
     with LibbpfExporterProgram(probe_features(), attach=False) as prog:
-        assert prog.loaded_programs() == ALL
-        assert prog.attached == 0 and not prog.notes
+        assert prog.loaded_programs() == ALL | decision_programs(prog)
+        assert prog.attached == 0 and not other_notes(prog)
+
+
+def test_kprobe_fdb_decision_programs_pass_the_verifier():
+    """Kernels whose bridge module has no BTF (Debian 11's 5.10) count the FDB decisions through
+    kprobes, reading through BPF_CORE_READ and the port's device at its fixed place: each program
+    must load wherever the functions are (here the bridge is built in, so all three are planned
+    when kprobes are said to be there; they can't attach here)."""
+    f = dataclasses.replace(probe_features(), bridge_hook="kprobe")
+    with LibbpfExporterProgram(f, attach=False) as prog:
+        assert prog.decision_hooks == dict.fromkeys(DECISION_FUNCS, "kprobe"), prog.notes
+        assert prog.loaded_programs() == ALL | {f"ttx_{func}_kprobe" for func in DECISION_FUNCS}
+        assert not prog.notes
+
+
+def test_fentry_fdb_decisions_load_or_are_refused_with_one_note():
+    """fentry on the bridge's functions: loads where the kernel allows fentry; where it refuses
+    (EPERM here) the object is loaded again without them, with one note naming all three."""
+    f = dataclasses.replace(probe_features(), bridge_hook="fentry")
+    with LibbpfExporterProgram(f, attach=False) as prog:
+        if decision_programs(prog):
+            # fentry where the function has BTF, its kprobe where not (5.10's bridge module): nothing lost
+            assert set(prog.decision_hooks.values()) <= {"fentry", "kprobe"}, prog.decision_hooks
+            assert prog.loaded_programs() == ALL | decision_programs(prog) and len(decision_programs(prog)) == 3
+            assert not prog.notes
+        else:
+            assert prog.decision_hooks == dict.fromkeys(DECISION_FUNCS, "none")
+            assert prog.loaded_programs() == ALL
+            assert len(prog.notes) == 1 and "EPERM" in prog.notes[0], prog.notes
+            assert all(func in prog.notes[0] for func in DECISION_FUNCS)
 
 
 @pytest.mark.parametrize("loader", list(LOADERS))
 def test_programs_attach_and_detach_on_close(features, loader):
     before = our_programs(os.getpid())
     with LOADERS[loader](features) as prog:
-        assert prog.loader == loader and prog.attached == 6 and not prog.notes
+        n = 6 + len(decision_programs(prog))  # the FDB decisions' too, where fentry or kprobes reach them
+        assert prog.loader == loader and prog.attached == n and not other_notes(prog)
         ours = our_programs(os.getpid()) - before
-        assert len(ours) == 6
+        assert len(ours) == n
         assert prog.read().health == {"counter_map_full": 0, "frame_table_full": 0}
     assert our_programs(os.getpid()) == before
     assert programs_gone(ours)
@@ -107,10 +151,11 @@ def test_without_bridge_tracepoints_the_fdb_programs_stay_out_with_a_note(featur
     tps = {name: dataclasses.replace(tp, present=False) if name in FDB_PROGRAMS else tp
            for name, tp in features.tracepoints.items()}
     with LOADERS[loader](dataclasses.replace(features, tracepoints=tps)) as prog:
-        assert prog.attached == 4
-        assert len(prog.notes) == 2 and all("FDB" in n for n in prog.notes)
+        assert prog.attached == 4 + len(decision_programs(prog))
+        notes = other_notes(prog)
+        assert len(notes) == 2 and all("FDB" in n for n in notes)
         if loader == "libbpf":
-            assert prog.loaded_programs() == set(PROGRAMS)
+            assert prog.loaded_programs() == set(PROGRAMS) | decision_programs(prog)
 
 
 @pytest.mark.parametrize("loader", list(LOADERS))

@@ -191,7 +191,14 @@ def world(tmp_path_factory):
 
 @pytest.mark.parametrize("uid,title,expr", dashboard_exprs(), ids=lambda x: str(x)[:40])
 def test_every_dashboard_expression_returns_data(world, uid, title, expr):
-    url, _, _, _ = world
+    url, _, main, _ = world
+    hooked = any(kind != "none" for kind in getattr(main.collector.program, "decision_hooks", {}).values())
+    if "tapttrace_fdb_decisions_total" in expr and not hooked:
+        # A kernel that lets neither fentry nor kprobes into the bridge (this machine's): the family
+        # is empty, as the exporter said at start (test_exporter_kernel checks its words); the
+        # expression must still be one Prometheus evaluates.
+        assert query(url, concrete(expr)) == []
+        return
     assert query(url, concrete(expr)), f"{uid} / {title}: no data for {concrete(expr)}"
 
 

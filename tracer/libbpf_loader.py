@@ -55,13 +55,16 @@ CLANGS = ("clang-14", "clang", "clang-15", "clang-16", "clang-13")
 BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)"
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
 # The hops inside the bridge and the tap (features.BRIDGE_FUNCS): each function's fentry and
-# kprobe programs, off (autoload false) unless features.plan_bridge_hooks names that kind for it.
-def bridge_program(func: str, kind: str) -> str:
-    """The program of bpf/follow.c that hooks `func` through `kind` ("fentry" | "kprobe")."""
-    return f"tt_{func}_{kind}"
+# kprobe programs, off (autoload false) unless features.plan_bridge_hooks names that kind for it
+# (BridgeHooks). bpf/exporter.c has its own pair for each function of its FDB decisions ("ttx").
+HOOK_KINDS = ("fentry", "kprobe")
 
 
-BRIDGE_PROGRAMS = {bridge_program(func, kind) for func in BRIDGE_FUNCS for kind in ("fentry", "kprobe")}
+def bridge_program(func: str, kind: str, prefix: str = "tt") -> str:
+    """The program that hooks `func` through `kind` ("fentry" | "kprobe"): bpf/follow.c's
+    (prefix "tt") or bpf/exporter.c's ("ttx")."""
+    return f"{prefix}_{func}_{kind}"
+
 # struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
 CONFIG = struct.Struct("<QiiII")
 # "off": every hop as its own event record, no journey stitched in the kernel (for comparisons:
@@ -314,6 +317,93 @@ class _BridgeHookFailed(Exception):
         self.why = why
 
 
+class BridgeHooks:
+    """How an object's programs on the bridge's (and the tap's) own functions go into the kernel:
+    features.bridge_plan first (fentry where the function has BTF, else a kprobe, none where
+    neither can be had or no loaded code has the function), then, as the object loads and attaches,
+    fentry -> kprobe -> given up, per function. Shared by follow's hops (bpf/follow.c, prefix "tt")
+    and the exporter's FDB decisions (bpf/exporter.c, "ttx"), so a kernel's quirk is met once.
+
+    load(open_, load_, close) opens the object and calls load_(), which calls set_autoload()
+    before bpf_object__load, check_load() when that fails and attach_failed() for a program that
+    won't attach; given_up then says, per reason, which functions went without a hook."""
+
+    def __init__(self, features, funcs: Iterable[str] = tuple(BRIDGE_FUNCS), prefix: str = "tt",
+                 plan: Optional[dict[str, str]] = None):
+        plan = bridge_plan(features) if plan is None else plan
+        self.prefix = prefix
+        self.kprobes = bool(features.kprobes.ok)
+        # func -> "fentry" | "kprobe" | "none": what each function goes through now.
+        self.hooks = {func: plan.get(func, "none") for func in funcs}
+        self.programs = {bridge_program(func, kind, prefix) for func in self.hooks for kind in HOOK_KINDS}
+        self.given_up: dict[str, list[str]] = {}  # why -> functions, for one note each
+
+    def chosen(self) -> dict[str, str]:
+        """program name -> function, for the programs to load now."""
+        return {bridge_program(func, kind, self.prefix): func for func, kind in self.hooks.items() if kind != "none"}
+
+    def set_autoload(self, lib: ctypes.CDLL, obj: Optional[int]) -> None:
+        """Turn on the chosen programs of the opened object, and off the rest of its bridge programs."""
+        chosen = self.chosen()
+        prog = lib.bpf_object__next_program(obj, None)
+        while prog:
+            name = lib.bpf_program__name(prog).decode()
+            if name in self.programs:
+                lib.bpf_program__set_autoload(prog, name in chosen)
+            prog = lib.bpf_object__next_program(obj, prog)
+
+    def check_load(self, err: int) -> None:
+        """After bpf_object__load failed with err: _BridgeHookFailed when libbpf's words name one
+        of the chosen programs (the object is loaded again without it), else nothing (the caller's
+        own failure)."""
+        chosen = self.chosen()
+        said = " ".join(_messages)
+        named = tuple(func for name, func in chosen.items() if name in said)
+        if named:
+            # One function's BTF missing is that function's problem; anything else (EPERM: the
+            # kernel refuses fentry itself) is every fentry's, so they all go at once.
+            fentry = tuple(f for f in chosen.values() if self.hooks[f] == "fentry")
+            each = "find kernel BTF type ID" in said or "btf_id" in said or self.hooks[named[0]] != "fentry"
+            raise _BridgeHookFailed(named if each else fentry, f"could not load: {_why(err)}")
+
+    def fall_back(self, failed: _BridgeHookFailed) -> None:
+        for func in failed.funcs:
+            if self.hooks[func] == "fentry" and self.kprobes:
+                # No fentry into it here (no BTF of it: a module loaded after the probe, or
+                # one without BTF); the kprobe needs none. Nothing is lost: no note.
+                self.hooks[func] = "kprobe"
+            else:
+                self.give_up(func, failed.why)
+
+    def give_up(self, func: str, why: str) -> None:
+        self.given_up.setdefault(f"{self.hooks[func]}: {why}", []).append(func)
+        self.hooks[func] = "none"
+
+    def attach_failed(self, name: str) -> bool:
+        """A program that would not attach: True (given up) when it is one of the chosen bridge
+        programs, not there to hook after all (a module unloaded, no kprobes…)."""
+        func = self.chosen().get(name)
+        if func is None:
+            return False
+        self.give_up(func, f"could not attach: {_why(ctypes.get_errno())}")
+        return True
+
+    def load(self, open_: Callable[[], None], load_: Callable[[], None], close: Callable[[], None]) -> None:
+        """open_(), then load_(), again until it goes through: each failure of a bridge program
+        (check_load's _BridgeHookFailed) closes the object and falls back a step."""
+        while True:
+            open_()
+            try:
+                load_()
+                return
+            except _BridgeHookFailed as failed:
+                close()
+                self.fall_back(failed)
+            except BaseException:
+                close()
+                raise
+
+
 class LibbpfFollowProgram:
     """bpf/follow.c loaded and attached by libbpf. Leaving the context detaches everything."""
 
@@ -339,27 +429,12 @@ class LibbpfFollowProgram:
         self.notes: list[str] = []  # what was given up on the way (a bridge hook that wouldn't go)
         mac_int = mac_to_int(mac)
         path = obj_path or build_object()
+        self.bridge = BridgeHooks(features)
         # func -> "fentry" | "kprobe" | "none": what each bridge hop goes through now.
-        self.hooks = bridge_plan(features)
-        self._given_up: dict[str, list[str]] = {}  # why -> functions, for one note each
-        while True:
-            self._open(path)
-            try:
-                self._load(features, mac_int, int(ringbuf_pages), attach)
-                break
-            except _BridgeHookFailed as failed:
-                self.close()
-                for func in failed.funcs:
-                    if self.hooks[func] == "fentry" and features.kprobes.ok:
-                        # No fentry into it here (no BTF of it: a module loaded after the probe, or
-                        # one without BTF); the kprobe needs none. Nothing is lost: no note.
-                        self.hooks[func] = "kprobe"
-                    else:
-                        self._give_up(func, failed.why)
-            except BaseException:
-                self.close()
-                raise
-        for why, funcs in self._given_up.items():
+        self.hooks = self.bridge.hooks
+        self.bridge.load(lambda: self._open(path), lambda: self._load(features, mac_int, int(ringbuf_pages), attach),
+                         self.close)
+        for why, funcs in self.bridge.given_up.items():
             note = f"no hop at {', '.join(funcs)} ({why}); the tracepoint hops are unaffected"
             self.notes.append(note)
             say_note(note)
@@ -372,10 +447,6 @@ class LibbpfFollowProgram:
     def _open(self, path: Path) -> None:
         self._obj = open_object(self._lib, path)
 
-    def _give_up(self, func: str, why: str) -> None:
-        self._given_up.setdefault(f"{self.hooks[func]}: {why}", []).append(func)
-        self.hooks[func] = "none"
-
     def _map(self, name: str) -> int:
         if self._obj is None:
             raise RuntimeError(f"bpf/{FOLLOW_SOURCE}'s object is closed: no map {name}")
@@ -383,13 +454,7 @@ class LibbpfFollowProgram:
 
     def _load(self, features, mac_int: int, ringbuf_pages: int, attach: bool = True) -> None:
         lib = self._lib
-        chosen = {bridge_program(func, kind): func for func, kind in self.hooks.items() if kind != "none"}
-        prog = lib.bpf_object__next_program(self._obj, None)
-        while prog:
-            name = lib.bpf_program__name(prog).decode()
-            if name in BRIDGE_PROGRAMS:
-                lib.bpf_program__set_autoload(prog, name in chosen)
-            prog = lib.bpf_object__next_program(self._obj, prog)
+        self.bridge.set_autoload(lib, self._obj)
         rodata = self._map(".rodata")
         size = ctypes.c_size_t(0)
         lib.bpf_map__initial_value(rodata, ctypes.byref(size))
@@ -409,14 +474,7 @@ class LibbpfFollowProgram:
             raise KernelError(f"libbpf refused a ring buffer of {ringbuf_pages} pages (a power of 2 is needed)")
         err = lib.bpf_object__load(self._obj)
         if err:
-            said = " ".join(_messages)
-            named = tuple(func for name, func in chosen.items() if name in said)
-            if named:
-                # One function's BTF missing is that function's problem; anything else (EPERM: the
-                # kernel refuses fentry itself) is every fentry's, so they all go at once.
-                fentry = tuple(f for f in chosen.values() if self.hooks[f] == "fentry")
-                each = "find kernel BTF type ID" in said or "btf_id" in said or self.hooks[named[0]] != "fentry"
-                raise _BridgeHookFailed(named if each else fentry, f"could not load: {_why(err)}")
+            self.bridge.check_load(err)
             raise KernelError(f"could not load bpf/follow.c: {_why(err)}")
         prog = lib.bpf_object__next_program(self._obj, None)
         while prog and attach:
@@ -425,8 +483,8 @@ class LibbpfFollowProgram:
                 pass
             elif link := lib.bpf_program__attach(prog):
                 self._links.append(link)
-            elif name in chosen:  # not there to hook after all (a module unloaded, no kprobes…)
-                self._give_up(chosen[name], f"could not attach: {_why(ctypes.get_errno())}")
+            elif self.bridge.attach_failed(name):  # given up, with a note
+                pass
             else:
                 raise KernelError(f"could not attach {name} of bpf/follow.c: {_why(ctypes.get_errno())}")
             prog = lib.bpf_object__next_program(self._obj, prog)

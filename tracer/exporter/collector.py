@@ -16,13 +16,14 @@ from typing import Callable, Optional
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .labels import OVERFLOW, Inventory, Namer, roles, vm_macs
-from .maps import FDB_EVENTS, HEALTH, TAP_EVENTS, VERDICTS, CounterProgram, Counts
+from .maps import DECISIONS, FDB_EVENTS, HEALTH, PKT_TYPES, TAP_EVENTS, VERDICTS, CounterProgram, Counts
 
 FRAME_LABELS = ("netns", "bridge", "in_port", "out_port", "verdict")
 DROP_LABELS = ("netns", "dev", "reason", "location")
 TAP_LABELS = ("netns", "tap", "vm", "event")
 TAP_DROP_LABELS = ("netns", "tap", "vm", "reason")
 FDB_LABELS = ("netns", "bridge", "port", "event")
+DECISION_LABELS = ("netns", "bridge", "in_port", "decision", "pkt_type", "out_port")
 TAP_INFO_LABELS = ("netns", "tap", "vm", "bridge")
 
 
@@ -106,6 +107,7 @@ class ExporterCollector:
         seen = {(ns, i) for key in counts.verdicts for ns, i in ((key[0], key[1]), (key[0], key[2]), (key[0], key[3]))}
         seen |= {(k[0], k[1]) for k in list(counts.drops) + list(counts.taps)}
         seen |= {(k[0], i) for k in counts.fdb for i in (k[1], k[2])}
+        seen |= {(k[0], i) for k in counts.decisions for i in (k[1], k[2], k[3])}
         reused = set()
         for key in seen:
             if not key[1]:
@@ -128,6 +130,8 @@ class ExporterCollector:
         self.program.delete("drops", [k for k in counts.drops if (k[0], k[1]) in dead])
         self.program.delete("taps", [k for k in counts.taps if (k[0], k[1]) in dead])
         self.program.delete("fdb", [k for k in counts.fdb if {(k[0], k[1]), (k[0], k[2])} & dead])
+        self.program.delete("decisions", [k for k in counts.decisions
+                                          if {(k[0], k[1]), (k[0], k[2]), (k[0], k[3])} & dead])
         for k in dead:
             self._gone.pop(k, None)
         self.namer.forget(dead, {ns for ns, _ in dead if ns not in inv.netns_names})
@@ -189,12 +193,19 @@ class ExporterCollector:
                 self.decode_errors += 1
                 continue
             self.cap.add("fdb", fdb, (n.netns(ns), n.dev(ns, br), n.dev(ns, port), FDB_EVENTS[event]), value)
+        decisions: dict[tuple[str, ...], float] = {}
+        for (ns, br, inp, outp, decision, pkt_type), value in c.decisions.items():
+            if decision not in DECISIONS or pkt_type not in PKT_TYPES:
+                self.decode_errors += 1
+                continue
+            self.cap.add("decisions", decisions, (n.netns(ns), n.dev(ns, br), n.dev(ns, inp), DECISIONS[decision],
+                                                  PKT_TYPES[pkt_type], n.dev(ns, outp)), value)
         info: dict[tuple[str, ...], float] = {}
         for d in self._taps:
             self.cap.add("tap_info", info, (n.netns(d.netns), d.name, n.inventory.vms.get((d.netns, d.name), ""),
                                             d.master_name if d.master is not None else ""), 1)
         for name, series in (("tap_info", info), ("frames", frames), ("drops", drops), ("tap_frames", taps),
-                             ("tap_drops", tap_drops), ("fdb", fdb)):
+                             ("tap_drops", tap_drops), ("fdb", fdb), ("decisions", decisions)):
             self.cap.keep_only(name, series)
         return [
             _gauge("tapttrace_tap_info", "One series per watched tap: its VM (when the holder is a named qemu) "
@@ -210,6 +221,10 @@ class ExporterCollector:
                      "(FULL_RING: the guest is not reading).", TAP_DROP_LABELS, tap_drops),
             _counter("tapttrace_fdb_events_total", "Bridge forwarding database changes: learned, moved "
                      "(a MAC changed port), deleted.", FDB_LABELS, fdb),
+            _counter("tapttrace_fdb_decisions_total", "The bridge's forwarding decisions, one per frame, counted "
+                     "where it makes them: forward (its FDB names out_port), local (its FDB names the bridge's own "
+                     "address: up to the host), flood (no FDB entry, broadcast or multicast). Empty where the "
+                     "kernel allows neither fentry nor kprobes on the bridge's functions.", DECISION_LABELS, decisions),
         ]
 
     def _health(self, c: Counts) -> Iterator[Metric]:

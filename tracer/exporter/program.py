@@ -29,6 +29,29 @@ def fdb_note(tracepoint: str) -> str:
     return f"no FDB counts from {tracepoint} (the kernel has no such tracepoint now: is the bridge module loaded?)"
 
 
+# The bridge's functions whose entry is an FDB decision (bpf/exporter.c's ttx_<func>_fentry and
+# _kprobe programs; libbpf only): forward, flood, and local (passed up with no forward or flood).
+DECISION_FUNCS = ("br_forward", "br_flood", "br_pass_frame_up")
+DECISIONS_LOST = "no FDB decision counts (tapttrace_fdb_decisions_total stays empty)"
+
+
+def decision_notes(features, hooks: dict[str, str], given_up: dict[str, list[str]]) -> list[str]:
+    """What either loader says when some of DECISION_FUNCS are not hooked: one note per reason.
+    hooks: func -> "fentry" | "kprobe" | "none" as loaded; given_up: reason -> funcs (BridgeHooks)."""
+    if all(hooks.get(func, "none") == "none" for func in DECISION_FUNCS) and not given_up:
+        if features.bridge_hook == "none":
+            return [f"{DECISIONS_LOST}: this kernel allows neither fentry nor kprobes on the bridge's functions; "
+                    "the frame counts are unaffected"]
+    notes = [f"{DECISIONS_LOST} at {', '.join(funcs)} ({why}); the frame counts are unaffected"
+             for why, funcs in given_up.items()]
+    gone = {func for funcs in given_up.values() for func in funcs}
+    absent = [func for func in DECISION_FUNCS if hooks.get(func, "none") == "none" and func not in gone]
+    if absent:
+        notes.append(f"{DECISIONS_LOST} at {', '.join(absent)}: no hook reaches them now (is the bridge module "
+                     "loaded? `tapttrace doctor` says what this kernel allows); the frame counts are unaffected")
+    return notes
+
+
 def bridge_offsets(btf_path: str = "/sys/kernel/btf/vmlinux") -> dict[str, int]:
     """Offsets of the bridge structures the FDB hooks read, from BTF (never from headers)."""
     from ..btf import Btf
@@ -99,6 +122,10 @@ class ExporterProgram(ExporterMaps):
         for tracepoint in missing:
             self.notes.append(fdb_note(tracepoint))
             say_note(self.notes[-1])
+        # The decision hooks are fentry/kprobe programs through the bridge's BTF: libbpf only.
+        self.notes.append(f"{DECISIONS_LOST}: the bcc exporter hooks none of the bridge's functions "
+                          "(libbpf's does); the frame counts are unaffected")
+        say_note(self.notes[-1])
 
     @property
     def attached(self) -> int:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import KernelError, say_note
-from ..libbpf_loader import _why, build_object, find_map, open_object
+from ..libbpf_loader import BridgeHooks, _why, build_object, find_map, open_object
 from .maps import COUNTER_MAPS, MAP_LAYOUT, ExporterMaps
-from .program import FDB_TRACEPOINTS, fdb_note, fdb_tracepoints_missing
+from .program import DECISION_FUNCS, FDB_TRACEPOINTS, decision_notes, fdb_note, fdb_tracepoints_missing
 
 SOURCE = "exporter.c"
 PROGRAMS = ("ttx_netif_receive_skb", "ttx_net_dev_queue", "ttx_kfree_skb", "ttx_consume_skb")
@@ -37,15 +37,27 @@ class LibbpfExporterProgram(ExporterMaps):
         super().__init__(max_pairs)
         self._obj: Optional[int] = None  # the bpf_object pointer while open
         self._links: list[int] = []
+        # The FDB decisions' programs: features.bridge_plan, then fentry -> kprobe -> given up, as
+        # follow's bridge hops (libbpf_loader.BridgeHooks).
+        self.bridge = BridgeHooks(features, DECISION_FUNCS, prefix="ttx")
         try:
-            self._open(obj_path or build_object(source=SOURCE))
-            self._load(features, int(max_series), int(max_frames), int(max_pairs))
+            path = obj_path or build_object(source=SOURCE)
+            self.bridge.load(lambda: self._open(path),
+                             lambda: self._load(features, int(max_series), int(max_frames), int(max_pairs)),
+                             self.close)
             self._take_maps({name: self._lib.bpf_map__fd(self._map(name)) for name in MAP_LAYOUT}, f"bpf/{SOURCE}")
             if attach:
                 self._attach()
         except BaseException:
             self.close()
             raise
+        for note in decision_notes(features, self.bridge.hooks, self.bridge.given_up):
+            self._note(note)
+
+    @property
+    def decision_hooks(self) -> dict[str, str]:
+        """How each function of the FDB decisions is hooked now: "fentry", "kprobe" or "none"."""
+        return dict(self.bridge.hooks)
 
     def _open(self, path: Path) -> None:
         self._obj = open_object(self._lib, path)
@@ -64,9 +76,11 @@ class LibbpfExporterProgram(ExporterMaps):
 
     def _load(self, features, max_series: int, max_frames: int, max_pairs: int) -> None:
         lib = self._lib
+        self.bridge.set_autoload(lib, self._obj)
         for tracepoint in fdb_tracepoints_missing(features):  # the bridge (a module) not loaded
             lib.bpf_program__set_autoload(dict(self._programs())[FDB_PROGRAMS[tracepoint]], False)
-            self._note(fdb_note(tracepoint))
+            if fdb_note(tracepoint) not in self.notes:  # (loaded again after a decision hook failed)
+                self._note(fdb_note(tracepoint))
         rodata = self._map(".rodata")
         size = ctypes.c_size_t(0)
         lib.bpf_map__initial_value(rodata, ctypes.byref(size))
@@ -83,6 +97,7 @@ class LibbpfExporterProgram(ExporterMaps):
                 raise KernelError(f"libbpf refused {entries} entries for the exporter's map {name}")
         err = lib.bpf_object__load(self._obj)
         if err:
+            self.bridge.check_load(err)
             raise KernelError(f"could not load bpf/{SOURCE}: {_why(err)}")
 
     def _attach(self) -> None:
@@ -90,6 +105,8 @@ class LibbpfExporterProgram(ExporterMaps):
             if not self._lib.bpf_program__autoload(prog):
                 continue
             link = self._lib.bpf_program__attach(prog)
+            if not link and self.bridge.attach_failed(name):
+                continue  # said in decision_notes
             if not link:
                 raise KernelError(f"could not attach {name} of bpf/{SOURCE}: {_why(ctypes.get_errno())}")
             self._links.append(link)
