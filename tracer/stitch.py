@@ -534,7 +534,10 @@ def port_fault(facts: int) -> str:
 
 def port_refusal(facts: int) -> str:
     """port_fault's words: "refused: port listening", … ("" when the port takes the frame)."""
-    fault = port_fault(facts)
+    return _refusal_words(port_fault(facts))
+
+
+def _refusal_words(fault: str) -> str:
     if fault == "hairpin":
         return "refused: it is the port the frame came in by (hairpin off)"
     if fault.startswith("port-state-"):
@@ -586,7 +589,8 @@ def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
     hook = ev.hook
     detail = fault = ""
     if hook in (Hook.FORWARD, Hook.FLOOD_PORT):
-        fault, detail = port_fault(ev.reason), port_refusal(ev.reason)
+        fault = port_fault(ev.reason)
+        detail = _refusal_words(fault)
         if hook == Hook.FLOOD_PORT and fault == "hairpin":
             fault, detail = "", "not back out the port it came in by"  # every flood skips its way in: no fault
         if hook == Hook.FORWARD and ev.reason & PORT_LOCAL_RCV:

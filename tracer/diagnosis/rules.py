@@ -343,7 +343,7 @@ def rule_fdb_wrong_port(ctx: Context) -> Optional[Finding]:
         deletes = (dict.fromkeys((x.dev, None) for x in wrong) if not br.vlan_filtering
                    else dict.fromkeys((x.dev, x.vlan) for x in wrong))
         for dev, vlan in deletes:
-            fix.append(ctx.cmd(*["bridge", "fdb", "del", t.mac, "dev", dev, "master"],
+            fix.append(ctx.cmd("bridge", "fdb", "del", t.mac, "dev", dev, "master",
                                *(["vlan", str(vlan)] if vlan else [])))
         if e.learned:
             advice.append(f"the bridge learned it: frames with the guest's MAC as source came in by {e.dev} "
