@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -204,6 +205,17 @@ def virtiofsd_dir() -> str:
     return f"{SHIM_DIR}:" if C_VIRTIOFSD.exists() and not shutil.which("virtiofsd") else ""
 
 
+# The qemus running now: rows run in threads, and a SIGTERM reaches only the main thread, which
+# kills these so the threads' waits end (else they would wait out their timeout).
+RUNNING: set[subprocess.Popen] = set()
+
+
+def kill_running() -> None:
+    for p in list(RUNNING):
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
     """Run `command` (bash) as root inside the kernel, in the checkout; its output goes to
     out_dir/console.log. The guest writes out_dir (shared read-write); everything else it writes
@@ -222,6 +234,7 @@ def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
     with open(out_dir / "vng.log", "w") as log:
         p = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              env=env, start_new_session=True)
+        RUNNING.add(p)
         try:
             p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -231,6 +244,7 @@ def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+            RUNNING.discard(p)
     try:
         return int(rc_file.read_text())
     except (OSError, ValueError):
@@ -314,14 +328,31 @@ def run_command(name: str, timeout: float, command: tuple[str, ...]) -> None:
 @click.option("--host/--no-host", default=True, show_default=True, help="Also the row of the running kernel.")
 @click.option("--results", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
 @click.option("--timeout", type=float, default=2400, show_default=True, help="Seconds per kernel.")
-def matrix_command(names: tuple[str, ...], host: bool, results: Path, timeout: float) -> None:
+@click.option("--jobs", type=click.IntRange(1, 8), default=3, show_default=True,
+              help="Rows run at once (each guest is its own qemu).")
+def matrix_command(names: tuple[str, ...], host: bool, results: Path, timeout: float, jobs: int) -> None:
     """Doctor, demo and each kernel's tests on every kernel; exit 1 if any failed."""
-    rows = ([run_row("host", results / "host", timeout)] if host else [])
-    for k in _kernels(names):
-        rows.append(run_row(k.name, results / k.name, timeout))
-        row = rows[-1]
+    # Rows run side by side: a TCG guest spends most of its time on one vCPU thread (the guest's
+    # Python), so on 2 cores three guests take ~half the time of one after another (docs/kernels.md).
+    # The kernels are fetched first, one at a time (apt and depmod share state).
+    kernels = _kernels(names)
+    for k in kernels:
+        fetch(k)
+    names_in_order = (["host"] if host else []) + [k.name for k in kernels]
+
+    def one(name: str) -> dict:
+        row = run_row(name, results / name, timeout)
         click.echo(f"matrix: {row['kernel']} ({row['release']}): {'ok' if row['rc'] == 0 else 'FAILED'} "
                    f"in {row['seconds']} s", err=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            rows = list(pool.map(one, names_in_order))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            kill_running()
+            raise
     failed = [r for r in rows if r["rc"] != 0]
     for r in failed:
         log = results / r["kernel"] / "console.log"
