@@ -6,8 +6,8 @@
  *
  * Hooks are the tracepoints a frame passes on every kernel (receive, queue, drop, consume) and,
  * where the kernel lets us hook functions, the bridge's and the tap's own decisions (br_flood, and
- * under libbpf br_forward, maybe_deliver, br_pass_frame_up, the egress, tun_net_xmit: the end of
- * this file). Each one decides in a couple of reads whether
+ * under libbpf br_forward, maybe_deliver, br_pass_frame_up, the egress, tun_net_xmit, and
+ * nf_tables' verdicts at nft_do_chain: the end of this file). Each one decides in a couple of reads whether
  * the skb's Ethernet header concerns the watched MAC (source or destination, or an ARP request /
  * IPv6 neighbour solicitation for one of the guest's addresses) before it touches a map or the
  * ring buffer.
@@ -595,6 +595,82 @@ static __always_inline __u32 tap_facts(struct sk_buff *skb)
 	return taken ? facts | TT_TAP_FULL : facts;
 }
 
+/* nf_tables' own structs, as far as the netfilter hop reads them (its module's BTF, 5.11+). */
+struct nf_hook_state___tt {
+	__u8 hook;
+	__u8 pf;
+} __attribute__((preserve_access_index));
+
+struct nft_pktinfo___tt {
+	struct sk_buff *skb;
+	const struct nf_hook_state___tt *state;
+} __attribute__((preserve_access_index));
+
+struct nft_table___tt {
+	__u16 family : 6;
+	char *name;
+} __attribute__((preserve_access_index));
+
+struct nft_chain___tt {
+	struct nft_table___tt *table;
+	char *name;
+} __attribute__((preserve_access_index));
+
+/* The chains' names by address (struct tt_nf_chain): written for a frame that concerns the watched
+ * MAC only, so a handful of chains; rewritten each time, since a deleted chain's address is reused. */
+TT_HASH(nf_chains, __u64, struct tt_nf_chain, 256);
+
+/* The frame nft_do_chain() is ruling on now on this CPU, from its entry to its exit, when the frame
+ * concerns the watched MAC: the chain and the hook, for the netfilter hop. The hop is reported at
+ * the exit, where the verdict is known and the skb still alive; but a kernel whose nf_tables frees
+ * a dropped skb itself (NF_DROP_REASON: kfree_skb inside nft_do_chain, then NF_STOLEN with the
+ * errno) reports it from kfree_skb, just before the drop, while the skb is still there to read.
+ * One slot: a softirq's nft_do_chain interrupting a process's on the same CPU takes the slot, and
+ * the process's hop is not reported. */
+struct tt_nf_pending {
+	__u64 skb;   /* 0 = none */
+	__u64 chain; /* the base chain's address: the hop's location, nf_chains' key */
+	__u32 facts; /* TT_NF_KNOWN, the hook and its family (the verdict is added by whoever reports) */
+	__u32 pad;
+	__u64 scratch; /* see pending_key() */
+};
+TT_PERCPU_ARRAY(nf_pending, struct tt_nf_pending, 1);
+
+/* skb's address as a number, as skb_key() does for trips (no arithmetic on a BTF-typed pointer). */
+static __always_inline __u64 pending_key(struct tt_nf_pending *p, struct sk_buff *skb)
+{
+	*(volatile __u64 *)&p->scratch = (__u64)skb;
+	return *(volatile __u64 *)&p->scratch;
+}
+
+static __always_inline struct tt_nf_pending *nf_pending_slot(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&nf_pending, &zero);
+}
+
+/* The chain's names into nf_chains under its address, and the hook it runs at (TT_NF_* in
+ * tapttrace.h, without the verdict). The chain is the base chain the hook called (`priv`): a
+ * verdict reached in a chain it jumped to is the base chain's. */
+static __always_inline __u32 nf_chain_facts(struct nft_pktinfo___tt *pkt, __u64 chain_addr)
+{
+	struct nft_chain___tt *chain = (void *)chain_addr;
+	struct nft_table___tt *table;
+	struct tt_nf_chain names = {};
+
+	if (!chain || !bpf_core_field_exists(chain->name) || !bpf_core_field_exists(pkt->state))
+		return 0;
+	table = BPF_CORE_READ(chain, table);
+	if (table) {
+		names.family = BPF_CORE_READ_BITFIELD_PROBED(table, family);
+		bpf_probe_read_kernel_str(names.table, sizeof(names.table), BPF_CORE_READ(table, name));
+	}
+	bpf_probe_read_kernel_str(names.chain, sizeof(names.chain), BPF_CORE_READ(chain, name));
+	bpf_map_update_elem(&nf_chains, &chain_addr, &names, BPF_ANY);
+	return TT_NF_KNOWN | ((__u32)BPF_CORE_READ(pkt, state, hook) << TT_NF_HOOK_SHIFT) |
+	       ((__u32)BPF_CORE_READ(pkt, state, pf) << TT_NF_PF_SHIFT);
+}
+
 #endif
 
 /* One event about skb (a `hook` constant in each inlined copy). `port`: the bridge port a
@@ -675,6 +751,20 @@ TT_TRACEPOINT(net_dev_queue, tt_net_dev_queue)
 	return report((struct sk_buff *)TT_ARG(0), TT_HOOK_QUEUE, 0, 0);
 }
 
+#ifndef TT_BCC
+/* Before the drop of a frame nft_do_chain() is ruling on (it freed the skb itself: a drop verdict),
+ * the netfilter hop with that verdict (see nf_pending). */
+static __always_inline void nf_hop_before_drop(struct sk_buff *skb)
+{
+	struct tt_nf_pending *p = nf_pending_slot();
+
+	if (!p || !p->skb || p->skb != pending_key(p, skb))
+		return;
+	p->skb = 0;
+	report(skb, TT_HOOK_NF_CHAIN, p->chain, p->facts | 0 /* NF_DROP */);
+}
+#endif
+
 /* The skb is freed as a drop: the kernel says why (reason, 5.17+) and where (location, its
  * second argument on every kernel). Arguments are read by constant index: tp_btf's verifier
  * checks each against the tracepoint's BTF prototype, a raw tracepoint's attach against its
@@ -687,6 +777,9 @@ TT_TRACEPOINT(kfree_skb, tt_kfree_skb)
 	 * clang folds alternatives into a computed ctx offset, which the verifier refuses. */
 	if (TT_CFG(kfree_reason_arg) == 2)
 		reason = (__u32)TT_ARG(2);
+#ifndef TT_BCC
+	nf_hop_before_drop((struct sk_buff *)TT_ARG(0));
+#endif
 	return report((struct sk_buff *)TT_ARG(0), TT_HOOK_DROP, TT_ARG(1), reason);
 }
 
@@ -800,5 +893,35 @@ TT_FENTRY(tun_net_xmit, tt_tun_net_xmit_fentry, struct sk_buff *skb, struct net_
 TT_KPROBE(tun_net_xmit, tt_tun_net_xmit_kprobe)
 {
 	return report_skb((struct sk_buff *)PT_REGS_PARM1(ctx), TT_HOOK_TAP_XMIT, 0, 0, 1, 0);
+}
+
+/* nft_do_chain(pkt, chain): one of nf_tables' base chains (nft's own, or iptables-nft's and
+ * ebtables-nft's) rules on the frame at its hook: the bridge family's hooks, or the ip/ip6 ones
+ * br_netfilter sends bridged IP through. Its entry notes the frame, chain and hook (nf_pending);
+ * its exit reports the hop with the verdict, the return value. No kprobe: before 5.11 nf_tables
+ * has no BTF to read the chain by. */
+TT_FENTRY(nft_do_chain, tt_nft_do_chain_fentry, struct nft_pktinfo___tt *pkt, void *chain)
+{
+	struct sk_buff *skb = pkt->skb;
+	unsigned char *eth = frame_start(skb, 0);
+	struct tt_nf_pending *p;
+
+	if (!eth || !concerns_watched_mac(eth) || !(p = nf_pending_slot()))
+		return 0;
+	p->facts = nf_chain_facts(pkt, (__u64)chain);
+	p->chain = (__u64)chain;
+	p->skb = pending_key(p, skb);
+	return 0;
+}
+TT_FEXIT(nft_do_chain, tt_nft_do_chain_fexit, struct nft_pktinfo___tt *pkt, void *chain, unsigned int verdict)
+{
+	struct tt_nf_pending *p = nf_pending_slot();
+	struct sk_buff *skb = pkt->skb;
+
+	/* no slot for it: not followed, or its skb was freed inside (nf_hop_before_drop said it) */
+	if (!p || !p->skb || p->skb != pending_key(p, skb) || p->chain != (__u64)chain)
+		return 0;
+	p->skb = 0;
+	return report(skb, TT_HOOK_NF_CHAIN, (__u64)chain, p->facts | (verdict & TT_NF_VERDICT_MASK));
 }
 #endif /* !TT_BCC: bridge decisions */

@@ -74,6 +74,8 @@ struct net;
 #define TT_TRACEPOINT(tp, fn) SEC("tp_btf/" #tp) int fn(__u64 *ctx)
 #define TT_FENTRY(func, fn, args...) SEC("fentry/" #func) int BPF_PROG(fn, args)
 #define TT_KPROBE(func, fn) SEC("kprobe/" #func) int fn(struct pt_regs *ctx)
+/* fexit: the function's arguments and, last, its return value (libbpf only: no bcc program needs it). */
+#define TT_FEXIT(func, fn, args...) SEC("fexit/" #func) int BPF_PROG(fn, args)
 
 #define TT_RINGBUF(name, pages)                                                                    \
 	struct {                                                                                   \

@@ -19,6 +19,8 @@
 #define TT_HOOK_EGRESS 9     /* br_dev_queue_push_xmit(): out of a port (reason: TT_EGRESS_*) */
 #define TT_HOOK_EGRESS_NF 10 /* br_nf_dev_queue_xmit(): the same, through br_netfilter */
 #define TT_HOOK_TAP_XMIT 11  /* tun_net_xmit(): the tap takes the frame for its queue (reason: TT_TAP_*) */
+#define TT_HOOK_NF_CHAIN 12  /* nft_do_chain() returns: a base chain's verdict (reason: TT_NF_*; location:
+			      * the chain, whose names are in the nf_chains map) */
 
 /* The reason word of TT_HOOK_FORWARD / TT_HOOK_FLOOD_PORT: the port's facts at that moment, which
  * decide whether the bridge sends the frame there (should_deliver(), inlined everywhere). */
@@ -37,6 +39,22 @@
 #define TT_TAP_NO_READER (1u << 29)   /* no process holds that queue: tun drops the frame */
 #define TT_TAP_FULL (1u << 30)	      /* its ring is full: the holder isn't reading; tun drops it */
 #define TT_TAP_KNOWN (1u << 31)	      /* the facts were read (the kernel has tun's BTF) */
+
+/* The reason word of TT_HOOK_NF_CHAIN: what nf_tables decided, at which hook of which family. */
+#define TT_NF_VERDICT_MASK 0xffu /* NF_DROP 0, NF_ACCEPT 1, NF_STOLEN 2, NF_QUEUE 3, NF_REPEAT 4 */
+#define TT_NF_HOOK_SHIFT 8	 /* the hook's number in its family (NF_INET_FORWARD 2, NF_BR_FORWARD 2 …) */
+#define TT_NF_PF_SHIFT 16	 /* the family the hook ran in (NFPROTO_IPV4 2, NFPROTO_BRIDGE 7 …) */
+#define TT_NF_KNOWN (1u << 31)	 /* the facts were read */
+
+/* A base chain's names, by the chain's address (the hop's location), as nft lists them. Written
+ * when a frame that concerns the watched MAC leaves the chain, read by user space to word the hop. */
+#define TT_NF_NAME 32
+struct tt_nf_chain {
+	__u32 family; /* the table's: NFPROTO_INET 1, NFPROTO_IPV4 2, NFPROTO_BRIDGE 7 … */
+	__u32 pad;
+	char table[TT_NF_NAME];
+	char chain[TT_NF_NAME];
+};
 
 struct tt_event {
 	__u64 ts_ns;

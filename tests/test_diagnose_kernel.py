@@ -156,6 +156,14 @@ def test_netfilter_drop_of_bridged_frames_is_netfilter_drop(br_nf):
         assert code == 1 and report["cause"] == "netfilter-drop", {k: v for k, v in report.items() if k != "journeys"}
         assert ("FORWARD" if br_nf else "tt_filter") in report["summary"] + " ".join(report["evidence"])
         assert any(j["verdict"] in ("dropped", "flooded") for j in report["journeys"])
+        if bridge_hops_here() and Path("/sys/kernel/btf/nf_tables").is_file():  # fexit on nft_do_chain (5.11+)
+            # the kernel names the chain that dropped it: iptables-nft's for br_netfilter's ip hook
+            chain = ("chain FORWARD of table ip filter (ip forward hook)" if br_nf
+                     else "chain forward of table bridge tt_filter (bridge forward hook)")
+            assert any(e.startswith("the netfilter hop (nft_do_chain) saw it on ") and e.endswith(f": drop: {chain}")
+                       for e in report["evidence"]), report["evidence"]
+            hops = [h for j in report["journeys"] for h in j["hops"] if h["event"] == "netfilter"]
+            assert any(h["fault"] == "netfilter-drop" and h["detail"] == f"drop: {chain}" for h in hops), hops
         apply_fix(report)
         assert_fixed(lab)
 

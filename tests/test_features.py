@@ -330,16 +330,19 @@ ffffffffc0a03100 t maybe_deliver.cold\t[bridge]
 ffffffffc0a04000 t br_pass_frame_up\t[bridge]
 ffffffffc0a05000 T br_dev_queue_push_xmit\t[bridge]
 ffffffffc0b01000 t tun_net_xmit\t[tun]
+ffffffffc0c01000 t nft_do_chain\t[nf_tables]
 ffffffff81e94f20 T netif_receive_skb
 """
 
 
 @pytest.mark.parametrize("hook, module_btf, kprobes, want", [
     # Debian 12, 13: fentry through each module's BTF; br_netfilter not loaded: not hooked, nothing lost
-    ("fentry", ("bridge", "tun"), True,
-     {"br_flood": "fentry", "tun_net_xmit": "fentry", "br_nf_dev_queue_xmit": "none"}),
-    # a module without BTF of its own (5.10) gets kprobes for its functions
-    ("fentry", ("tun",), True, {"br_forward": "kprobe", "tun_net_xmit": "fentry"}),
+    ("fentry", ("bridge", "tun", "nf_tables"), True,
+     {"br_flood": "fentry", "tun_net_xmit": "fentry", "br_nf_dev_queue_xmit": "none", "nft_do_chain": "fentry"}),
+    # a module without BTF of its own (5.10) gets kprobes for its functions, but nft_do_chain's hop
+    # reads nf_tables' structs through BTF: none
+    ("fentry", ("tun",), True, {"br_forward": "kprobe", "tun_net_xmit": "fentry", "nft_do_chain": "none"}),
+    ("kprobe", (), True, {"br_forward": "kprobe", "nft_do_chain": "none"}),
     ("fentry", (), False, {"br_forward": "none", "maybe_deliver": "none"}),
     ("kprobe", (), True, {"maybe_deliver": "kprobe", "br_pass_frame_up": "kprobe", "br_nf_dev_queue_xmit": "none"}),
     ("none", ("bridge", "tun"), True, {"br_flood": "none", "tun_net_xmit": "none"}),  # this machine: neither
@@ -373,5 +376,7 @@ def test_doctor_says_which_bridge_functions_follow_hooks_from_the_kernels_plan(t
     assert plan["br_forward"] == "fentry" and plan["br_nf_dev_queue_xmit"] == "none"
     (line,) = [line for line in doctor_lines(f, plan) if line.item == "bridge decision hops"]
     assert line.ok and line.detail.startswith("fentry: br_flood, br_forward, maybe_deliver")
-    assert "not loaded now, so not hooked (nothing goes through them): br_nf_dev_queue_xmit" in line.detail
+    assert "not loaded now, so not hooked (nothing goes through them): br_nf_dev_queue_xmit;" in line.detail
+    # nf_tables without BTF here: said once, with what is lost
+    assert "no netfilter verdict hop (nft_do_chain: nf_tables not loaded, or without BTF" in line.detail
     assert not [line for line in doctor_lines(f) if line.item == "bridge decision hops"]  # no plan, no line

@@ -36,6 +36,11 @@ def test_losses_are_said_in_words():
                           "bpf_atomics": True}) == []
     assert lost_features({"fentry": False, "kprobes": False}) == [
         "the bridge's own decisions (no fentry, no kprobes): inferred from tracepoints"]
+    # 5.10: the bridge's functions by kprobe, but nf_tables has no BTF for the netfilter hop
+    plan = {"br_forward": "kprobe", "nft_do_chain": "none"}
+    assert lost_features({**old, "bridge_plan": plan})[-1] == (
+        "the netfilter verdict hop (nf_tables' BTF, 5.11+): netfilter drops named by function")
+    assert not any("netfilter" in w for w in lost_features({**old, "bridge_plan": {**plan, "nft_do_chain": "fentry"}}))
 
 
 def test_table_rows_come_from_the_results(tmp_path):

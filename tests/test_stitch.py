@@ -302,7 +302,7 @@ def test_bridge_hop_constants_match_the_bpf_header():
     from tracer import records
     text = (Path(__file__).resolve().parent.parent / "bpf" / "tapttrace.h").read_text()
     defines = {}
-    for name, value in re.findall(r"#define TT_((?:PORT|EGRESS|TAP)_\w+)\s+(\(1u << \d+\)|0x[0-9a-f]+u?|\d+)", text):
+    for name, value in re.findall(r"#define TT_((?:PORT|EGRESS|TAP|NF)_\w+)\s+(\(1u << \d+\)|0x[0-9a-f]+u?|\d+)", text):
         shift = re.fullmatch(r"\(1u << (\d+)\)", value)
         defines[name] = 1 << int(shift.group(1)) if shift else int(value.rstrip("u"), 0)
     assert defines == {"PORT_STATE_MASK": records.PORT_STATE_MASK, "PORT_INGRESS": records.PORT_INGRESS,
@@ -310,4 +310,101 @@ def test_bridge_hop_constants_match_the_bpf_header():
                        "PORT_FLAGS_SHIFT": records.PORT_FLAGS_SHIFT, "EGRESS_MTU_MASK": records.EGRESS_MTU_MASK,
                        "EGRESS_GSO": records.EGRESS_GSO, "TAP_SIZE_MASK": records.TAP_SIZE_MASK,
                        "TAP_NO_READER": records.TAP_NO_READER, "TAP_FULL": records.TAP_FULL,
-                       "TAP_KNOWN": records.TAP_KNOWN}
+                       "TAP_KNOWN": records.TAP_KNOWN, "NF_VERDICT_MASK": records.NF_VERDICT_MASK,
+                       "NF_HOOK_SHIFT": records.NF_HOOK_SHIFT, "NF_PF_SHIFT": records.NF_PF_SHIFT,
+                       "NF_KNOWN": records.NF_KNOWN, "NF_NAME": 32}
+    # struct tt_nf_chain as the loader unpacks it
+    from tracer.libbpf_loader import NF_CHAIN
+    assert NF_CHAIN.size == 4 + 4 + 2 * defines["NF_NAME"]
+    assert re.search(r"#define TT_HOOK_NF_CHAIN (\d+)", text).group(1) == str(int(Hook.NF_CHAIN))
+
+
+NF_BRIDGE_FORWARD = (7 << 16) | (2 << 8)  # NFPROTO_BRIDGE, NF_BR_FORWARD
+NF_IPV4_FORWARD = (2 << 16) | (2 << 8)  # NFPROTO_IPV4 (br_netfilter's), NF_INET_FORWARD
+
+
+@pytest.mark.parametrize("facts,chain,fault,words", [
+    (NF_BRIDGE_FORWARD, ("bridge", "tt_filter", "forward"), "netfilter-drop",
+     "drop: chain forward of table bridge tt_filter (bridge forward hook)"),
+    (NF_IPV4_FORWARD | 1, ("ip", "filter", "FORWARD"), "",
+     "accept: chain FORWARD of table ip filter (ip forward hook)"),
+    # an inet table's chain runs at the ipv4/ipv6 hooks: the hook is the family the frame is in
+    ((10 << 16) | (1 << 8) | 1, ("inet", "fw", "input"), "", "accept: chain input of table inet fw (ip6 input hook)"),
+    (NF_BRIDGE_FORWARD | 2, None, "", "stolen: an nf_tables chain (bridge forward hook)"),  # chain gone from the map
+    ((9 << 16) | (7 << 8), ("", "t", "c"), "netfilter-drop", "drop: chain c of table t (family 9, hook 7)"),
+])
+def test_netfilter_hop_says_which_chain_decided_what(facts, chain, fault, words):
+    from tracer.records import NF_KNOWN
+    from tracer.stitch import nf_verdict
+    assert nf_verdict(NF_KNOWN | facts, chain) == (fault, words)
+    assert nf_verdict(facts, chain) == ("", "")  # nothing read
+
+
+def test_netfilter_hop_names_the_chain_from_the_kernels_map():
+    from tracer.records import NF_KNOWN
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    chain_at = 0xFFFF888001234500
+    rec = replace(rec, namer=replace(rec.namer, nf_chain={chain_at: ("bridge", "tt_filter", "forward")}.get))
+    j = _with_bridge_hops(rec, lambda rx, tx: [
+        replace(tx, hook=Hook.NF_CHAIN, ts_ns=tx.ts_ns - 1, reason=NF_KNOWN | NF_BRIDGE_FORWARD | 1,
+                location=chain_at)])
+    (hop,) = [h for h in j.hops if h.event == "netfilter"]
+    assert (hop.dev, hop.location, hop.fault) == ("vnet0", "nft_do_chain", "")
+    assert hop.detail == "accept: chain forward of table bridge tt_filter (bridge forward hook)"
+    assert j.verdict == "delivered"
+
+
+def test_a_recording_keeps_the_netfilter_hops_chain_names(tmp_path):
+    """follow --record writes each netfilter hop's chain (the kernel's map is gone at replay)."""
+    from tracer.config import FollowConfig
+    from tracer.follow import Recorder
+    from tracer.records import NF_KNOWN
+    from tracer.stitch import Namer
+    rec = replay.load(REC / "follow-reader-healthy.jsonl")
+    chain_at = 0xFFFF888001234500
+    nf = replace(rec.events[0], hook=Hook.NF_CHAIN, reason=NF_KNOWN | NF_IPV4_FORWARD, location=chain_at)
+    out = tmp_path / "r.jsonl"
+    recorder = Recorder(open(out, "w"), FollowConfig(mac=rec.mac), rec.devices)
+    for e in (*rec.events[:3], nf):
+        recorder.event(e)
+    recorder.close(Namer(nf_chain={chain_at: ("ip", "filter", "FORWARD")}.get))
+    back = replay.load(out)
+    assert back.namer.nf_chain(chain_at) == ("ip", "filter", "FORWARD")
+    assert back.namer.nf_chain(1) is None
+    assert str(chain_at) not in out.read_text().split('"symbols"')[1].split('"reasons"')[0]  # not a code address
+
+
+def test_an_echo_reply_a_raw_socket_took_is_local_on_kernels_without_drop_reasons():
+    """5.10 frees an echo reply no ping socket wanted (`ping`'s raw socket took a clone) with no
+    reason, at icmp_rcv: the host's stack had it, as NO_SOCKET says on 5.17+."""
+    rec = replay.load(REC / "lab-healthy.jsonl")
+    host_replies = lambda rec: [j for j in replay.journeys(rec)  # noqa: E731
+                                if j.summary.startswith("ICMP echo reply 198.51.100.10 > 198.51.100.254")]
+    assert [j.verdict for j in host_replies(rec)] == ["local"]  # NO_SOCKET, with a reason (6.18)
+    old = replace(rec, namer=replace(rec.namer, reason=lambda r: "", symbol=lambda a: "icmp_rcv+0x1c0" if a else ""))
+    assert [j.verdict for j in host_replies(old)] == ["local"]
+    elsewhere = replace(old, namer=replace(old.namer, symbol=lambda a: "ip_rcv_core+0x236" if a else ""))
+    assert [(j.verdict, j.location) for j in host_replies(elsewhere)] == [("dropped", "ip_rcv_core+0x236")]
+
+
+def test_a_61_recording_shows_the_bridges_own_hops_and_the_netfilter_verdicts():
+    """Recorded on Debian 12's 6.1 in the kernel matrix (fentry through the bridge's, tun's and
+    nf_tables' module BTF): an nft bridge table's forward chain accepts two echoes, then a rule in
+    it drops the third. nf_tables frees the dropped skb itself (NF_DROP_REASON): its verdict hop
+    comes just before the drop."""
+    rec = replay.load(REC / "follow-6.1-netfilter.jsonl")
+    echoes = [j for j in replay.journeys(rec) if j.summary.startswith("ICMP echo 198.51.100.1 >")]
+    assert [j.verdict for j in echoes] == ["delivered", "delivered", "dropped"]
+    accept = "accept: chain forward of table bridge tt_filter (bridge forward hook)"
+    for j in echoes[:2]:
+        assert j.fdb == "vnet0"
+        assert [h.event for h in j.hops] == ["sent", "received", "to-port", "netfilter", "egress", "sent", "tap-xmit",
+                                             "read"]
+        assert [(h.dev, h.detail) for h in j.hops if h.detail] == [
+            ("vnet0", accept), ("vnet0", "fits MTU 1500"), ("vnet0", "room in its queue of 1000")]
+    dropped = echoes[2]
+    assert [h.event for h in dropped.hops] == ["sent", "received", "to-port", "netfilter", "dropped"]
+    nf = dropped.hops[3]
+    assert (nf.fault, nf.detail, nf.location) == (
+        "netfilter-drop", "drop: chain forward of table bridge tt_filter (bridge forward hook)", "nft_do_chain")
+    assert dropped.reason == "NETFILTER_DROP" and dropped.location.startswith("nft_do_chain+")

@@ -566,7 +566,11 @@ BRIDGE_FUNCS: dict[str, str] = {
     "br_dev_queue_push_xmit": "bridge",  # out of a port, if it fits the port's MTU
     "br_nf_dev_queue_xmit": "br_netfilter",  # the same through br_netfilter
     "tun_net_xmit": "tun",  # the tap takes the frame for its queue
+    "nft_do_chain": "nf_tables",  # an nf_tables base chain's verdict (a fexit: the verdict is its return)
 }
+# Functions hooked only through BTF (their "fentry" program is a fexit reading BTF-typed structs):
+# no kprobe is offered. nft_do_chain's chain and hook can't be read without nf_tables' BTF (5.11+).
+BTF_ONLY_FUNCS = frozenset({"nft_do_chain"})
 # Only the lines of those functions ("ffffffffc0a02000 T br_forward\t[bridge]"): matching the names
 # in the pattern lets the regex drop every other line at its name (≈ 0.07 s for 5 MB, half of
 # matching every name and comparing it in Python).
@@ -597,6 +601,8 @@ def plan_bridge_hooks(bridge_hook: str, kprobes: bool, kallsyms_text: str, sys_r
             plan[func] = "none"
         elif bridge_hook == "fentry" and (not module or Path(sys_root, "kernel/btf", module).is_file()):
             plan[func] = "fentry"
+        elif func in BTF_ONLY_FUNCS:
+            plan[func] = "none"
         else:
             plan[func] = "kprobe" if bridge_hook == "kprobe" or kprobes else "none"
     return plan
@@ -964,8 +970,12 @@ def doctor_lines(features: Features, plan: Optional[Mapping[str, str]] = None) -
         for func, kind in plan.items():
             by_kind.setdefault(kind, []).append(func)
         said = [f"{kind}: {', '.join(funcs)}" for kind, funcs in by_kind.items() if kind != "none"]
-        if by_kind.get("none"):
-            said.append(f"not loaded now, so not hooked (nothing goes through them): {', '.join(by_kind['none'])}")
+        unhooked = [func for func in by_kind.get("none", []) if func not in BTF_ONLY_FUNCS]
+        if unhooked:
+            said.append(f"not loaded now, so not hooked (nothing goes through them): {', '.join(unhooked)}")
+        if plan.get("nft_do_chain") == "none":
+            said.append("no netfilter verdict hop (nft_do_chain: nf_tables not loaded, or without BTF of its own "
+                        "before 5.11): a netfilter drop is still named where it happens, not its table and chain")
         lines.append(DoctorLine("bridge decision hops", bool(said) and any(k != "none" for k in by_kind),
                                 "; ".join(said) + ("; bcc gets none of them (libbpf only)" if said else "")))
     lines.append(DoctorLine("tp_btf", f.tp_btf.ok, f.tp_btf.detail))

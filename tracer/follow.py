@@ -15,7 +15,7 @@ from . import events as ev_codec
 from . import frames, trips
 from .config import FollowConfig
 from .devices import DeviceTable
-from .records import Device, Event, Journey
+from .records import Device, Event, Hook, Journey
 from .ringbuf import Record
 from .stitch import Namer, Stitcher
 
@@ -116,13 +116,17 @@ class Recorder:
         self.devices = devices
         self.locations: set[int] = set()
         self.reasons: set[int] = set()
+        self.chains: set[int] = set()  # netfilter hops' chains (their locations)
         self._write({"type": "meta", "mac": config.mac, "ips": list(config.ips)})
 
     def _write(self, obj: dict) -> None:
         self.out.write(json.dumps(obj) + "\n")
 
     def event(self, e: Event) -> None:
-        self.locations.add(e.location)
+        if e.hook == Hook.NF_CHAIN:
+            self.chains.add(e.location)
+        else:
+            self.locations.add(e.location)
         self.reasons.add(e.reason)
         self._write({"type": "event", **ev_codec.to_dict(e)})
 
@@ -131,7 +135,8 @@ class Recorder:
                      "devices": [d.__dict__ for d in self.devices.all()]})
         self._write({"type": "names",
                      "symbols": {str(a): namer.symbol(a) for a in self.locations if a},
-                     "reasons": {str(r): namer.reason(r) for r in self.reasons}})
+                     "reasons": {str(r): namer.reason(r) for r in self.reasons},
+                     "chains": {str(a): list(c) for a in self.chains if (c := namer.nf_chain(a))}})
         self.out.close()
 
 

@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from . import trips
-from .features import BRIDGE_FUNCS, bridge_plan
+from .features import BRIDGE_FUNCS, BTF_ONLY_FUNCS, bridge_plan
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
+from .events import event_name
+from .records import NF_FAMILIES
 from .ringbuf import Record, RingBuffer
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -65,8 +67,21 @@ def bridge_program(func: str, kind: str, prefix: str = "tt") -> str:
     (prefix "tt") or bpf/exporter.c's ("ttx")."""
     return f"{prefix}_{func}_{kind}"
 
+
+# Functions whose fentry program has a fexit beside it, loaded and attached with it
+# (tt_<func>_fexit): nft_do_chain's verdict is its return value.
+WITH_FEXIT = frozenset({"nft_do_chain"})
+
+
+def bridge_programs(func: str, kind: str, prefix: str = "tt") -> tuple[str, ...]:
+    """Every program that hooks `func` through `kind`: bridge_program's, and its fexit."""
+    first = bridge_program(func, kind, prefix)
+    return (first, f"{prefix}_{func}_fexit") if kind == "fentry" and func in WITH_FEXIT else (first,)
+
 # struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
 CONFIG = struct.Struct("<QiiII")
+# struct tt_nf_chain in bpf/tapttrace.h: family, pad, table[32], chain[32]
+NF_CHAIN = struct.Struct("<II32s32s")
 # "off": every hop as its own event record, no journey stitched in the kernel (for comparisons:
 # tests/test_trips_kernel.py, bench follow-match-events).
 TRIPS_ENV = "TAPTTRACE_FOLLOW_TRIPS"
@@ -335,12 +350,13 @@ class BridgeHooks:
         self.kprobes = bool(features.kprobes.ok)
         # func -> "fentry" | "kprobe" | "none": what each function goes through now.
         self.hooks = {func: plan.get(func, "none") for func in funcs}
-        self.programs = {bridge_program(func, kind, prefix) for func in self.hooks for kind in HOOK_KINDS}
+        self.programs = {name for func in self.hooks for kind in HOOK_KINDS for name in bridge_programs(func, kind, prefix)}
         self.given_up: dict[str, list[str]] = {}  # why -> functions, for one note each
 
     def chosen(self) -> dict[str, str]:
         """program name -> function, for the programs to load now."""
-        return {bridge_program(func, kind, self.prefix): func for func, kind in self.hooks.items() if kind != "none"}
+        return {name: func for func, kind in self.hooks.items() if kind != "none"
+                for name in bridge_programs(func, kind, self.prefix)}
 
     def set_autoload(self, lib: ctypes.CDLL, obj: Optional[int]) -> None:
         """Turn on the chosen programs of the opened object, and off the rest of its bridge programs."""
@@ -358,17 +374,18 @@ class BridgeHooks:
         own failure)."""
         chosen = self.chosen()
         said = " ".join(_messages)
-        named = tuple(func for name, func in chosen.items() if name in said)
+        # each function once (one may have two programs: bridge_programs)
+        named = tuple(dict.fromkeys(func for name, func in chosen.items() if name in said))
         if named:
             # One function's BTF missing is that function's problem; anything else (EPERM: the
             # kernel refuses fentry itself) is every fentry's, so they all go at once.
-            fentry = tuple(f for f in chosen.values() if self.hooks[f] == "fentry")
+            fentry = tuple(dict.fromkeys(f for f in chosen.values() if self.hooks[f] == "fentry"))
             each = "find kernel BTF type ID" in said or "btf_id" in said or self.hooks[named[0]] != "fentry"
             raise _BridgeHookFailed(named if each else fentry, f"could not load: {_why(err)}")
 
     def fall_back(self, failed: _BridgeHookFailed) -> None:
         for func in failed.funcs:
-            if self.hooks[func] == "fentry" and self.kprobes:
+            if self.hooks[func] == "fentry" and self.kprobes and func not in BTF_ONLY_FUNCS:
                 # No fentry into it here (no BTF of it: a module loaded after the probe, or
                 # one without BTF); the kprobe needs none. Nothing is lost: no note.
                 self.hooks[func] = "kprobe"
@@ -424,6 +441,8 @@ class LibbpfFollowProgram:
         self._lib = lib
         self._obj: Optional[int] = None  # the bpf_object pointer while open
         self._links: list[int] = []
+        self._chains_at_close: dict[int, tuple[str, str, str]] = {}  # see nf_chain()
+        self._chains_fd = -1  # nf_chains', once loaded
         self._ring: Optional[RingBuffer] = None
         self._trip_slots: Optional[trips.TripSlots] = None
         self.notes: list[str] = []  # what was given up on the way (a bridge hook that wouldn't go)
@@ -490,6 +509,7 @@ class LibbpfFollowProgram:
             prog = lib.bpf_object__next_program(self._obj, prog)
         self._lost_fd = lib.bpf_map__fd(self._map("lost"))
         self._ips_fd = lib.bpf_map__fd(self._map("watch_ips"))
+        self._chains_fd = lib.bpf_map__fd(self._map("nf_chains"))
         self._trip_slots = trips.TripSlots(lib.bpf_map__fd(self._map("trips")))
         self._ncpus = max(1, lib.libbpf_num_possible_cpus())
         try:
@@ -571,6 +591,31 @@ class LibbpfFollowProgram:
                 raise KernelError(f"could not add {addr} to follow's watched addresses: "
                                   f"{errno.errorcode.get(abs(err), err)}")
 
+    def nf_chain(self, addr: int) -> Optional[tuple[str, str, str]]:
+        """A netfilter hop's chain by its address (the hop's location): (the table's family as nft
+        names it, table, chain) from bpf/follow.c's nf_chains; None if it isn't there. After
+        close() (follow works through its backlog then), the names the map held at the end."""
+        if self._obj is None or self._chains_fd < 0 or not addr:
+            return self._chains_at_close.get(addr)
+        key = ctypes.c_uint64(addr)
+        value = ctypes.create_string_buffer(NF_CHAIN.size)
+        if self._lib.bpf_map_lookup_elem(self._chains_fd, ctypes.byref(key), value):
+            return None
+        family, _, table, chain = NF_CHAIN.unpack(value.raw)
+        return (NF_FAMILIES.get(family, f"family {family}"), event_name(table), event_name(chain))
+
+    def _keep_chains(self) -> None:
+        """Every chain nf_chains holds now, for nf_chain() once the map is gone."""
+        key, nxt = ctypes.c_uint64(0), ctypes.c_uint64(0)
+        prev = None
+        while len(self._chains_at_close) < 4096 and \
+                not self._lib.bpf_map_get_next_key(self._chains_fd, prev, ctypes.byref(nxt)):
+            key.value = nxt.value
+            prev = ctypes.byref(key)
+            names = self.nf_chain(key.value)
+            if names is not None:
+                self._chains_at_close[key.value] = names
+
     def close(self) -> None:
         if self._ring is not None:
             self._ring.close()
@@ -581,6 +626,9 @@ class LibbpfFollowProgram:
         while self._links:
             self._lib.bpf_link__destroy(self._links.pop())
         if self._obj is not None:
+            if self._chains_fd >= 0:
+                self._keep_chains()
+            self._chains_fd = -1
             self._lib.bpf_object__close(self._obj)
             self._obj = None
 

@@ -28,12 +28,14 @@ class Hook(enum.IntEnum):
     EGRESS = 9  # br_dev_queue_push_xmit(): out of a port, if the frame fits its MTU
     EGRESS_NF = 10  # br_nf_dev_queue_xmit(): the same through br_netfilter
     TAP_XMIT = 11  # tun_net_xmit(): the tap takes the frame for its queue
+    NF_CHAIN = 12  # nft_do_chain() returns (fexit): an nf_tables base chain's verdict on the frame
 
 
 # The kernel function each function hook marks (the hop's `location`).
 HOOK_FUNCTIONS = {Hook.FLOOD: "br_flood", Hook.FORWARD: "br_forward", Hook.FLOOD_PORT: "maybe_deliver",
                   Hook.PASS_UP: "br_pass_frame_up", Hook.EGRESS: "br_dev_queue_push_xmit",
-                  Hook.EGRESS_NF: "br_nf_dev_queue_xmit", Hook.TAP_XMIT: "tun_net_xmit"}
+                  Hook.EGRESS_NF: "br_nf_dev_queue_xmit", Hook.TAP_XMIT: "tun_net_xmit",
+                  Hook.NF_CHAIN: "nft_do_chain"}
 
 # The reason word of FORWARD / FLOOD_PORT (bpf/tapttrace.h TT_PORT_*): the port's facts.
 PORT_STATE_MASK = 0x0F
@@ -50,6 +52,17 @@ TAP_SIZE_MASK = 0xFFFFFF
 TAP_NO_READER = 1 << 29
 TAP_FULL = 1 << 30
 TAP_KNOWN = 1 << 31
+# The reason word of NF_CHAIN (bpf/tapttrace.h TT_NF_*): the verdict, the hook, its family.
+NF_VERDICT_MASK = 0xFF
+NF_HOOK_SHIFT = 8
+NF_PF_SHIFT = 16
+NF_KNOWN = 1 << 31
+NF_VERDICTS = {0: "drop", 1: "accept", 2: "stolen", 3: "queue", 4: "repeat", 5: "stop"}
+# Families as nft names them (include/uapi/linux/netfilter.h NFPROTO_*), and each one's hooks.
+NF_FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+NF_HOOKS = {"bridge": ("prerouting", "input", "forward", "output", "postrouting"),
+            "arp": ("input", "output", "forward"), "netdev": ("ingress", "egress"),
+            "ip": ("prerouting", "input", "forward", "output", "postrouting", "ingress")}
 STP_STATES = {0: "disabled", 1: "listening", 2: "learning", 3: "forwarding", 4: "blocking"}
 
 
@@ -119,7 +132,8 @@ class Hop:
     detail: str = ""
     # What such a hop found wrong, as a code for rules and colours (the words are `detail`'s):
     # "port-listening" (or another STP state), "hairpin" (refused back out of its way in), "too-big",
-    # "queue-full" and "no-reader" (the tap's queue, at tun_net_xmit).
+    # "queue-full" and "no-reader" (the tap's queue, at tun_net_xmit), "netfilter-drop" (an
+    # nf_tables chain's verdict, at nft_do_chain).
     fault: str = ""
 
 

@@ -29,6 +29,7 @@ def load(path: Union[str, Path]) -> Recording:
     devices: list[Device] = []
     symbols: dict[int, str] = {}
     reasons: dict[int, str] = {}
+    chains: dict[int, tuple[str, str, str]] = {}
     for line in Path(path).read_text().splitlines():
         rec = json.loads(line)
         kind = rec.pop("type")
@@ -42,8 +43,9 @@ def load(path: Union[str, Path]) -> Recording:
         elif kind == "names":
             symbols = {int(k): v for k, v in rec["symbols"].items()}
             reasons = {int(k): v for k, v in rec["reasons"].items()}
+            chains = {int(k): tuple(v) for k, v in rec.get("chains", {}).items()}
     namer = Namer(reason=lambda r: reasons.get(r, f"unknown:{r}"),
-                  symbol=lambda a: symbols.get(a, f"0x{a:x}") if a else "")
+                  symbol=lambda a: symbols.get(a, f"0x{a:x}") if a else "", nf_chain=chains.get)
     return Recording(meta["mac"], list(meta.get("ips", [])), events, DeviceTable.static(netns, devices), namer)
 
 

@@ -186,5 +186,7 @@ def follow_session(config: FollowConfig, *, console: Optional[Console] = None,
             # journey needs it, and not while the ring buffer fills under a flood of frames.
             namer.tap_reader(tap.netns, tap.name)
         program = stack.enter_context(open_follow_program(features, config))
+        if hasattr(program, "nf_chain"):  # the netfilter hop's chains (libbpf only)
+            namer = replace(namer, nf_chain=program.nf_chain)
         yield FollowSession(config, program, devices, namer, sinks, stop or threading.Event(), recorder,
                             on_journey, features)

@@ -19,6 +19,13 @@ from .records import (
     EGRESS_GSO,
     EGRESS_MTU_MASK,
     HOOK_FUNCTIONS,
+    NF_FAMILIES,
+    NF_HOOK_SHIFT,
+    NF_HOOKS,
+    NF_KNOWN,
+    NF_PF_SHIFT,
+    NF_VERDICT_MASK,
+    NF_VERDICTS,
     PORT_FLAGS_SHIFT,
     PORT_INGRESS,
     PORT_KNOWN,
@@ -58,6 +65,9 @@ class Namer:
     reason: Callable[[int], str] = lambda r: f"unknown:{r}"
     symbol: Callable[[int], str] = lambda a: f"0x{a:x}" if a else ""
     tap_reader: Callable[[int, str], str] = lambda netns, dev: ""
+    # A netfilter hop's chain, by the address the kernel gave (its location): (table's family as nft
+    # names it, table, chain), or None when the kernel's map no longer has it.
+    nf_chain: Callable[[int], Optional[tuple[str, str, str]]] = lambda addr: None
 
 
 @dataclass
@@ -394,6 +404,10 @@ class Stitcher:
         if ev.hook == Hook.FLOOD:
             bridge = (dev.name if dev.is_bridge else dev.master_name) if dev else name
             return Hop(ev.ts_ns, copy, "flood-decision", ns, bridge, "bridge", _FLOOD_KINDS.get(ev.reason & 0xFF, ""))
+        if ev.hook == Hook.NF_CHAIN:
+            fault, detail = nf_verdict(ev.reason, self.namer.nf_chain(ev.location))
+            return Hop(ev.ts_ns, copy, "netfilter", ns, name, role, location=HOOK_FUNCTIONS[Hook.NF_CHAIN],
+                       detail=detail, fault=fault)
         if ev.hook in _BRIDGE_HOP_EVENTS:
             return _bridge_hop(ev, copy, ns, name, role)
         where = self.namer.symbol(ev.location)
@@ -470,8 +484,10 @@ class Stitcher:
             journey.verdict = Verdict.LOCAL.value
             return
         c = copies[0]
-        if c.outcome == Verdict.DROPPED.value and c.reason == "NO_SOCKET" and any(cs.side for cs in js.copies):
+        if c.outcome == Verdict.DROPPED.value and any(cs.side for cs in js.copies) and (
+                c.reason == "NO_SOCKET" or (not c.reason and c.location.split("+")[0] in _ECHO_REPLY_FREES)):
             # ping_rcv() drops the original after a raw socket took its clone: delivered to the host.
+            # Before 5.17 the free has no reason: icmp_rcv()/icmpv6_rcv() free it after ping_rcv().
             c.outcome, c.reason, c.location = Verdict.LOCAL.value, "", ""
         journey.verdict = c.outcome
         if c.outcome == Verdict.DROPPED.value:
@@ -508,6 +524,10 @@ def _new_hop(ts_ns: int, copy: int, event: str, netns: str, dev: str, role: str)
 def _first_ts(js: _JourneyState) -> tuple[int, int]:
     return js.first.ts_ns, js.id
 
+
+# Where a kernel without drop reasons frees an echo reply that no ping socket wanted (a raw socket,
+# `ping`'s, took a clone of it first): the host's stack, not a drop on the way.
+_ECHO_REPLY_FREES = ("icmp_rcv", "icmpv6_rcv")
 
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
 
@@ -583,6 +603,24 @@ def tap_queue(facts: int) -> tuple[str, str]:
     if facts & TAP_FULL:
         return "queue-full", f"its queue is full ({size} frames): the holder is not reading"
     return "", f"room in its queue of {size}"
+
+
+def nf_verdict(facts: int, chain: Optional[tuple[str, str, str]]) -> tuple[str, str]:
+    """What an nf_tables base chain decided for the frame, from the netfilter hop's facts
+    (bpf/tapttrace.h TT_NF_*) and the chain's names: (fault, words): ("netfilter-drop", "drop: chain
+    forward of table bridge filter (bridge forward hook)"), ("", "accept: chain FORWARD of table ip
+    filter (ip forward hook)"); ("", "") when the kernel read nothing."""
+    if not facts & NF_KNOWN:
+        return "", ""
+    verdict = facts & NF_VERDICT_MASK
+    family_no, hook_no = (facts >> NF_PF_SHIFT) & 0xFF, (facts >> NF_HOOK_SHIFT) & 0xFF
+    pf = NF_FAMILIES.get(family_no, f"family {family_no}")
+    hooks = NF_HOOKS.get("ip" if pf in ("ip6", "inet") else pf, ())
+    hook = f"{pf} {hooks[hook_no]} hook" if hook_no < len(hooks) else f"{pf}, hook {hook_no}"
+    where = (f"chain {chain[2]} of table {chain[0]} {chain[1]}" if chain and chain[0] else
+             f"chain {chain[2]} of table {chain[1]}" if chain else "an nf_tables chain")
+    words = f"{NF_VERDICTS.get(verdict, f'verdict {verdict}')}: {where} ({hook})"
+    return ("netfilter-drop" if verdict == 0 else ""), words
 
 
 def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:

@@ -75,6 +75,9 @@ CORE_TESTS = (
     ) for br_nf in ("plain", "br_netfilter")),
     f"{FOLLOW}::test_bcc_loader_delivers_the_same_journeys",
     f"{EXPORTER}::test_delivered_and_forwarded_pings_are_counted_exactly",
+    # the exporter's verdicts are follow's for the same frames (5.10: an echo reply a raw socket
+    # took is freed without a reason at icmp_rcv; local, as NO_SOCKET says on 5.17+)
+    f"{EXPORTER}::test_verdicts_agree_with_follow",
     # the bridge's FDB decisions at its own functions: fentry (6.1, 6.12), kprobes (5.10), none here
     f"{EXPORTER}::test_fdb_decisions_are_counted_once_where_the_bridge_makes_them",
     # nothing left behind: follow ended by its count or by SIGTERM, the exporter by SIGTERM
@@ -327,7 +330,7 @@ def run_command(name: str, timeout: float, command: tuple[str, ...]) -> None:
 @click.option("--kernel", "names", multiple=True, help="A kernel of the matrix (all by default).")
 @click.option("--host/--no-host", default=True, show_default=True, help="Also the row of the running kernel.")
 @click.option("--results", type=click.Path(path_type=Path), default=RESULTS, show_default=True)
-@click.option("--timeout", type=float, default=2400, show_default=True, help="Seconds per kernel.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds per kernel.")
 @click.option("--jobs", type=click.IntRange(1, 8), default=3, show_default=True,
               help="Rows run at once (each guest is its own qemu).")
 def matrix_command(names: tuple[str, ...], host: bool, results: Path, timeout: float, jobs: int) -> None:

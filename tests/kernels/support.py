@@ -26,4 +26,7 @@ def lost_features(facts: dict) -> list[str]:
     if "fentry: kprobes instead" in lost and "kprobes" in lost:
         lost = [w for w in lost if w not in ("fentry: kprobes instead", "kprobes")]
         lost.append("the bridge's own decisions (no fentry, no kprobes): inferred from tracepoints")
+    plan = facts.get("bridge_plan") or {}
+    if plan.get("nft_do_chain") == "none" and any(kind != "none" for kind in plan.values()):
+        lost.append("the netfilter verdict hop (nf_tables' BTF, 5.11+): netfilter drops named by function")
     return lost

@@ -442,8 +442,10 @@ def rule_netfilter_drop(ctx: Context) -> Optional[Finding]:
     t, br, ns = ctx.target, ctx.bridge, ctx.ns
     if br is None or ns is None or t.tap is None:
         return None
+    # dropped by netfilter, as the free says (reason, else where), or as nft_do_chain's verdict said
     nf = [j for j in ctx.lost if any(c.reason == "NETFILTER_DROP" or _loc(c.location) in NETFILTER_LOCATIONS
-                                     for c in jv.dropped_copies(j))]
+                                     for c in jv.dropped_copies(j))
+          or any(h.fault == "netfilter-drop" for h in j.hops)]
     ruleset = Ruleset(ns.nftables.ruleset or [])
     sample = nf[0] if nf else None
     decision = ruleset.decide(_probes(ctx, sample))
@@ -455,6 +457,9 @@ def rule_netfilter_drop(ctx: Context) -> Optional[Finding]:
         drop = jv.first_drop(nf)
         evidence.append(f"{_n(len(nf), 'frame')} for the guest dropped as NETFILTER_DROP at {drop.location} on "
                         f"{drop.dev}" if drop else f"{_n(len(nf), 'frame')} for the guest dropped by netfilter")
+        verdict = next((h for j in nf for h in j.hops if h.fault == "netfilter-drop"), None)
+        if verdict is not None:  # the chain itself, as the kernel named it (fexit on nft_do_chain, 5.11+)
+            evidence.append(f"the netfilter hop ({verdict.location}) saw it on {verdict.dev}: {verdict.detail}")
     else:
         evidence.append("found from the configuration alone: this ruleset drops every such frame")
     via = _via_br_netfilter(ctx, culprit)

@@ -51,7 +51,7 @@ def describe_hop(h: Hop) -> str:
 
 _BRIDGE_WORDS = {"to-port": "the bridge sends it to {dev}", "flood-port": "the flood offers it to {dev}",
                  "to-host": "the bridge passes it up to the host", "egress": "leaves by {dev}",
-                 "tap-xmit": "{dev} takes it for its queue"}
+                 "tap-xmit": "{dev} takes it for its queue", "netfilter": "netfilter decides"}
 
 
 def describe_fdb(j: Journey) -> str:
