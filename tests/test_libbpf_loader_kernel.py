@@ -36,7 +36,8 @@ def test_br_flood_programs_are_off_unless_chosen():
 
 def hooked_programs(prog: LibbpfFollowProgram) -> set[str]:
     """The programs the loader chose for the bridge's and the tap's functions (features.plan_bridge_hooks)."""
-    return {name for func, kind in prog.hooks.items() if kind != "none" for name in libbpf_loader.bridge_programs(func, kind)}
+    return {name for func, kind in prog.hooks.items() if kind != "none"
+            for name in libbpf_loader.bridge_programs(func, kind)}
 
 
 def test_kprobe_bridge_hops_pass_the_verifier():
