@@ -73,8 +73,18 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .bpfbuild import build_info
+
+    click.echo(f"tapttrace {__version__}\n{build_info()}")
+    ctx.exit()
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="tapttrace")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and where the BPF objects come from, and exit.")
 def main() -> None:
     """Follow frames through the Linux bridge to a VM's tap, and say why they stop."""
 
