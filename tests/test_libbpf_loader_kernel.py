@@ -170,9 +170,8 @@ def test_bcc_and_libbpf_follow_the_same_journeys(spec, monkeypatch):
         assert any(j[1] == "dropped" and j[3] for j in libbpf_journeys)  # drop reasons came through
 
 
-def test_object_loads_where_the_kernel_has_no_bpf_rdonly_cast(monkeypatch):
+def test_object_loads_where_the_kernel_has_no_bpf_rdonly_cast():
     """Before 6.2 the Ethernet header is read with bpf_probe_read_kernel: the same object, told so
     in .rodata, must load with its weak bpf_rdonly_cast call left to the verifier's dead-code pass."""
-    monkeypatch.setattr(libbpf_loader, "has_kfunc", lambda *_: False)
-    with LibbpfFollowProgram(probe_features(), MAC, 8) as prog:
+    with LibbpfFollowProgram(dataclasses.replace(probe_features(), rdonly_cast=False), MAC, 8) as prog:
         assert prog.attached == 4 + len(hooked_programs(prog))

@@ -206,6 +206,9 @@ class Features:
     # and the exporter's tap table is a hash map; the objects are built with -DTT_NO_ATOMICS.
     bpf_atomics: Availability = Availability(False, "not probed")
     libbpf: Availability = Availability(False, "not probed")  # libbpf.so.1 and its version (probe_libbpf)
+    # The bpf_rdonly_cast kfunc (6.2+), read from the BTF the probe loads anyway: the CO-RE objects
+    # take it from .rodata (tt_config.rdonly_cast) and use it only where it is true.
+    rdonly_cast: bool = False
     # br_flood's home: "vmlinux", "module" (bridge built as a module: its BTF is /sys/kernel/btf/bridge,
     # which libbpf's fentry finds and bcc's KFUNC_PROBE does not), or "" (no BTF knows it: not loaded)
     bridge_btf: str = ""
@@ -528,6 +531,14 @@ def probe_bpf_atomics(can_load: bool, release: str = "") -> Availability:
     return Availability(True, "a BPF compare-and-swap loaded")
 
 
+def has_kfunc(btf: Optional[Btf], name: str) -> bool:
+    """Whether BTF has the function `name` (a kfunc's, for the objects' .rodata)."""
+    try:
+        return btf is not None and bool(btf.find(name, Kind.FUNC))
+    except (BtfNotFound, BtfError, ValueError):
+        return False
+
+
 def bridge_btf_home(btf: Optional[Btf], sys_root: str = "/sys") -> str:
     """Where br_flood's BTF is: "vmlinux", "module" (/sys/kernel/btf/bridge) or "" (nowhere yet)."""
     if btf is not None:
@@ -788,6 +799,7 @@ def _probe(roots: ProbeRoots) -> Features:
         tp_btf=tp_btf,
         bpf_atomics=atomics,
         libbpf=probe_libbpf(),
+        rdonly_cast=has_kfunc(btf, "bpf_rdonly_cast"),
         bridge_btf=bridge_btf,
         bridge_hook_bcc=bridge_hook_bcc,
         follow_loader=follow_loader,

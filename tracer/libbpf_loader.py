@@ -7,7 +7,7 @@ else built once per content (sources, headers, flags: tracer/bpfbuild.py) into
 /var/cache/tapttrace/bpf/ by clang (`build_object`, called by scripts/setup.sh and, under a
 lock, at first use), and loaded here by libbpf.so.1, which applies the CO-RE relocations
 against the running kernel's BTF. The watched MAC, the tracepoint argument layout and what the
-kernel offers (bpf_rdonly_cast) go into .rodata before load, so one object serves every MAC,
+kernel offers (features.rdonly_cast) go into .rodata before load, so one object serves every MAC,
 every run and every kernel.
 
 Building and caching serve every object in OBJECTS: bpf/exporter.c too, which
@@ -96,24 +96,6 @@ def probed_defines() -> tuple[str, ...]:
     from .features import probe_bpf_atomics
 
     return () if probe_bpf_atomics(os.geteuid() == 0).ok else (bpfbuild.NO_ATOMICS,)
-
-
-def rdonly_cast() -> bool:
-    """Whether the objects may call bpf_rdonly_cast here (6.2+): tt_config.rdonly_cast."""
-    return has_kfunc("bpf_rdonly_cast")
-
-
-@functools.lru_cache(maxsize=None)
-def has_kfunc(name: str, btf: Path = VMLINUX_BTF) -> bool:
-    """Whether the running kernel's BTF has kfunc `name`: the loader tells the object so in
-    .rodata (bpf_rdonly_cast, 6.2+, declared __weak in the C), and the verifier drops the branch
-    the kernel can't take."""
-    from .btf import Btf, BtfError, Kind
-
-    try:
-        return bool(Btf.load(btf).find(name, Kind.FUNC))
-    except (OSError, BtfError, ValueError):
-        return False
 
 
 def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
@@ -447,7 +429,7 @@ class LibbpfFollowProgram:
         location = features.consume_skb_location_arg
         config = ctypes.create_string_buffer(CONFIG.pack(
             mac_int, 2 if reason == 2 else -1, 1 if location == 1 else -1, int(self.trips), int(self.learn),
-            int(rdonly_cast()), 0),
+            int(features.rdonly_cast), 0),
             CONFIG.size)
         if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
             raise KernelError("libbpf refused follow's configuration (.rodata)")

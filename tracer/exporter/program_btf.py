@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import KernelError, say_note
-from ..libbpf_loader import BridgeHooks, _why, build_object, find_map, open_object, rdonly_cast
+from ..libbpf_loader import BridgeHooks, _why, build_object, find_map, open_object
 from .maps import COUNTER_MAPS, MAP_LAYOUT, ExporterMaps
 from .program import DECISION_FUNCS, FDB_TRACEPOINTS, decision_notes, fdb_note, fdb_tracepoints_missing
 
@@ -88,7 +88,7 @@ class LibbpfExporterProgram(ExporterMaps):
             raise KernelError(f"bpf/{SOURCE}'s .rodata is {size.value} bytes, not the {CONFIG.size} of "
                               "struct ttx_config: rebuild the object (scripts/setup.sh)")
         reason = 2 if features.kfree_skb_reason_arg == 2 else -1
-        config = ctypes.create_string_buffer(CONFIG.pack(reason, int(rdonly_cast())), CONFIG.size)
+        config = ctypes.create_string_buffer(CONFIG.pack(reason, int(features.rdonly_cast)), CONFIG.size)
         if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
             raise KernelError("libbpf refused the exporter's configuration (.rodata)")
         # bcc's build gets the same sizes as -DMAX_SERIES, MAX_FRAMES, MAX_PAIRS (program.py).
