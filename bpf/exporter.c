@@ -73,15 +73,15 @@
 #include "kernel_compat.h"
 
 #ifndef TT_BCC
-/* Set before load by tracer/exporter/program_btf.py, packed as "<ii" (checked against .rodata's
+/* Set before load by tracer/exporter/program_btf.py, packed as "<iI" (checked against .rodata's
  * size). bcc gets the same field as -DTT_CFG_kfree_reason_arg=… (tracer/exporter/program.py). */
 struct ttx_config {
 	__s32 kfree_reason_arg; /* ctx index of kfree_skb's drop reason (2), -1 = none */
-	__s32 pad;
+	__u32 rdonly_cast;	/* 1: the kernel has the bpf_rdonly_cast kfunc (6.2+) */
 };
 const volatile struct ttx_config tt_config = {
 	.kfree_reason_arg = -1,
-	.pad = 0,
+	.rdonly_cast = 0,
 };
 #endif
 
@@ -575,20 +575,22 @@ static __always_inline void track(struct ttx_cur *f, __u64 skb, __u32 netns, __u
 	f->clones = 0;
 }
 
-#ifdef TT_RDONLY_CAST
-/* 6.2+ (libbpf's builder defines TT_RDONLY_CAST when the kernel's BTF has this kfunc). */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#ifndef TT_BCC
+/* 6.2+. Weak, so that libbpf loads the object where the kernel lacks it; tt_config.rdonly_cast
+ * (set by the loader from the kernel's BTF) makes the call a branch the verifier drops there. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 #endif
 
 /* skb->head of the skb at address `skb` (known only as a number: the frame in `cur`). */
 static __always_inline __u64 head_of(__u64 skb)
 {
-#ifdef TT_RDONLY_CAST
-	struct sk_buff *s = bpf_rdonly_cast((void *)skb, bpf_core_type_id_kernel(struct sk_buff));
-	return (__u64)s->head;
-#else
-	return (__u64)skb_head(1, (struct sk_buff *)skb);
+#ifndef TT_BCC
+	if (TT_CFG(rdonly_cast)) {
+		struct sk_buff *s = bpf_rdonly_cast((void *)skb, bpf_core_type_id_kernel(struct sk_buff));
+		return (__u64)s->head;
+	}
 #endif
+	return (__u64)skb_head(1, (struct sk_buff *)skb);
 }
 
 /* The frame's Ethernet destination, as the low 40 bits (see vm_macs); 0 for a group address. */

@@ -39,7 +39,7 @@
 #define TT_CFG_learn 0
 #endif
 #else
-/* Set before load by tracer/libbpf_loader.py, which packs it as "<Qiiii" and checks that
+/* Set before load by tracer/libbpf_loader.py, which packs it as "<QiiIIII" and checks that
  * .rodata holds exactly this (one struct, so no symbol lookup is needed to find the fields).
  * bcc gets the same fields as -DTT_CFG_<field>=… (tracer/loader.py). */
 struct tt_follow_config {
@@ -48,6 +48,8 @@ struct tt_follow_config {
 	__s32 consume_location_arg;   /* ctx index of consume_skb's location, -1 = none */
 	__u32 trips;		      /* 1: stitch single-copy journeys here (struct tt_trip) */
 	__u32 learn;		      /* 1: add the guest's own addresses to watch_ips as it uses them */
+	__u32 rdonly_cast;	      /* 1: the kernel has the bpf_rdonly_cast kfunc (6.2+) */
+	__u32 pad;
 };
 const volatile struct tt_follow_config tt_config = {
 	.watch_mac = 0,
@@ -55,6 +57,8 @@ const volatile struct tt_follow_config tt_config = {
 	.consume_location_arg = -1,
 	.trips = 0,
 	.learn = 0,
+	.rdonly_cast = 0,
+	.pad = 0,
 };
 #endif
 
@@ -219,25 +223,28 @@ static __always_inline int asks_for_guest(unsigned char *eth, __u16 proto)
 	return 0;
 }
 
-#ifdef TT_RDONLY_CAST
-/* 6.2+ (the builder defines TT_RDONLY_CAST when the kernel's BTF has this kfunc). */
-extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#ifndef TT_BCC
+/* 6.2+. Weak, so that libbpf loads the object where the kernel lacks it (it leaves the call
+ * unresolved); tt_config.rdonly_cast, which the loader sets from the kernel's BTF, makes the call
+ * a branch the verifier knows is never taken there, and drops it before anything checks it. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 #endif
 
 static __always_inline int concerns_watched_mac(unsigned char *eth)
 {
 	__u8 h[14];
 
-#ifdef TT_RDONLY_CAST
-	/* The header through an untrusted, read-only BTF pointer: plain loads that the JIT guards
-	 * with an exception-table entry (a fault reads 0), no helper call at all. */
-	struct ethhdr *hdr = bpf_rdonly_cast(eth, bpf_core_type_id_kernel(struct ethhdr));
-	__builtin_memcpy(h, hdr, sizeof(h));
-#else
+#ifndef TT_BCC
+	if (TT_CFG(rdonly_cast)) {
+		/* The header through an untrusted, read-only BTF pointer: plain loads that the JIT
+		 * guards with an exception-table entry (a fault reads 0), no helper call at all. */
+		struct ethhdr *hdr = bpf_rdonly_cast(eth, bpf_core_type_id_kernel(struct ethhdr));
+		__builtin_memcpy(h, hdr, sizeof(h));
+	} else
+#endif
 	/* The one helper call of a frame that doesn't concern us: the header is packet data. */
 	if (bpf_probe_read_kernel(h, sizeof(h), eth))
 		return 0;
-#endif
 	if (tt_mac48(h) == TT_CFG(watch_mac) || tt_mac48(h + 6) == TT_CFG(watch_mac))
 		return 1;
 	if (!(h[0] & 1)) /* unicast to someone else */

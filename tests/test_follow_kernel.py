@@ -66,9 +66,10 @@ class Follow:
     ended (every copy freed, or idle for a second), so what `until` names is over in the kernel and
     follow has read it; the signal then only ends the window."""
 
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(tapttrace("follow", "--json", *args), cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, command: Optional[list[str]] = None, cwd: Path = ROOT):
+        """command: how to run tapttrace (this checkout's by default; an installed one: test_install_kernel)."""
+        self.proc = subprocess.Popen([*(command or tapttrace()), "follow", "--json", *args], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._out: list[str] = []
         self._err: list[str] = []
         # stderr is read from the start (it says when follow is attached); stdout from the first
@@ -132,12 +133,12 @@ class Follow:
         return journeys, summary, err
 
 
-def run_window(argv: list[str], traffic=None, *, timeout: float = 90) -> tuple[int, str, str]:
+def run_window(argv: list[str], traffic=None, *, timeout: float = 90, cwd: Path = ROOT) -> tuple[int, str, str]:
     """Run a tapttrace command that watches a window (diagnose) and let the window end on a
     condition, never on a clock: traffic() runs once the command holds a BPF link per hook, and
     SIGINT ends the window when traffic() has returned (the caller's traffic must be done by then:
     a ping whose replies came back). Without traffic, the command's own --duration ends it."""
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out_lines: list[str] = []
     err_lines: list[str] = []
     readers = [read_lines(proc.stdout, out_lines), read_lines(proc.stderr, err_lines)]

@@ -49,7 +49,7 @@ def test_libbpf_when_the_object_is_built_or_buildable(tmp_path, monkeypatch):
     monkeypatch.setattr(libbpf_loader, "build_tools", lambda *_: ("clang", "bpftool", ""))
     loader, why = choose_follow_loader(OK, btf, "none", "raw_tracepoint")
     assert loader == "libbpf" and "first use" in why
-    obj = libbpf_loader.object_path(btf)
+    obj = libbpf_loader.object_path()
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"")
     assert choose_follow_loader(OK, btf, "none", "raw_tracepoint") == \
@@ -88,16 +88,16 @@ def test_exporter_object_is_its_own(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(libbpf_loader, "build_tools", lambda *a: asked.append(a) or ("clang", "bpftool", ""))
     loader, why = choose_exporter_loader(OK, btf, "raw_tracepoint")
-    assert loader == "libbpf" and "first use" in why and asked == [("exporter.c",)]
-    obj = libbpf_loader.object_path(btf, source="exporter.c")
-    assert obj.name.startswith("exporter-") and obj != libbpf_loader.object_path(btf)
+    assert loader == "libbpf" and "first use" in why and asked == [("exporter.c", btf)]
+    obj = libbpf_loader.object_path(source="exporter.c")
+    assert obj.name.startswith("exporter-") and obj != libbpf_loader.object_path()
     obj.parent.mkdir(parents=True)
     obj.write_bytes(b"")
     assert choose_exporter_loader(OK, btf, "raw_tracepoint") == ("libbpf", f"tp_btf programs load and {obj} is built")
     # follow's object is not the exporter's: follow still has nothing built
     assert "first use" in choose_follow_loader(OK, btf, "none", "raw_tracepoint")[1]
     with pytest.raises(ValueError, match="no BPF object"):
-        libbpf_loader.object_path(btf, source="nope.c")
+        libbpf_loader.object_path(source="nope.c")
 
 
 # -- the loader chain (features.open_with_fallback) ------------------------------------------------

@@ -7,13 +7,18 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
+from rich.console import Console
+from rich.text import Text
 
 from . import __version__
 from .errors import TapttraceError, say_ready
 from .sinks.terminal import make_console
+
+if TYPE_CHECKING:  # features costs 0.3 s to import; only doctor needs it
+    from .features import DoctorLine
 
 
 def _fail(err: TapttraceError) -> None:
@@ -68,8 +73,18 @@ class _Commands(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from .bpfbuild import build_info
+
+    click.echo(f"tapttrace {__version__}\n{build_info()}")
+    ctx.exit()
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="tapttrace")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and where the BPF objects come from, and exit.")
 def main() -> None:
     """Follow frames through the Linux bridge to a VM's tap, and say why they stop."""
 
@@ -121,8 +136,9 @@ def follow(mac: Optional[str], vm: Optional[str], libvirt_uri: Optional[str], ip
                 if as_json:  # stdout is the journeys': the line scripts wait for goes to stderr
                     say_ready(f"{session.guest()} on {session.describe()}; Ctrl-C to stop")
                 else:
-                    console.print(f"[dim]following {session.guest()} on {session.describe()}; "
-                                  "Ctrl-C to stop[/dim]")
+                    # Names (a VM's, a device's) are printed as they are, never read as markup.
+                    console.print(Text(f"following {session.guest()} on {session.describe()}; Ctrl-C to stop",
+                                       style="dim"))
                 session.run()
         sys.exit(0)
     except TapttraceError as err:
@@ -181,13 +197,17 @@ def doctor(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([line.__dict__ for line in lines], indent=2))
     else:
-        console = make_console()
-        for line in lines:
-            mark = "[green]✓[/green]" if line.ok else "[red]✗[/red]"
-            console.print(f"{mark} [bold]{line.item}[/bold]: {line.detail}")
-            if not line.ok and line.fix:
-                console.print(f"    fix: {line.fix}")
+        print_doctor_lines(make_console(), lines)
     sys.exit(0 if all(line.ok for line in lines if line.required) else 3)
+
+
+def print_doctor_lines(console: Console, lines: list[DoctorLine]) -> None:
+    """doctor's lines. Details quote the kernel ("[tun]") and name devices: Text, never markup."""
+    for line in lines:
+        console.print(Text.assemble(("✓", "green") if line.ok else ("✗", "red"), " ",
+                                    (line.item, "bold"), f": {line.detail}"))
+        if not line.ok and line.fix:
+            console.print(Text(f"    fix: {line.fix}"))
 
 
 @main.command()

@@ -7,6 +7,7 @@ from typing import Callable, TypeVar
 
 from rich.console import Console
 from rich.rule import Rule
+from rich.text import Text
 
 from .config import FollowConfig
 from .follow import FollowSummary
@@ -55,7 +56,7 @@ def show(console: Console, journeys: list[Journey], summary: FollowSummary) -> N
     sink = TerminalSink(console, wall_offset_ns())
     for j in journeys:
         sink.journey(j)
-    console.print(f"[bold]{summary.line()}[/bold]")
+    console.print(Text(summary.line(), style="bold"))
 
 
 def diagnosis_of(lab, journeys: list[Journey]):
@@ -84,8 +85,8 @@ def run_demo(console: Console, stop: threading.Event, guest: str = "stub") -> in
     try:
         with Lab(LabSpec(tap_mac="guest", guest=guest)) as lab:
             config = FollowConfig(mac=lab.guest_mac, ips=(lab.guest_ip,))
-            console.print(f"guest {lab.guest_mac} {lab.guest_ip} on tap {lab.tap} (tap MAC {lab.tap_mac}); "
-                          f"remote host {lab.remote_ip}; bridge host address {lab.host_ip}\n")
+            console.print(Text(f"guest {lab.guest_mac} {lab.guest_ip} on tap {lab.tap} (tap MAC {lab.tap_mac}); "
+                               f"remote host {lab.remote_ip}; bridge host address {lab.host_ip}\n"))
 
             def pings():
                 # 1 s a probe from the remote: the broken path answers nothing
@@ -93,7 +94,7 @@ def run_demo(console: Console, stop: threading.Event, guest: str = "stub") -> in
 
             journeys, summary, (remote, host) = trace_while(console, config, pings, stop,
                                                             lambda pair: pair[0].sent + pair[1].sent)
-            console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip}"))
+            console.print(Rule(Text(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip}")))
             show(console, journeys, summary)
             console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies;  "
                           f"host → guest: {host.received}/{host.sent} replies")
@@ -102,12 +103,12 @@ def run_demo(console: Console, stop: threading.Event, guest: str = "stub") -> in
 
             fix = libvirt_tap_mac(lab.guest_mac)
             console.print(Rule("the fix libvirt applies: the tap gets fe: + the guest MAC's last five bytes"))
-            console.print(f"$ ip link set dev {lab.tap} address {fix}")
+            console.print(Text(f"$ ip link set dev {lab.tap} address {fix}"))
             lab.set_tap_mac(fix)
 
             journeys, summary, remote = trace_while(
                 console, config, lambda: lab.ping_guest_from_remote(count=3), stop, lambda r: r.sent)
-            console.print(Rule(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip} (after the fix)"))
+            console.print(Rule(Text(f"tapttrace follow {lab.guest_mac} --ip {lab.guest_ip} (after the fix)")))
             show(console, journeys, summary)
             console.print(f"\nremote host → guest: {remote.received}/{remote.sent} replies")
             fixed = remote.received > 0

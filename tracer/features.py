@@ -8,21 +8,18 @@ a ProbeRoots, so the same probes run on fixture trees in tests.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ctypes
 import ctypes.util
 import errno
 import functools
-import json
 import os
 import re
 import struct
-import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, TypeVar
+from typing import Callable, Mapping, Optional, TypeVar
 
 from .btf import Btf, BtfError, BtfNotFound, Kind, TracepointArg
 from .errors import EnvironmentProblem, KernelError, say_note
@@ -208,6 +205,10 @@ class Features:
     # BPF compare-and-swap (5.12+): without it journeys are stitched in user space only (no trips)
     # and the exporter's tap table is a hash map; the objects are built with -DTT_NO_ATOMICS.
     bpf_atomics: Availability = Availability(False, "not probed")
+    libbpf: Availability = Availability(False, "not probed")  # libbpf.so.1 and its version (probe_libbpf)
+    # The bpf_rdonly_cast kfunc (6.2+), read from the BTF the probe loads anyway: the CO-RE objects
+    # take it from .rodata (tt_config.rdonly_cast) and use it only where it is true.
+    rdonly_cast: bool = False
     # br_flood's home: "vmlinux", "module" (bridge built as a module: its BTF is /sys/kernel/btf/bridge,
     # which libbpf's fentry finds and bcc's KFUNC_PROBE does not), or "" (no BTF knows it: not loaded)
     bridge_btf: str = ""
@@ -420,49 +421,9 @@ def probe_kprobes(roots: ProbeRoots, tracefs: Optional[Path]) -> Availability:
     return Availability(False, "no kprobes (CONFIG_KPROBES is off: no kprobe PMU, kprobe_events or register_kprobe)")
 
 
-@contextlib.contextmanager
-def _stderr_to(sink: list[str]) -> Iterator[None]:
-    """Catch what libbpf/bcc print on fd 2 (their errors never reach Python)."""
-    with tempfile.TemporaryFile() as tmp:
-        saved = os.dup(2)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            sink.append(tmp.read().decode(errors="replace"))
-
-
-def probe_fentry(can_load: bool, headers: Optional[KernelHeaders], btf_ok: bool) -> Availability:
-    """fentry: load (and at once detach) a tiny KFUNC_PROBE program through bcc."""
-    if not btf_ok:
-        return Availability(False, "needs BTF")
-    if not can_load:
-        return Availability(False, "not probed (needs root, bcc and live probes)")
-    if headers is None:
-        return Availability(False, "not probed: bcc has no kernel headers to compile with")
-    from bcc import BPF
-
-    if not BPF.support_kfunc():
-        return Availability(False, "bcc sees no BPF trampoline support in this kernel")
-    printed: list[str] = []
-    try:
-        with _stderr_to(printed):
-            prog = BPF(text=f"KFUNC_PROBE({_FENTRY_TARGET}) {{ return 0; }}")
-        prog.cleanup()
-    except Exception as e:  # bcc raises bare Exception for load and attach failures
-        said = " ".join(line.strip() for line in "".join(printed).splitlines() if line.strip())[-200:]
-        # bcc words EPERM as "Need super-user privileges" even when root: the kernel refused.
-        why = "EPERM" if "super-user" in str(e) or "not permitted" in said else str(e)
-        return Availability(False, f"loading an fentry program on {_FENTRY_TARGET} failed: {why} ({said})")
-    return Availability(True, f"an fentry program on {_FENTRY_TARGET} loaded and attached")
-
-
 _SYS_BPF = 321  # x86-64
 _BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 0, 5, 17
-_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP = 26, 23
+_BPF_PROG_TYPE_TRACING, _BPF_TRACE_RAW_TP, _BPF_TRACE_FENTRY = 26, 23, 24
 _TP_BTF_TARGET = "netif_receive_skb"
 FOLLOW_LOADER_ENV = "TAPTTRACE_FOLLOW_LOADER"  # "libbpf" | "bcc" | unset/"auto": force follow's loader
 EXPORTER_LOADER_ENV = "TAPTTRACE_EXPORTER_LOADER"  # the same for the exporter
@@ -475,9 +436,50 @@ def _sys_bpf(cmd: int, attr: ctypes.Array) -> tuple[int, int]:
     return int(fd), ctypes.get_errno()
 
 
+def _probe_tracing(what: str, target: str, btf_id: int, attach_type: int) -> Availability:
+    """Load a two-instruction BPF_PROG_TYPE_TRACING program of `attach_type` on BTF type `btf_id`
+    straight through bpf(2) (no compiler, no libbpf, no bcc), attach it, and close both at once."""
+    insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"), 16)
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_TRACING, 2, ctypes.addressof(insns), ctypes.addressof(license))
+    struct.pack_into("<16s", attr, 48, f"tt_probe_{what.split()[-1].replace('_', '')}".encode()[:15])
+    struct.pack_into("<I", attr, 68, attach_type)  # expected_attach_type
+    struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
+    prog, err = _sys_bpf(_BPF_PROG_LOAD, attr)
+    if prog < 0:
+        return Availability(False, f"loading {what} program on {target} failed: {errno.errorcode.get(err, err)}")
+    try:
+        open_attr = ctypes.create_string_buffer(16)
+        struct.pack_into("<QI", open_attr, 0, 0, prog)  # name NULL: the program's own attach_btf_id
+        link, err = _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, open_attr)
+        if link < 0:
+            return Availability(False, f"{what} program loaded but attaching it to {target} failed: "
+                                       f"{errno.errorcode.get(err, err)}")
+        os.close(link)
+    finally:
+        os.close(prog)
+    return Availability(True, f"{what} program on {target} loaded and attached")
+
+
+def probe_libbpf() -> Availability:
+    """libbpf.so.1 (Debian's libbpf1) and whether it is new enough for the CO-RE objects."""
+    from . import libbpf_loader
+
+    need = ".".join(map(str, libbpf_loader.LIBBPF_MIN))
+    try:
+        version, said = libbpf_loader.libbpf_version()
+    except OSError as e:
+        return Availability(False, f"cannot load {libbpf_loader.LIBBPF} ({e}): apt-get install libbpf1")
+    except AttributeError:
+        return Availability(False, f"{libbpf_loader.LIBBPF} is older than 0.6; tapttrace needs {need} or newer")
+    if version < libbpf_loader.LIBBPF_MIN:
+        return Availability(False, f"{libbpf_loader.LIBBPF} is libbpf {said}; tapttrace needs {need} or newer")
+    return Availability(True, f"libbpf {said} ({libbpf_loader.LIBBPF}; tapttrace needs {need} or newer)")
+
+
 def probe_tp_btf(can_load: bool, btf: Optional[Btf]) -> Availability:
-    """tp_btf: load a two-instruction BPF_PROG_TYPE_TRACING program on btf_trace_netif_receive_skb
-    straight through bpf(2) (no compiler, no libbpf), attach it, and close both at once."""
+    """tp_btf: a BPF_TRACE_RAW_TP program on btf_trace_netif_receive_skb (_probe_tracing)."""
     if btf is None:
         return Availability(False, "needs BTF")
     if not can_load:
@@ -486,27 +488,21 @@ def probe_tp_btf(can_load: bool, btf: Optional[Btf]) -> Availability:
         (btf_id,) = btf.find(f"btf_trace_{_TP_BTF_TARGET}", Kind.TYPEDEF)
     except (ValueError, BtfNotFound, BtfError):
         return Availability(False, f"BTF has no btf_trace_{_TP_BTF_TARGET}")
-    insns = ctypes.create_string_buffer(bytes.fromhex("b700000000000000" "9500000000000000"), 16)
-    license = ctypes.create_string_buffer(b"GPL")
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_TRACING, 2, ctypes.addressof(insns), ctypes.addressof(license))
-    struct.pack_into("<16s", attr, 48, b"tt_probe_tpbtf")
-    struct.pack_into("<I", attr, 68, _BPF_TRACE_RAW_TP)  # expected_attach_type
-    struct.pack_into("<I", attr, 108, btf_id)  # attach_btf_id
-    prog, err = _sys_bpf(_BPF_PROG_LOAD, attr)
-    if prog < 0:
-        return Availability(False, f"loading a tp_btf program on {_TP_BTF_TARGET} failed: {errno.errorcode.get(err, err)}")
+    return _probe_tracing("a tp_btf", _TP_BTF_TARGET, btf_id, _BPF_TRACE_RAW_TP)
+
+
+def probe_fentry(can_load: bool, btf: Optional[Btf]) -> Availability:
+    """fentry: a BPF_TRACE_FENTRY program on netif_receive_skb (_probe_tracing). Through bpf(2)
+    as tp_btf's, not bcc: the libbpf path needs neither bcc nor kernel headers to find out."""
+    if btf is None:
+        return Availability(False, "needs BTF")
+    if not can_load:
+        return Availability(False, "not probed (needs root and live probes)")
     try:
-        open_attr = ctypes.create_string_buffer(16)
-        struct.pack_into("<QI", open_attr, 0, 0, prog)  # name NULL: the program's own attach_btf_id
-        link, err = _sys_bpf(_BPF_RAW_TRACEPOINT_OPEN, open_attr)
-        if link < 0:
-            return Availability(False, f"a tp_btf program loaded but attaching it to {_TP_BTF_TARGET} failed: "
-                                       f"{errno.errorcode.get(err, err)}")
-        os.close(link)
-    finally:
-        os.close(prog)
-    return Availability(True, f"a tp_btf program on {_TP_BTF_TARGET} loaded and attached")
+        (btf_id,) = btf.find(_FENTRY_TARGET, Kind.FUNC)
+    except (ValueError, BtfNotFound, BtfError):
+        return Availability(False, f"BTF has no function {_FENTRY_TARGET}")
+    return _probe_tracing("an fentry", _FENTRY_TARGET, btf_id, _BPF_TRACE_FENTRY)
 
 
 # r1 = 0; *(u64 *)(r10 - 8) = r1; r0 = 0; r1 = 1; r0 = cmpxchg(r10 - 8, r0, r1); r0 = 0; exit
@@ -533,6 +529,14 @@ def probe_bpf_atomics(can_load: bool, release: str = "") -> Availability:
                                    "BPF atomics need Linux 5.12 or newer")
     os.close(prog)
     return Availability(True, "a BPF compare-and-swap loaded")
+
+
+def has_kfunc(btf: Optional[Btf], name: str) -> bool:
+    """Whether BTF has the function `name` (a kfunc's, for the objects' .rodata)."""
+    try:
+        return btf is not None and bool(btf.find(name, Kind.FUNC))
+    except (BtfNotFound, BtfError, ValueError):
+        return False
 
 
 def bridge_btf_home(btf: Optional[Btf], sys_root: str = "/sys") -> str:
@@ -633,17 +637,16 @@ def _choose_loader(env: str, source: str, tp_btf: Availability, btf_path: Path, 
         return "bcc", "the core tracepoints are not all in BTF"
     from . import libbpf_loader
 
+    libbpf = probe_libbpf()
+    if not libbpf.ok:
+        return "bcc", libbpf.detail
     try:
-        ctypes.CDLL(libbpf_loader.LIBBPF)
+        obj = libbpf_loader.object_path(source=source)
     except OSError as e:
-        return "bcc", f"cannot load {libbpf_loader.LIBBPF}: {e}"
-    try:
-        obj = libbpf_loader.object_path(btf_path, source=source)
-    except OSError as e:
-        return "bcc", f"cannot hash the sources and BTF for the object: {e}"
+        return "bcc", f"cannot hash the sources for the object: {e}"
     if obj.is_file():
         return "libbpf", f"tp_btf programs load and {obj} is built{extra}"
-    _, _, problem = libbpf_loader.build_tools(source)
+    _, _, problem = libbpf_loader.build_tools(source, btf_path)
     if problem:
         return "bcc", problem
     return "libbpf", f"tp_btf programs load; the object will be built into {obj.parent} at first use{extra}"
@@ -708,35 +711,6 @@ def load_line(item: str, program: str, features: "Features",
     return DoctorLine(item, True, f"{program} loaded by {loader}: the verifier accepted it")
 
 
-def _boot_id(roots: ProbeRoots) -> str:
-    try:
-        return Path(roots.proc, "sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def cached_fentry(roots: ProbeRoots, release: str, probe: Callable[[], Availability]) -> Availability:
-    """probe()'s answer, remembered for this boot: compiling the test program costs ~0.5 s."""
-    boot = _boot_id(roots)
-    path = Path(roots.run_cache, "fentry.json") if roots.run_cache and boot else None
-    key = {"boot_id": boot, "release": release}
-    if path is not None:
-        try:
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                return Availability(bool(saved["ok"]), f"{saved['detail']} (probed earlier this boot)")
-        except (OSError, ValueError, KeyError):
-            pass
-    result = probe()
-    if path is not None and result.detail and not result.detail.startswith("not probed"):
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "ok": result.ok, "detail": result.detail}))
-        except OSError:
-            pass  # a cache we can't write only costs time
-    return result
-
-
 # -- the whole probe ----------------------------------------------------------------
 
 
@@ -770,7 +744,7 @@ def _probe(roots: ProbeRoots) -> Features:
     bcc = probe_bcc()
     can_load = roots.live and is_root and bcc.ok
     if can_load and headers is not None:
-        headers.apply()  # the fentry probe below compiles, and so will the tracer
+        headers.apply()  # bcc compiles with them, if a loader falls back to it
     offsets, offsets_problem = None, "no BTF"
     if btf is not None:
         try:
@@ -779,10 +753,7 @@ def _probe(roots: ProbeRoots) -> Features:
             offsets_problem = str(e)
 
     kprobes = probe_kprobes(roots, tracefs)
-    if can_load and headers is not None and btf is not None:
-        fentry = cached_fentry(roots, release, lambda: probe_fentry(True, headers, True))
-    else:
-        fentry = probe_fentry(can_load, headers, btf is not None)
+    fentry = probe_fentry(roots.live and is_root, btf)
     tp_btf = probe_tp_btf(roots.live and is_root, btf)
     core = [tracepoints[name] for name in CORE_TRACEPOINTS]
     if all(tp.present and tp.raw_args is not None for tp in core) and offsets is not None:
@@ -833,6 +804,8 @@ def _probe(roots: ProbeRoots) -> Features:
         btf_path=str(roots.btf),
         tp_btf=tp_btf,
         bpf_atomics=atomics,
+        libbpf=probe_libbpf(),
+        rdonly_cast=has_kfunc(btf, "bpf_rdonly_cast"),
         bridge_btf=bridge_btf,
         bridge_hook_bcc=bridge_hook_bcc,
         follow_loader=follow_loader,
@@ -902,21 +875,33 @@ def _tracepoint_line(tp: Tracepoint) -> DoctorLine:
                       required=tp.name in CORE_TRACEPOINTS)
 
 
+def _objects_detail() -> str:
+    from .bpfbuild import build_info
+
+    return build_info().removeprefix("BPF objects: ").removeprefix("BPF objects ")
+
+
 def doctor_lines(features: Features, plan: Optional[Mapping[str, str]] = None) -> list[DoctorLine]:
     """What the kernel offers and what tapttrace will use, one line per item."""
     f = features
+    needs_bcc = "bcc" in (f.follow_loader, f.exporter_loader)
     lines = [
         DoctorLine("kernel", True, f.kernel_release),
         DoctorLine("root", f.is_root, "running as root" if f.is_root else "not root", ROOT_FIX, True),
         DoctorLine("BTF", f.btf.ok, f.btf.detail, "use a kernel built with CONFIG_DEBUG_INFO_BTF=y", True),
         DoctorLine("tracefs", f.tracefs.ok, f.tracefs.detail, MOUNT_TRACEFS, True),
-        DoctorLine("bcc", f.bcc.ok, f.bcc.detail, BCC_FIX, True),
+        # libbpf with the CO-RE objects needs neither bcc nor kernel headers; a loader falling
+        # back to bcc (it compiles at start) needs both.
+        DoctorLine("libbpf", f.libbpf.ok, f.libbpf.detail, "apt-get install libbpf1",
+                   "libbpf" in (f.follow_loader, f.exporter_loader)),
+        DoctorLine("BPF objects", True, _objects_detail()),
+        DoctorLine("bcc", f.bcc.ok, f.bcc.detail, BCC_FIX, needs_bcc),
         DoctorLine(
             "kernel headers",
             f.headers is not None,
             f.headers.describe() if f.headers else f.headers_problem,
             "" if f.headers else f"apt-get install linux-headers-{f.kernel_release} (or linux-headers-amd64)",
-            True,
+            needs_bcc,
         ),
     ]
     if f.headers is not None and not f.headers.matches_running:

@@ -2,11 +2,13 @@
 twin of loader.FollowProgram, with the same EventSource interface (poll_batch, poll, drain,
 lost, watch_ips, close, context manager).
 
-No compiler in the process: the object is built once per (sources, kernel BTF) into
+No compiler in the process: the object is the one the wheel carries (built when the wheel was),
+else built once per content (sources, headers, flags: tracer/bpfbuild.py) into
 /var/cache/tapttrace/bpf/ by clang (`build_object`, called by scripts/setup.sh and, under a
 lock, at first use), and loaded here by libbpf.so.1, which applies the CO-RE relocations
-against the running kernel's BTF. The watched MAC and the tracepoint argument layout go into
-.rodata before load, so one object serves every MAC and every run.
+against the running kernel's BTF. The watched MAC, the tracepoint argument layout and what the
+kernel offers (features.rdonly_cast) go into .rodata before load, so one object serves every MAC,
+every run and every kernel.
 
 Building and caching serve every object in OBJECTS: bpf/exporter.c too, which
 tracer/exporter/program_btf.py loads with the ctypes wrapper `libbpf()` below (and whose maps
@@ -21,19 +23,16 @@ import ctypes
 import errno
 import fcntl
 import functools
-import hashlib
 import os
 import re
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from . import trips
+from . import bpfbuild, trips
+from .bpfbuild import OBJECTS, VMLINUX_BTF
 from .features import BRIDGE_FUNCS, BTF_ONLY_FUNCS, bridge_plan
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
@@ -41,20 +40,13 @@ from .events import event_name
 from .records import NF_FAMILIES
 from .ringbuf import Record, RingBuffer
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
-# Each object: its C source, the headers it includes (hashed with it) and its own clang flags.
-OBJECTS = {
-    "follow.c": (("loaders.h", "tapttrace.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the compare-and-swap claiming a trip slot
-    "exporter.c": (("loaders.h", "exporter.h", "kernel_compat.h"), ("-mcpu=v3",)),  # v3: the atomic compare-and-swap on qtab
-}
 FOLLOW_SOURCE = "follow.c"
 SOURCES = (FOLLOW_SOURCE, *OBJECTS[FOLLOW_SOURCE][0])
 CACHE_DIR = Path(os.environ.get("TAPTTRACE_BPF_CACHE", "/var/cache/tapttrace/bpf"))
-VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
 LIBBPF = "libbpf.so.1"
-LIBBPF_HEADER = Path("/usr/include/bpf/bpf_helpers.h")
-CLANGS = ("clang-14", "clang", "clang-15", "clang-16", "clang-13")
-BUILD_FIX = "apt-get install clang-14 libbpf-dev bpftool (scripts/setup.sh does)"
+# libbpf 1.0: the .so.1 ABI, and an unresolved __weak kfunc (bpf_rdonly_cast before 6.2) left to
+# the verifier's dead-code pass instead of refused at load. Debian 12's libbpf1 is 1.1.
+LIBBPF_MIN = (1, 0)
 PROGRAMS = ("tt_netif_receive_skb", "tt_net_dev_queue", "tt_kfree_skb", "tt_consume_skb")
 # The hops inside the bridge and the tap (features.BRIDGE_FUNCS): each function's fentry and
 # kprobe programs, off (autoload false) unless features.plan_bridge_hooks names that kind for it
@@ -68,6 +60,7 @@ def bridge_program(func: str, kind: str, prefix: str = "tt") -> str:
     return f"{prefix}_{func}_{kind}"
 
 
+
 # Functions whose fentry program has a fexit beside it, loaded and attached with it
 # (tt_<func>_fexit): nft_do_chain's verdict is its return value.
 WITH_FEXIT = frozenset({"nft_do_chain"})
@@ -78,8 +71,10 @@ def bridge_programs(func: str, kind: str, prefix: str = "tt") -> tuple[str, ...]
     first = bridge_program(func, kind, prefix)
     return (first, f"{prefix}_{func}_fexit") if kind == "fentry" and func in WITH_FEXIT else (first,)
 
-# struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn
-CONFIG = struct.Struct("<QiiII")
+
+# struct tt_follow_config in bpf/follow.c: watch_mac, kfree_reason_arg, consume_location_arg, trips, learn,
+# rdonly_cast, pad
+CONFIG = struct.Struct("<QiiIIII")
 # struct tt_nf_chain in bpf/tapttrace.h: family, pad, table[32], chain[32]
 NF_CHAIN = struct.Struct("<II32s32s")
 # "off": every hop as its own event record, no journey stitched in the kernel (for comparisons:
@@ -95,107 +90,78 @@ TRIP_SWEEP_EVERY_S = 0.1
 # -- building the object --------------------------------------------------------------
 
 
-def _which(*names: str) -> Optional[str]:
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin"
-    return next((found for n in names if (found := shutil.which(n, path=path))), None)
-
-
-def build_tools(source: str = FOLLOW_SOURCE) -> tuple[Optional[str], Optional[str], str]:
+def build_tools(source: str = FOLLOW_SOURCE, btf: Path = VMLINUX_BTF) -> tuple[Optional[str], Optional[str], str]:
     """(clang, bpftool, problem): what building an object needs, and what is missing ("" if nothing)."""
-    clang, bpftool = _which(*CLANGS), _which("bpftool")
-    missing = [what for what, ok in (("clang", clang), ("bpftool", bpftool),
-                                     ("libbpf's headers", LIBBPF_HEADER.is_file())) if not ok]
-    return clang, bpftool, (f"no {', '.join(missing)} to build bpf/{source}: {BUILD_FIX}" if missing else "")
+    return bpfbuild.build_tools(source, btf)
 
 
-def _object(source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    try:
-        return OBJECTS[source]
-    except KeyError:
-        raise ValueError(f"no BPF object is built from {source!r} (known: {', '.join(OBJECTS)})") from None
-
-
-def object_path(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
-    """Where the object of `source` for these sources and this kernel's BTF lives (built or not):
-    <cache>/<source's stem>-<hash of the source, its headers, its flags and the BTF>.o."""
-    headers, cflags = _object(source)
-    h = hashlib.sha256()
-    for name in (source, *headers):
-        h.update((BPF_DIR / name).read_bytes())
-    h.update(" ".join(cflags + probed_defines()).encode())
-    h.update(btf.read_bytes())  # vmlinux.h is generated from it (and kernel_defines() reads it)
-    return (cache or CACHE_DIR) / f"{Path(source).stem}-{h.hexdigest()[:16]}.o"
+def object_path(cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
+    """Where the object of `source` for these sources and this kernel's variant is: the one the
+    wheel carries (tracer/_bpf/) if it does, else <cache>/<bpfbuild.object_name> (built or not)."""
+    name = bpfbuild.object_name(source, probed_defines())
+    packaged = bpfbuild.PACKAGED_DIR / name
+    if cache is None and packaged.is_file():
+        return packaged
+    return (cache or CACHE_DIR) / name
 
 
 @functools.lru_cache(maxsize=None)
 def probed_defines() -> tuple[str, ...]:
-    """-D flags for what the running kernel's BPF refuses, found by loading (not in its BTF):
-    TT_NO_ATOMICS before 5.12 (bpf/kernel_compat.h). Probed once a process: object_path() runs at
-    every loader choice and again at the build."""
+    """The object's variant (bpfbuild.VARIANTS) for what the running kernel's BPF refuses, found
+    by loading: TT_NO_ATOMICS before 5.12 (bpf/kernel_compat.h). Probed once a process:
+    object_path() runs at every loader choice and again at the build."""
     from .features import probe_bpf_atomics
 
-    return () if probe_bpf_atomics(os.geteuid() == 0).ok else ("-DTT_NO_ATOMICS",)
-
-
-def kernel_defines(btf: Path = VMLINUX_BTF) -> list[str]:
-    """-D flags for what this kernel's BTF offers (the object's name hashes the BTF, so they
-    always match it): TT_RDONLY_CAST where the bpf_rdonly_cast kfunc exists (6.2+), which lets the
-    Ethernet header be read with plain guarded loads instead of a bpf_probe_read_kernel call."""
-    from .btf import Btf, BtfError, Kind
-
-    try:
-        defines = ["-DTT_RDONLY_CAST"] if Btf.load(btf).find("bpf_rdonly_cast", Kind.FUNC) else []
-    except (OSError, BtfError):
-        defines = []
-    return defines + list(probed_defines())
+    return () if probe_bpf_atomics(os.geteuid() == 0).ok else (bpfbuild.NO_ATOMICS,)
 
 
 def build_object(btf: Path = VMLINUX_BTF, cache: Optional[Path] = None, source: str = FOLLOW_SOURCE) -> Path:
-    """The compiled object of bpf/<source>, built now if it isn't yet (one builder at a time: a lock file)."""
-    _, cflags = _object(source)
-    stem = Path(source).stem
+    """The compiled object of bpf/<source>: the wheel's, the cache's, or built now into the cache
+    (one builder at a time: a lock file)."""
     try:
-        target = object_path(btf, cache, source)
+        target = object_path(cache, source)
     except OSError as e:
         raise EnvironmentProblem(f"cannot read {e.filename} to build bpf/{source}: {e.strerror}") from None
     if target.is_file():
         return target
-    clang, bpftool, problem = build_tools(source)
-    if problem or clang is None or bpftool is None:  # no problem means both were found
+    _, _, problem = build_tools(source, btf)
+    if problem:
         raise EnvironmentProblem(problem)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         lock = open(target.parent / ".build.lock", "w")
     except OSError as e:
         raise EnvironmentProblem(f"cannot write the BPF object cache {target.parent}: {e.strerror}") from None
+    stem = Path(source).stem
+    variant = probed_defines()
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.is_file():  # another process built it while we waited
             return target
-        with tempfile.TemporaryDirectory(prefix="tapttrace-bpf-") as tmp:
-            vmlinux_h = Path(tmp, "vmlinux.h")
-            out = Path(tmp, f"{stem}.o")
-            steps = [
-                ([bpftool, "btf", "dump", "file", str(btf), "format", "c"], vmlinux_h),
-                ([clang, "-target", "bpf", "-O2", "-g", *cflags, "-D__TARGET_ARCH_x86", *kernel_defines(btf),
-                  f"-I{tmp}", f"-I{BPF_DIR}", "-c", str(BPF_DIR / source), "-o", str(out)], None),
-            ]
-            for argv, stdout_to in steps:
-                with open(stdout_to, "wb") if stdout_to else open(os.devnull, "wb") as sink:
-                    r = subprocess.run(argv, stdout=sink, stderr=subprocess.PIPE, text=True)
-                if r.returncode != 0:
-                    said = " ".join(r.stderr.split())[:300]
-                    raise KernelError(f"building bpf/{source} failed at {Path(argv[0]).name}: {said}")
-            partial = target.with_suffix(f".{os.getpid()}.tmp")
-            shutil.copyfile(out, partial)
-            os.replace(partial, target)  # readers see the whole object or none
-        for old in target.parent.glob(f"{stem}-*.o"):  # older sources' or kernels': rebuilt if needed
-            if old != target:
+        try:
+            bpfbuild.compile_object(source, variant, target, btf)
+        except bpfbuild.BuildError as e:
+            raise (EnvironmentProblem if e.missing else KernelError)(e.message) from None
+        # Older sources' objects go (rebuilt if needed); the other variant's stays.
+        keep = {bpfbuild.object_name(source, v) for v in bpfbuild.VARIANTS}
+        for old in target.parent.glob(f"{stem}-*.o"):
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
     return target
 
 
 # -- libbpf through ctypes ----------------------------------------------------------------
+
+
+def libbpf_version() -> tuple[tuple[int, int], str]:
+    """((major, minor), "v1.1") of the libbpf.so.1 the loader would use; OSError if there is none,
+    AttributeError if it is too old to say (before 0.6)."""
+    lib = ctypes.CDLL(LIBBPF)
+    lib.libbpf_major_version.restype = ctypes.c_uint32
+    lib.libbpf_minor_version.restype = ctypes.c_uint32
+    lib.libbpf_version_string.restype = ctypes.c_char_p
+    return (lib.libbpf_major_version(), lib.libbpf_minor_version()), lib.libbpf_version_string().decode()
+
 
 _lib: Optional[ctypes.CDLL] = None
 _messages: list[str] = []
@@ -483,7 +449,8 @@ class LibbpfFollowProgram:
         reason = features.kfree_skb_reason_arg
         location = features.consume_skb_location_arg
         config = ctypes.create_string_buffer(CONFIG.pack(
-            mac_int, 2 if reason == 2 else -1, 1 if location == 1 else -1, int(self.trips), int(self.learn)),
+            mac_int, 2 if reason == 2 else -1, 1 if location == 1 else -1, int(self.trips), int(self.learn),
+            int(features.rdonly_cast), 0),
             CONFIG.size)
         if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
             raise KernelError("libbpf refused follow's configuration (.rodata)")

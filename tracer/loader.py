@@ -11,14 +11,13 @@ through the Features record as -D integer constants.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 from typing import Callable, Iterable
 
 from .config import ip_key, mac_to_int
 from .errors import EnvironmentProblem, KernelError, say_note
 from .ringbuf import Record, RingBuffer
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+from .bpfbuild import BPF_DIR
 FOLLOW_SOURCE = "follow.c"
 # The kprobe variant of the br_flood hop in bpf/follow.c, attached by name (bcc attaches the
 # tracepoint and KFUNC_PROBE programs itself as it loads them).

@@ -93,7 +93,7 @@ def render_text(d: Diagnosis, journeys: Sequence[Journey] = ()) -> Group:
     if d.remarks:
         parts.append(Text("\nworth knowing:", style="bold"))
         parts += [Text(f"  • {r}", style="dim") for r in d.remarks]
-    return Group(Panel(Group(*parts), title=f"tapttrace diagnose {d.mac}", expand=False))
+    return Group(Panel(Group(*parts), title=Text(f"tapttrace diagnose {d.mac}"), expand=False))
 
 
 def journey_path(j: Journey) -> str:

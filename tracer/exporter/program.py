@@ -7,12 +7,10 @@ structures' offsets read from BTF here), and bcc hands over its maps' fds.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..bpfbuild import BPF_DIR
 from ..errors import EnvironmentProblem, KernelError, say_note
 from .maps import MAP_LAYOUT, ExporterMaps
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOURCE = "exporter.c"
 # The bridge's tracepoints the FDB hooks attach to (features.tracepoints' names): absent while the
 # bridge, a module, is not loaded; the frame hooks are on the core tracepoints.

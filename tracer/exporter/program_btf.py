@@ -3,8 +3,8 @@ fields as plain CO-RE loads. The loader chain's first choice; program.ExporterPr
 its fallback. Both only load and attach: what follows is maps.ExporterMaps', the same for both.
 
 No compiler and no bcc in the process (importing bcc maps LLVM, ≈ 76 MB resident): the object
-is built once per (sources, kernel BTF) into /var/cache/tapttrace/bpf/ by
-tracer/libbpf_loader.build_object (scripts/setup.sh, or at first use under a lock).
+is the wheel's (tracer/_bpf/), else built once per content into /var/cache/tapttrace/bpf/ by
+tracer/libbpf_loader.build_object (scripts/setup.sh, or at first use under a lock; docs/install.md).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .program import DECISION_FUNCS, FDB_TRACEPOINTS, decision_notes, fdb_note, 
 SOURCE = "exporter.c"
 PROGRAMS = ("ttx_netif_receive_skb", "ttx_net_dev_queue", "ttx_kfree_skb", "ttx_consume_skb")
 FDB_PROGRAMS = dict(zip(FDB_TRACEPOINTS, ("ttx_br_fdb_update", "ttx_fdb_delete")))
-CONFIG = struct.Struct("<ii")  # struct ttx_config (tt_config in .rodata): kfree_reason_arg, pad
+CONFIG = struct.Struct("<iI")  # struct ttx_config (tt_config in .rodata): kfree_reason_arg, rdonly_cast
 
 
 class LibbpfExporterProgram(ExporterMaps):
@@ -88,7 +88,7 @@ class LibbpfExporterProgram(ExporterMaps):
             raise KernelError(f"bpf/{SOURCE}'s .rodata is {size.value} bytes, not the {CONFIG.size} of "
                               "struct ttx_config: rebuild the object (scripts/setup.sh)")
         reason = 2 if features.kfree_skb_reason_arg == 2 else -1
-        config = ctypes.create_string_buffer(CONFIG.pack(reason, 0), CONFIG.size)
+        config = ctypes.create_string_buffer(CONFIG.pack(reason, int(features.rdonly_cast)), CONFIG.size)
         if lib.bpf_map__set_initial_value(rodata, config, CONFIG.size):
             raise KernelError("libbpf refused the exporter's configuration (.rodata)")
         # bcc's build gets the same sizes as -DMAX_SERIES, MAX_FRAMES, MAX_PAIRS (program.py).
