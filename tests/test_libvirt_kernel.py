@@ -118,8 +118,12 @@ def test_follow_vm_shows_journeys_delivered_to_vnet(lv):
         last = j["hops"][-1]
         assert last["event"] == "read" and last["dev"] == br.tap
         assert f"pid {br.qemu_pid()}" in last["reader"] and f"vm {br.name}" in last["reader"]
-    replies = [j for j in journeys if j["summary"].startswith("ICMP echo reply") and j["src_mac"] == br.mac]
-    assert len(replies) == 3 and all(j["verdict"] == "forwarded" for j in replies)
+    # This test's replies: the guest (a qemu under TCG, shared by the module's tests) may answer an
+    # earlier test's probe late, after that probe gave up, and inside this window: not one of these.
+    first = min(j["start_ns"] for j in requests)
+    replies = [j for j in journeys if j["summary"].startswith("ICMP echo reply") and j["src_mac"] == br.mac
+               and j["start_ns"] > first]
+    assert len(replies) == 3 and all(j["verdict"] == "forwarded" for j in replies), [j["summary"] for j in journeys]
 
 
 def test_follow_with_a_mac_names_the_domain_libvirt_knows(lv):
