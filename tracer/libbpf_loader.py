@@ -60,7 +60,6 @@ def bridge_program(func: str, kind: str, prefix: str = "tt") -> str:
     return f"{prefix}_{func}_{kind}"
 
 
-
 # Functions whose fentry program has a fexit beside it, loaded and attached with it
 # (tt_<func>_fexit): nft_do_chain's verdict is its return value.
 WITH_FEXIT = frozenset({"nft_do_chain"})

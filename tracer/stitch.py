@@ -404,12 +404,8 @@ class Stitcher:
         if ev.hook == Hook.FLOOD:
             bridge = (dev.name if dev.is_bridge else dev.master_name) if dev else name
             return Hop(ev.ts_ns, copy, "flood-decision", ns, bridge, "bridge", _FLOOD_KINDS.get(ev.reason & 0xFF, ""))
-        if ev.hook == Hook.NF_CHAIN:
-            fault, detail = nf_verdict(ev.reason, self.namer.nf_chain(ev.location))
-            return Hop(ev.ts_ns, copy, "netfilter", ns, name, role, location=HOOK_FUNCTIONS[Hook.NF_CHAIN],
-                       detail=detail, fault=fault)
         if ev.hook in _BRIDGE_HOP_EVENTS:
-            return _bridge_hop(ev, copy, ns, name, role)
+            return _bridge_hop(ev, copy, ns, name, role, self.namer)
         where = self.namer.symbol(ev.location)
         if ev.hook == Hook.DROP:
             return Hop(ev.ts_ns, copy, "dropped", ns, name, role, self.namer.reason(ev.reason), where)
@@ -531,9 +527,10 @@ _ECHO_REPLY_FREES = ("icmp_rcv", "icmpv6_rcv")
 
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
 
-# Hops from inside the bridge and the tap (fentry/kprobe): the words of each.
+# Hops from inside the bridge, the tap and nf_tables (fentry/fexit/kprobe): the event of each.
 _BRIDGE_HOP_EVENTS = {Hook.FORWARD: "to-port", Hook.FLOOD_PORT: "flood-port", Hook.PASS_UP: "to-host",
-                      Hook.EGRESS: "egress", Hook.EGRESS_NF: "egress", Hook.TAP_XMIT: "tap-xmit"}
+                      Hook.EGRESS: "egress", Hook.EGRESS_NF: "egress", Hook.TAP_XMIT: "tap-xmit",
+                      Hook.NF_CHAIN: "netfilter"}
 
 
 def port_fault(facts: int) -> str:
@@ -623,7 +620,7 @@ def nf_verdict(facts: int, chain: Optional[tuple[str, str, str]]) -> tuple[str, 
     return ("netfilter-drop" if verdict == 0 else ""), words
 
 
-def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
+def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str, namer: Namer) -> Hop:
     hook = ev.hook
     detail = fault = ""
     if hook in (Hook.FORWARD, Hook.FLOOD_PORT):
@@ -637,6 +634,8 @@ def _bridge_hop(ev: Event, copy: int, ns: str, name: str, role: str) -> Hop:
         fault, detail = egress_fit(hook, ev.reason, ev.frame_len, ev.data)
     elif hook == Hook.TAP_XMIT:
         fault, detail = tap_queue(ev.reason)
+    elif hook == Hook.NF_CHAIN:
+        fault, detail = nf_verdict(ev.reason, namer.nf_chain(ev.location))
     return Hop(ev.ts_ns, copy, _BRIDGE_HOP_EVENTS[hook], ns, name, role, location=HOOK_FUNCTIONS[hook],
                detail=detail, fault=fault)
 
