@@ -455,6 +455,7 @@ class Bench:
                 warm = self.traffic.send(30, rate=1000, background=True)
             tool.start()
             result["attach_s"] = tool.wait_attached()
+            read_before = self.traffic.reader.frames
             if config == "follow-match":
                 result["first_event_s"] = tool.first_line_after(60)  # a deadline for the figure, not a bound on it
                 warm.send_signal(signal.SIGINT)
@@ -475,6 +476,7 @@ class Bench:
             result["peak_rss_mb"] = mem.get("VmHWM")
             result["total_cpu_s"] = cpu_seconds(pid)
             result["detach_s"] = tool.stop()
+            read_while = self.traffic.reader.frames - read_before
             result["exit_s"] = tool.exit_s
             result["programs_left_after_exit"] = tool.programs_left
             if config.startswith("follow"):
@@ -484,6 +486,13 @@ class Bench:
                 result["lost_events"] = s.get("lost_events")
                 result["discarded_events"] = s.get("discarded_events")
                 result["discarded_journeys"] = s.get("discarded_journeys")
+                result["summary_frames"] = s.get("frames")
+                result["counted_in_kernel"] = s.get("counted_in_kernel")
+                if config == "follow-match" and s.get("frames") is not None:
+                    # every frame for the MAC the reader got from follow's attach until its detach must
+                    # be in its summary (shown, counted in the kernel, or discarded at exit and said)
+                    said = s["frames"] + (s.get("discarded_journeys") or 0)
+                    result["unaccounted"] = max(0, read_while - said)
                 if config == "follow-match" and s:
                     # journeys handled in the window: all lines written after it began (the summary
                     # line excepted), over the window; the backlog drained at the end belongs to it
@@ -677,7 +686,7 @@ def run_bench(p: Params, log: Callable[[str], None] = print) -> dict:
 
 FIGURES = ["delivered_fps", "ratio", "tool_cpu_frac", "tool_cpu_s", "journeys_per_s", "lost_events",
            "attach_s", "first_event_s", "peak_rss_mb", "detach_s", "exit_s", "bpf_ns_per_frame", "command_s",
-           "discarded_events", "discarded_journeys"]
+           "discarded_events", "discarded_journeys", "summary_frames", "counted_in_kernel", "unaccounted"]
 
 
 def aggregate(results: dict) -> dict:

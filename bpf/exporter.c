@@ -176,7 +176,10 @@ TT_PERCPU_ARRAY(cur, struct ttx_cur, 1);
  * only copy, whose verdict (delivered or dropped) waits for that. Written on the CPU that queues,
  * read on the CPU that reads (the tap's ring orders the two). A direct-mapped table keyed by the
  * skb's address (`qtab`: claimed with a compare-and-swap, no helper call, no lock); an skb whose
- * slot is taken goes to `tapq` (LRU hash, per-CPU LRU lists) instead. */
+ * slot is taken goes to `tapq` (LRU hash, per-CPU LRU lists) instead. 4096 slots (128 KB): small
+ * enough to stay in the caches. With 65 536 (2 MB) every frame's slot was a cache miss at both
+ * ends, ≈ 100 ns in each of net_dev_queue and consume_skb, whether the slot was written or only
+ * read (bench/FINDINGS.md, item 8). */
 struct ttx_queued {
 	__u32 netns;
 	__u32 ifindex;
@@ -189,7 +192,7 @@ struct ttx_qslot {
 	__u64 skb; /* 0: free */
 	struct ttx_queued q;
 };
-#define QTAB_BITS 16
+#define QTAB_BITS 12
 TT_ARRAY(qtab, struct ttx_qslot, 1 << QTAB_BITS, 0);
 TT_LRU_HASH(tapq, __u64, struct ttx_queued, MAX_FRAMES, TTX_NO_COMMON_LRU);
 

@@ -82,7 +82,8 @@ TT_HASH(watch_ips, struct tt_ip, __u8, 64);
  * libbpf only: bcc can't map an array into user space, and its raw tracepoints can't read the
  * bitfields starts_trip() needs without more -D offsets; under bcc every hop is a tt_event and
  * user space stitches (tracer/stitch.py), as it does for any cut trip. */
-#define TT_TRIP_BITS 12
+#define TT_TRIP_BITS 13
+#define TT_TRIP_WAYS 4 /* slots an skb's trip may take (trip_slot) */
 #define TT_GOLDEN 0x9E3779B97F4A7C15ULL
 TT_ARRAY(trips, struct tt_trip, 1 << TT_TRIP_BITS, BPF_F_MMAPABLE);
 
@@ -342,22 +343,36 @@ static __always_inline __u32 wire_len(struct sk_buff *skb, unsigned char *eth, c
 #ifndef TT_BCC
 /* -- journeys stitched in the kernel (TT_CFG(trips), libbpf only) ------------------------- */
 
+/* The slot holding skb's trip, or NULL. An skb's trip is in one of the TT_TRIP_WAYS slots of its
+ * set: with one slot per address, a frame whose slot another frame held (a frame in a tap's queue:
+ * at saturation thousands wait there) went as events, and at that rate its events were lost. */
 static __always_inline struct tt_trip *trip_slot(__u64 skb)
 {
-	__u32 i = (__u32)((skb * TT_GOLDEN) >> (64 - TT_TRIP_BITS));
-	return bpf_map_lookup_elem(&trips, &i);
+	__u32 set = (__u32)((skb * TT_GOLDEN) >> (64 - TT_TRIP_BITS)) & ~(__u32)(TT_TRIP_WAYS - 1);
+
+#pragma unroll
+	for (__u32 w = 0; w < TT_TRIP_WAYS; w++) {
+		__u32 i = set + w;
+		struct tt_trip *t = bpf_map_lookup_elem(&trips, &i);
+		if (t && t->skb == skb)
+			return t;
+	}
+	return NULL;
 }
 
-/* Hand a trip to user space and free its slot. A trip that finds no room counts as its events lost. */
-static __always_inline void hand_over(struct tt_trip *t, __u8 flags)
+/* A free slot of skb's set, claimed for it with a compare-and-swap; NULL if all are taken. */
+static __always_inline struct tt_trip *trip_claim(__u64 skb)
 {
-	t->flags |= flags;
-	if (bpf_ringbuf_output(&events, t, sizeof(*t), 0))
-		count_lost(t->nhops);
-	t->nhops = 0;
-	/* skb = 0 last: the slot is free. The compiler keeps the order; x86 keeps stores in order. */
-	asm volatile("" ::: "memory");
-	t->skb = 0;
+	__u32 set = (__u32)((skb * TT_GOLDEN) >> (64 - TT_TRIP_BITS)) & ~(__u32)(TT_TRIP_WAYS - 1);
+
+#pragma unroll
+	for (__u32 w = 0; w < TT_TRIP_WAYS; w++) {
+		__u32 i = set + w;
+		struct tt_trip *t = bpf_map_lookup_elem(&trips, &i);
+		if (t && !t->skb && tt_cas_u64(&t->skb, 0, skb) == 0)
+			return t;
+	}
+	return NULL;
 }
 
 /* Hop n of a trip, or NULL. The bound is checked on the very register that indexes: a verifier
@@ -372,8 +387,98 @@ static __always_inline struct tt_hop *hop_at(struct tt_trip *t, __u32 n)
 	return &t->hops[n];
 }
 
-static __always_inline void add_hop(struct tt_hop *h, struct net_device *dev, __u16 hook, __u64 location,
-				    __u32 reason)
+/* Whole journeys user space is too far behind to be shown, counted by their path (see tally()):
+ * a count per path (per CPU: no atomics), one sample trip per path, and how many in all (read
+ * while follow runs, to say once that it is behind). */
+TT_PERCPU_HASH(tallies, __u64, __u64, TT_TALLY_PATHS);
+TT_HASH(tally_samples, __u64, struct tt_trip, TT_TALLY_PATHS);
+TT_PERCPU_ARRAY(tallied, __u64, 1);
+
+/* User space has more than half the ring still to read: a journey that ends well (not a drop)
+ * is counted instead of shown, so that the other half stays for drops and for frames that go as
+ * events (clones, floods), whose hops can't be counted here. */
+static __always_inline int ring_behind(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) * 2 > bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+}
+
+#define TT_FNV_PRIME 0x100000001b3ULL
+
+/* A trip's path as one number: what decides a journey's words and verdict, without its times (per
+ * hop its hook, namespace, device, reason and location; the frame's group bit), FNV-1a over 64-bit
+ * words and a final mix. A hash of the 248 bytes the path would take as a map key cost ≈ 250 ns a
+ * frame at saturation (bench/FINDINGS.md, item 9); two paths sharing a number are as unlikely as
+ * a 64-bit collision. */
+static __always_inline __u64 path_of(struct tt_trip *t)
+{
+	__u64 h = 0xcbf29ce484222325ULL ^ t->nhops ^ ((__u64)(t->data[0] & 1) << 8);
+
+#pragma unroll
+	for (int i = 0; i < TT_TRIP_HOPS; i++) {
+		if (i >= t->nhops)
+			break;
+		h = (h ^ t->hops[i].location) * TT_FNV_PRIME;
+		h = (h ^ (((__u64)t->hops[i].netns << 32) | t->hops[i].ifindex)) * TT_FNV_PRIME;
+		h = (h ^ (((__u64)t->hops[i].reason << 16) | t->hops[i].hook)) * TT_FNV_PRIME;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	return h ^ (h >> 33);
+}
+
+/* Count ended trip t by its path: 0, or -1 when the path table is full (its events count as lost). */
+static __always_inline int tally(struct tt_trip *t)
+{
+	__u32 zero = 0;
+	__u64 path = path_of(t), one = 1, *n;
+
+	n = bpf_map_lookup_elem(&tallies, &path);
+	if (n) {
+		*n += 1;
+	} else {
+		/* A new path (on this CPU): its sample first, so that user space never finds a count
+		 * without one. */
+		bpf_map_update_elem(&tally_samples, &path, t, BPF_NOEXIST);
+		if (bpf_map_update_elem(&tallies, &path, &one, BPF_NOEXIST)) {
+			n = bpf_map_lookup_elem(&tallies, &path); /* another CPU made it meanwhile */
+			if (!n)
+				return -1;
+			*n += 1;
+		}
+	}
+	n = bpf_map_lookup_elem(&tallied, &zero);
+	if (n)
+		*n += 1;
+	return 0;
+}
+
+/* Hand a trip to user space and free its slot. A whole journey (ended) is counted by its path when
+ * user space is behind and it is no drop (drops are shown first), or when the ring has no room for
+ * it; only a cut trip that finds no room, or a path the table has no room for, counts as lost. */
+static __always_inline void hand_over(struct tt_trip *t, __u8 flags)
+{
+	t->flags |= flags;
+	if (t->flags & TT_TRIP_ENDED) {
+		struct tt_hop *last = hop_at(t, (__u32)t->nhops - 1);
+		int drop = last && last->hook == TT_HOOK_DROP;
+
+		if ((!drop && ring_behind()) || bpf_ringbuf_output(&events, t, sizeof(*t), 0)) {
+			if (tally(t))
+				count_lost(t->nhops);
+		}
+	} else if (bpf_ringbuf_output(&events, t, sizeof(*t), 0)) {
+		count_lost(t->nhops);
+	}
+	t->nhops = 0;
+	/* skb = 0 last: the slot is free. The compiler keeps the order; x86 keeps stores in order. */
+	asm volatile("" ::: "memory");
+	t->skb = 0;
+}
+
+/* port: the bridge port a decision hop names (br_forward's), read through BPF_CORE_READ (a number
+ * to the verifier, so read likewise); else the hop is on skb->dev. */
+static __always_inline void add_hop(struct tt_hop *h, struct net_device *dev, struct net_device *port, __u16 hook,
+				    __u64 location, __u32 reason)
 {
 	if (!h)
 		return;
@@ -382,7 +487,10 @@ static __always_inline void add_hop(struct tt_hop *h, struct net_device *dev, __
 	h->reason = reason;
 	h->hook = hook;
 	h->cpu = bpf_get_smp_processor_id();
-	device_ids(dev, &h->netns, &h->ifindex, h->ifname, 0);
+	if (port)
+		device_ids(port, &h->netns, &h->ifindex, h->ifname, 1);
+	else
+		device_ids(dev, &h->netns, &h->ifindex, h->ifname, 0);
 }
 
 /* Where a journey can begin, as tracer/stitch.py decides it: a device (not the bridge) receiving
@@ -427,7 +535,7 @@ static __always_inline void cut_last(__u64 *last)
 /* 1 when the event became a hop of a trip; 0 when it must go as a tt_event (after any trip whose
  * hops must precede it has been handed over). */
 static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, __u16 hook, __u64 location,
-				       __u32 reason)
+				       __u32 reason, struct net_device *port)
 {
 	__u32 zero = 0;
 	struct tt_cpu_trip *c = bpf_map_lookup_elem(&last_trip, &zero);
@@ -439,22 +547,23 @@ static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, 
 	struct net_device *dev = skb->dev;
 	__u32 frame_len = wire_len(skb, eth, 0);
 
-	if (!t)
-		return 0;
-	if (t->skb == key) {
+	if (t) {
 		int ends = hook == TT_HOOK_DROP || hook == TT_HOOK_CONSUME;
 		__u8 n = t->nhops;
 
 		/* a drop or consume belongs to the skb whatever its bytes are by then (as in stitch.py) */
 		if (!ends && !same_frame(t, eth, frame_len)) {
 			hand_over(t, TT_TRIP_CUT);
-		} else if (hook >= TT_HOOK_FLOOD || BPF_CORE_READ_BITFIELD(skb, cloned) || n >= TT_TRIP_HOPS) {
-			/* a function hook (br_flood clones next; the bridge's decisions name a port) */
+		} else if (hook == TT_HOOK_FLOOD || hook == TT_HOOK_FLOOD_PORT || BPF_CORE_READ_BITFIELD(skb, cloned) ||
+			   n >= TT_TRIP_HOPS) {
+			/* a flood (its clones come next, each with its own events) */
 			hand_over(t, TT_TRIP_CUT);
 			*last = 0;
 			return 0;
 		} else {
-			add_hop(hop_at(t, n), dev, hook, location, reason);
+			/* the bridge's own hops too (forward, egress, the tap taking it, netfilter's verdict):
+			 * on kernels with fentry a bridged frame is still one record */
+			add_hop(hop_at(t, n), dev, port, hook, location, reason);
 			t->nhops = n + 1;
 			if (ends)
 				hand_over(t, TT_TRIP_ENDED);
@@ -468,20 +577,18 @@ static __always_inline int follow_trip(struct sk_buff *skb, unsigned char *eth, 
 		cut_last(last);
 		return 0;
 	}
-	/* The ring buffer nearly full (user space behind): a trip would do all its work only to find no
-	 * room at the end. The frame goes as events, whose reservations fail at once and are counted. */
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + 8 * sizeof(struct tt_trip) >
-	    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
-		return 0;
-	if (tt_cas_u64(&t->skb, 0, key) != 0)
-		return 0; /* the slot holds another frame's trip: this one goes as tt_events */
+	/* Even with user space behind: the trip is then counted by its path at its end (hand_over),
+	 * where its events would be lost. */
+	t = trip_claim(key);
+	if (!t)
+		return 0; /* its set holds other frames' trips: this one goes as tt_events */
 	t->nhops = 0; /* until the first hop is in (user space's sweep skips a trip without hops) */
 	t->flags = 0;
 	t->frame_len = frame_len;
 	t->cap_len = frame_len < TT_SNAPLEN ? frame_len : TT_SNAPLEN;
 	if (bpf_probe_read_kernel(t->data, TT_SNAPLEN, eth))
 		t->cap_len = 0;
-	add_hop(&t->hops[0], dev, hook, location, reason);
+	add_hop(&t->hops[0], dev, port, hook, location, reason);
 	t->nhops = 1;
 	*last = key;
 	return 1;
@@ -709,7 +816,7 @@ static __always_inline int report_skb(struct sk_buff *skb, __u16 hook, __u64 loc
 	if (TT_CFG(trips)) {
 		if (probed)
 			cut_trip(skb);
-		else if (follow_trip(skb, eth, hook, location, reason))
+		else if (follow_trip(skb, eth, hook, location, reason, dev))
 			return 0;
 	}
 #endif

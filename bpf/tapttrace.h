@@ -76,7 +76,9 @@ struct tt_event {
  * skb is freed. Saves user space two of every three records and all stitching of the common
  * single-copy journey; anything else (a clone, too many hops, a stale trip) is handed over early
  * as a cut trip and the skb goes on as plain tt_events. tracer/trips.py states this once more. */
-#define TT_TRIP_HOPS 6
+/* A bridged frame on a kernel with fentry: the sender's queue, the port's receive, netfilter's
+ * verdicts, the forward, the egress, the tap's queue and its taking it, the read: room for all. */
+#define TT_TRIP_HOPS 10
 #define TT_TRIP_ENDED 1 /* the last hop freed the skb (dropped or consumed) */
 #define TT_TRIP_CUT 2	/* handed over before its end: what follows comes as tt_events */
 
@@ -100,6 +102,13 @@ struct tt_trip {
 	__u8 data[TT_SNAPLEN];
 	struct tt_hop hops[TT_TRIP_HOPS];
 };
+
+/* Whole journeys the kernel counted instead of handing them over (bpf/follow.c, tally()): user
+ * space was behind, so they are not shown, only counted by their path (path_of(): the hops without
+ * their times, and the frame's group bit, as one 64-bit number). One sample trip per path lets user
+ * space word the path as a journey (its verdict, its drop reason). tracer/trips.py states this once
+ * more. */
+#define TT_TALLY_PATHS 1024
 
 #define TT_ETH_P_ARP 0x0806
 #define TT_ETH_P_IPV6 0x86DD

@@ -31,7 +31,8 @@ def test_losses_are_said_in_words():
            "fentry": True, "kprobes": True}
     assert lost_features(old) == ["drop reasons (5.17+): drops are named by function",
                                   "where a frame was consumed (6.3+)",
-                                  "journeys stitched in the kernel (5.12+): stitched in user space"]
+                                  "journeys stitched in the kernel (5.12+): stitched in user space; follow "
+                                  "behind the traffic counts lost events, not every frame's verdict"]
     assert lost_features({**old, "kfree_skb_has_reason": True, "consume_skb_has_location": True,
                           "bpf_atomics": True}) == []
     assert lost_features({"fentry": False, "kprobes": False}) == [

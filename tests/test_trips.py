@@ -125,7 +125,7 @@ def test_trip_records_that_are_not_trips_are_refused():
     raw[16 + 128 + 28] = 99  # hook
     with pytest.raises(trips.TripError):
         trips.decode(bytes(raw))
-    assert trips.TRIP_SIZE == 432 and trips.TRIP_SIZE != ev_codec.EVENT_SIZE
+    assert trips.TRIP_SIZE == 624 and trips.TRIP_SIZE != ev_codec.EVENT_SIZE
 
 
 def test_a_clone_that_ends_on_another_cpu_before_its_parents_trip_is_handed_over_joins_it():
@@ -231,3 +231,82 @@ def test_a_clone_whose_parent_is_still_in_the_kernel_after_the_grace_waits_for_i
     assert stitcher.flush(dropped.ts_ns + 10**9 + 30 * 1_000_000) == []
     (alone,) = stitcher.flush(dropped.ts_ns + 2 * 10**9 + 1)
     assert [(h.event, h.copy) for h in alone.hops] == [("consumed", 0)]
+
+
+@pytest.mark.parametrize("name", ["follow-6.1-netfilter.jsonl", "lab-healthy.jsonl"])
+def test_journeys_counted_in_the_kernel_are_worded_by_their_sample(name):
+    """Whole journeys the kernel counted by path while follow was behind (bpf/follow.c, tally()):
+    each path's sample trip gives its verdict and drop, as a shown journey on that path would."""
+    from tracer.follow import FollowSummary, count_in_kernel, drop_words
+
+    rec = replay.load(REC / name)
+    records, _ = trips.as_kernel_sends(rec.events)
+    samples = [raw for raw in records if trips.is_trip(raw)]
+    want_verdicts, want_drops = {}, {}
+    tallies = []
+    for n, raw in enumerate(samples, start=1):
+        j = Stitcher(rec.devices, rec.namer).feed_trip(raw)
+        assert j is not None
+        want_verdicts[j.verdict] = want_verdicts.get(j.verdict, 0) + n
+        if j.verdict == "dropped":
+            want_drops[drop_words(j)] = want_drops.get(drop_words(j), 0) + n
+        tallies.append((n, raw))
+    if name.startswith("follow-6.1"):  # nf_tables dropped it: its words name the reason and the place
+        assert list(want_drops) == ["NETFILTER_DROP at nft_do_chain"] and want_verdicts.get("delivered")
+    else:
+        assert want_verdicts.get("delivered")
+    summary = FollowSummary()
+    count_in_kernel(summary, tallies, rec.devices, rec.namer)
+    assert summary.counted_in_kernel == sum(n for n, _ in tallies) == summary.frames
+    assert dict(summary.frame_verdicts) == want_verdicts
+    assert dict(summary.drops) == want_drops
+    assert summary.journeys == 0 and summary.verdicts == {}
+    # a namespace filter applies to them as to shown journeys
+    filtered = FollowSummary()
+    count_in_kernel(filtered, tallies, rec.devices, rec.namer, netns=(1,))
+    assert filtered.frames == 0
+
+
+def test_the_summary_accounts_for_every_frame_when_follow_was_behind():
+    from collections import Counter
+
+    from tracer.follow import FollowSummary
+
+    s = FollowSummary(journeys=17410, verdicts=Counter(delivered=17277, dropped=133), counted_in_kernel=400823,
+                      frame_verdicts=Counter(delivered=418100, dropped=133),
+                      drops=Counter({"NETFILTER_DROP at nft_do_chain": 133}))
+    assert s.line() == ("418233 frames: 418100 delivered, 133 dropped (NETFILTER_DROP at nft_do_chain); "
+                        "17410 journeys shown (1 in 24), every dropped one; the rest counted in the kernel, "
+                        "by path, while follow was behind; 0 events lost")
+    s.verdicts["dropped"], s.frame_verdicts["dropped"] = 100, 140
+    s.drops = Counter({"NETFILTER_DROP at nft_do_chain": 133, "TAP_FILTER at tun_net_xmit": 7})
+    assert "140 dropped (133 NETFILTER_DROP at nft_do_chain, 7 TAP_FILTER at tun_net_xmit)" in s.line()
+    assert "100 of 140 dropped ones" in s.line()
+    # nothing counted in the kernel: the line journeys always had
+    assert FollowSummary(journeys=3, verdicts=Counter(delivered=3)).line() == "3 journeys (3 delivered); 0 events lost"
+    d = s.as_dict()
+    assert d["frames"] == s.journeys + 400823 and d["counted_in_kernel"] == 400823
+
+
+def test_path_layout_matches_the_bpf_sources():
+    import re
+
+    root = Path(__file__).resolve().parent.parent / "bpf"
+    assert re.search(r"#define TT_TALLY_PATHS (\d+)", (root / "tapttrace.h").read_text()).group(1) == \
+        str(trips.TALLY_PATHS)
+    follow = (root / "follow.c").read_text()
+    assert "TT_PERCPU_HASH(tallies, __u64, __u64, TT_TALLY_PATHS);" in follow  # the path's number
+    assert trips.PATH_SIZE == 8
+
+
+def test_two_paths_whose_samples_share_an_skb_address_are_both_counted():
+    """The kernel's skb addresses are reused: two paths' samples may carry the same one."""
+    from tracer.follow import FollowSummary, count_in_kernel
+
+    rec = replay.load(REC / "lab-healthy.jsonl")
+    records, _ = trips.as_kernel_sends(rec.events)
+    a, b = [bytearray(raw) for raw in records if trips.is_trip(raw)][:2]
+    b[:8] = a[:8]
+    summary = FollowSummary()
+    count_in_kernel(summary, [(5, bytes(a)), (7, bytes(b))], rec.devices, rec.namer)
+    assert summary.counted_in_kernel == 12 and summary.decode_errors == 0

@@ -12,6 +12,7 @@ import json
 import select
 import signal
 import subprocess
+import time
 
 import pytest
 from test_follow_kernel import WAIT, Follow, follow_pair, hops_by_copy, pings_done, programs_gone  # noqa: E402  # noqa: E402
@@ -179,3 +180,68 @@ def test_two_sigterms_in_a_row_still_detach_and_exit():
             summary = json.loads(out.splitlines()[-1])
             assert summary["stopped_by"] == "signal"
             assert programs_gone(follow.programs)
+
+
+# A MAC that only test_every_frame_is_accounted_for_when_follow_is_behind's frames concern: the
+# bridge sends it to the tap by a static FDB entry, and the guest reads every frame on its tap.
+COUNTED_MAC = "02:00:00:00:7e:99"
+COUNTED_FRAMES = 12_000  # over twice what half of follow's 4 MiB ring holds as trips (≈ 4 800)
+BURST = 200  # frames sent before waiting for the guest to have read them (no tap queue overflow)
+
+
+def _tap_read(lab: Lab) -> int:
+    """Frames the guest has read from its tap (tun counts tx_packets as it copies one to the reader)."""
+    return int(lab.hv("cat", f"/sys/class/net/{lab.tap}/statistics/tx_packets").stdout)
+
+
+def test_every_frame_is_accounted_for_when_follow_is_behind():
+    """Follow can't show every journey at any rate; its summary must still account for every frame.
+    The collector is stopped (SIGSTOP) while 12 000 frames cross the bridge to the guest, so the ring
+    fills whatever the machine's speed: with trips the kernel shows what fits in half the ring and
+    counts every other whole journey by its path; the summary says every frame's verdict, and every
+    journey written is whole. Without BPF atomics (5.10: no trips) the loss is counted instead."""
+    from tracer.runtime import machine_features
+
+    trips_on = machine_features().bpf_atomics.ok
+    with Lab(LabSpec()) as lab:
+        lab.hv("bridge", "fdb", "add", COUNTED_MAC, "dev", lab.tap, "master", "static")
+        lab.ping_guest_from_remote(count=1)  # the guest answers (a ping's reply is the reads' marker below)
+        # Its window ends on its own once the collector runs again: every frame is in the kernel's
+        # hands before then (SIGCONT comes after the guest read them all), and a window's end, unlike
+        # a signal's, gives follow all the time it needs for its backlog.
+        follow = Follow(COUNTED_MAC, "--netns", lab.hv_ns, "--duration", "10")
+        follow.proc.send_signal(signal.SIGSTOP)
+        try:
+            start = _tap_read(lab)
+            for sent in range(BURST, COUNTED_FRAMES + 1, BURST):
+                lab.run(lab.remote_ns, "python3", "-c", SEND_FRAMES, lab.remote_dev,
+                        COUNTED_MAC.replace(":", ""), WIRE_MAC.replace(":", ""), str(BURST))
+                deadline = time.monotonic() + WAIT
+                while _tap_read(lab) - start < sent:
+                    assert time.monotonic() < deadline, f"the guest read {_tap_read(lab) - start} of {sent} frames"
+                    time.sleep(0.01)
+            # The guest reads its tap in order: once it has answered a ping sent after the frames, it
+            # has read (and the kernel freed) every one of them.
+            assert lab.ping_guest_from_remote(count=1).received == 1
+            dropped = int(lab.hv("cat", f"/sys/class/net/{lab.tap}/statistics/tx_dropped").stdout)
+        finally:
+            follow.proc.send_signal(signal.SIGCONT)
+        journeys, summary, err = follow.stop(sig=None)
+    assert dropped == 0
+    assert summary["stopped_by"] == "duration"
+    if trips_on:
+        # whole: every one from the remote's eth0 to the guest's read of vnet0, the same hops (the
+        # bridge's own among them where fentry reaches them)
+        paths = {tuple((h["event"], h["dev"]) for h in j["hops"]) for j in journeys}
+        assert len(paths) == 1 and all(j["verdict"] == "delivered" for j in journeys), paths
+        (path,) = paths
+        assert path[0][1] == "eth0" and path[-1] == ("read", "vnet0"), path
+        assert summary["frames"] == COUNTED_FRAMES
+        assert summary["frame_verdicts"] == {"delivered": COUNTED_FRAMES}
+        assert summary["counted_in_kernel"] == COUNTED_FRAMES - len(journeys) > 0
+        assert summary["journeys"] == len(journeys) > 0
+        assert summary["lost_events"] == 0
+        assert "the kernel counts the rest by path" in err
+    else:
+        assert summary["counted_in_kernel"] == 0
+        assert summary["lost_events"] > 0 and len(journeys) < COUNTED_FRAMES

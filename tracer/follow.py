@@ -15,6 +15,7 @@ from . import events as ev_codec
 from . import frames, trips
 from .config import FollowConfig
 from .devices import DeviceTable
+from .errors import say_note
 from .records import Device, Event, Hook, Journey
 from .ringbuf import Record
 from .stitch import Namer, Stitcher
@@ -62,10 +63,29 @@ class FollowSummary:
     discarded_events: int = 0
     discarded_journeys: int = 0
     kernel_stitched: int = 0  # journeys that came whole from the kernel (tracer/trips.py)
+    # Whole journeys the kernel counted by their path instead of handing them over (follow was
+    # behind), and every frame's verdict and drop, shown or counted (count_in_kernel).
+    counted_in_kernel: int = 0
+    frame_verdicts: Counter = field(default_factory=Counter)
+    drops: Counter = field(default_factory=Counter)  # "REASON at location" -> frames
+
+    @property
+    def frames(self) -> int:
+        return self.journeys + self.counted_in_kernel
+
+    def shown(self, j: Journey) -> None:
+        self.journeys += 1
+        self.verdicts[j.verdict] += 1
+        self.frame_verdicts[j.verdict] += 1
+        if j.verdict == "dropped":
+            self.drops[drop_words(j)] += 1
 
     def line(self) -> str:
-        parts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items(), key=lambda kv: -kv[1]))
-        text = f"{self.journeys} journeys" + (f" ({parts})" if parts else "")
+        if self.counted_in_kernel:
+            text = self._frames_line()
+        else:
+            parts = ", ".join(f"{n} {v}" for v, n in sorted(self.verdicts.items(), key=lambda kv: -kv[1]))
+            text = f"{self.journeys} journeys" + (f" ({parts})" if parts else "")
         text += f"; {self.lost_events} events lost"
         if self.decode_errors:
             text += f"; {self.decode_errors} undecodable events"
@@ -74,12 +94,63 @@ class FollowSummary:
                      f"of the backlog discarded, not written (over the {EXIT_BUDGET_S} s exit budget)")
         return text
 
+    def _frames_line(self) -> str:
+        """Every frame, shown or not: "418233 frames: 418100 delivered, 133 dropped (NETFILTER_DROP at
+        nft_do_chain); 17410 journeys shown (1 in 24), every dropped one"."""
+        parts = []
+        for verdict, n in sorted(self.frame_verdicts.items(), key=lambda kv: -kv[1]):
+            why = ""
+            if verdict == "dropped" and self.drops:
+                why = " (" + ", ".join(f"{w}" if len(self.drops) == 1 else f"{k} {w}"
+                                       for w, k in self.drops.most_common(3))
+                why += ", …)" if len(self.drops) > 3 else ")"
+            parts.append(f"{n} {verdict}{why}")
+        text = f"{self.frames} frames: {', '.join(parts)}; {self.journeys} journeys shown"
+        if self.journeys:
+            text += f" (1 in {max(1, round(self.frames / self.journeys))})"
+        dropped, shown_dropped = self.frame_verdicts.get("dropped", 0), self.verdicts.get("dropped", 0)
+        if dropped:
+            text += (", every dropped one" if shown_dropped == dropped
+                     else f", {shown_dropped} of {dropped} dropped ones")
+        return text + "; the rest counted in the kernel, by path, while follow was behind"
+
     def as_dict(self) -> dict:
         return {"journeys": self.journeys, "verdicts": dict(self.verdicts), "lost_events": self.lost_events,
                 "decode_errors": self.decode_errors, "late_events": self.late_events, "events": self.events,
                 "learned_ips": self.learned_ips, "stopped_by": self.stopped_by,
                 "discarded_events": self.discarded_events, "discarded_journeys": self.discarded_journeys,
-                "kernel_stitched": self.kernel_stitched}
+                "kernel_stitched": self.kernel_stitched, "frames": self.frames,
+                "counted_in_kernel": self.counted_in_kernel, "frame_verdicts": dict(self.frame_verdicts),
+                "drops": dict(self.drops)}
+
+
+def drop_words(j: Journey) -> str:
+    """A dropped journey's drop as the summary counts it: "NETFILTER_DROP at nft_do_chain" (the
+    function, without the offset and module that tell one call site from another)."""
+    where = j.location.split("+", 1)[0].strip()
+    return f"{j.reason or 'no reason'} at {where or 'an unknown place'}"
+
+
+def count_in_kernel(summary: FollowSummary, tallies: Iterable[tuple[int, bytes]], devices: DeviceTable,
+                    namer: Namer, netns: Iterable = ()) -> None:
+    """Add the journeys the kernel counted by path (bpf/follow.c, tally()) to the summary: each
+    path's sample trip is worded by a stitcher of its own (two samples may share an skb address,
+    which one stitcher would take for the same skb), as a shown journey on that path would be."""
+    wanted = set(netns) if netns else None
+    for count, sample in tallies:
+        try:
+            j = Stitcher(devices, namer).feed_trip(sample)
+        except trips.TripError:
+            j = None
+        if j is None:  # not a whole trip: the kernel counts only those
+            summary.decode_errors += 1
+            continue
+        if wanted is not None and not any(h.netns in wanted for h in j.hops):
+            continue
+        summary.counted_in_kernel += count
+        summary.frame_verdicts[j.verdict] += count
+        if j.verdict == "dropped":
+            summary.drops[drop_words(j)] += count
 
 
 def guest_taps(devices: Iterable[Device], mac: str) -> list[Device]:
@@ -260,8 +331,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             if config.count is not None and summary.journeys >= config.count:
                 return True
             annotate(j)
-            summary.journeys += 1
-            summary.verdicts[j.verdict] += 1
+            summary.shown(j)
             for s in sinks:
                 s.journey(j)
             if on_journey:
@@ -277,6 +347,8 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
 
     normal_idle_ns = stitcher.idle_ns
     lost_seen, lost_check, lossy_until = 0, 0.0, 0.0
+    tallied = getattr(source, "tallied", None)
+    behind_said = False
     try:
         while True:
             now = time.monotonic()
@@ -288,6 +360,10 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                     stitcher.idle_ns = min(normal_idle_ns, LOSSY_IDLE_NS)
                 elif now >= lossy_until:
                     stitcher.idle_ns = normal_idle_ns
+                if tallied is not None and not behind_said and tallied():
+                    behind_said = True
+                    say_note("follow can't show every journey at this rate: the kernel counts the rest by "
+                             "path (every drop is shown while there is room); the summary accounts for every frame")
             if stop.is_set():
                 summary.stopped_by = "signal"
                 break
@@ -347,6 +423,9 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             done = emit(out)
         if not done:
             summary.discarded_journeys = len(pending) + stitcher.open_journeys
+        tallies = getattr(source, "tallies", None)
+        if tallies is not None:
+            count_in_kernel(summary, tallies(), devices, namer, config.netns)
         summary.late_events = stitcher.stats.late_events
         summary.kernel_stitched = stitcher.stats.trips
         for s in sinks:

@@ -408,6 +408,7 @@ class LibbpfFollowProgram:
         self._links: list[int] = []
         self._chains_at_close: dict[int, tuple[str, str, str]] = {}  # see nf_chain()
         self._chains_fd = -1  # nf_chains', once loaded
+        self._tallies_at_close: list[tuple[int, bytes]] = []  # see tallies()
         self._ring: Optional[RingBuffer] = None
         self._trip_slots: Optional[trips.TripSlots] = None
         self.notes: list[str] = []  # what was given up on the way (a bridge hook that wouldn't go)
@@ -476,6 +477,13 @@ class LibbpfFollowProgram:
         self._lost_fd = lib.bpf_map__fd(self._map("lost"))
         self._ips_fd = lib.bpf_map__fd(self._map("watch_ips"))
         self._chains_fd = lib.bpf_map__fd(self._map("nf_chains"))
+        self._tallied_fd = lib.bpf_map__fd(self._map("tallied"))
+        tallies, samples = self._map("tallies"), self._map("tally_samples")
+        if (lib.bpf_map__key_size(tallies), lib.bpf_map__value_size(samples)) != (trips.PATH_SIZE, trips.TRIP_SIZE):
+            raise KernelError("bpf/follow.c's path key or struct tt_trip is not tracer/trips.py's: rebuild the "
+                              "object (scripts/setup.sh)")
+        self._tallies_fd = lib.bpf_map__fd(tallies)
+        self._samples_fd = lib.bpf_map__fd(samples)
         self._trip_slots = trips.TripSlots(lib.bpf_map__fd(self._map("trips")))
         self._ncpus = max(1, lib.libbpf_num_possible_cpus())
         try:
@@ -540,13 +548,42 @@ class LibbpfFollowProgram:
 
     def lost(self) -> int:
         """Events the kernel had no ring-buffer room for, since load (summed over CPUs)."""
+        return self._per_cpu_count(self._lost_fd)
+
+    def tallied(self) -> int:
+        """Whole journeys the kernel counted by their path instead of handing them over, since load."""
+        return self._per_cpu_count(self._tallied_fd) if self.trips else 0
+
+    def _per_cpu_count(self, fd: int) -> int:
         if self._obj is None or not self._links:
             return 0
         key = ctypes.c_uint32(0)
         values = (ctypes.c_uint64 * self._ncpus)()
-        if self._lib.bpf_map_lookup_elem(self._lost_fd, ctypes.byref(key), values):
+        if self._lib.bpf_map_lookup_elem(fd, ctypes.byref(key), values):
             return 0
         return sum(values)
+
+    def tallies(self) -> list[tuple[int, bytes]]:
+        """Whole journeys the kernel counted instead of handing them over (user space was behind):
+        per path, how many (summed over CPUs) and a sample trip record (tracer/trips.py) to word
+        them by. After close(), what the maps held at the end."""
+        if self._obj is None or not self.trips:
+            return list(self._tallies_at_close)
+        lib = self._lib
+        out: list[tuple[int, bytes]] = []
+        key = ctypes.create_string_buffer(trips.PATH_SIZE)
+        nxt = ctypes.create_string_buffer(trips.PATH_SIZE)
+        counts = (ctypes.c_uint64 * self._ncpus)()
+        sample = ctypes.create_string_buffer(trips.TRIP_SIZE)
+        prev = None
+        while len(out) < trips.TALLY_PATHS and not lib.bpf_map_get_next_key(self._tallies_fd, prev, nxt):
+            ctypes.memmove(key, nxt, trips.PATH_SIZE)
+            prev = key
+            if lib.bpf_map_lookup_elem(self._tallies_fd, key, counts) or \
+                    lib.bpf_map_lookup_elem(self._samples_fd, key, sample):
+                continue  # a sample is written before its count: not seen, unless the table was full
+            out.append((sum(counts), sample.raw))
+        return out
 
     def watch_ips(self, addrs: Iterable[str]) -> None:
         one = ctypes.c_uint8(1)
@@ -594,6 +631,7 @@ class LibbpfFollowProgram:
         if self._obj is not None:
             if self._chains_fd >= 0:
                 self._keep_chains()
+                self._tallies_at_close = self.tallies()
             self._chains_fd = -1
             self._lib.bpf_object__close(self._obj)
             self._obj = None

@@ -21,8 +21,8 @@ from . import frames
 from .events import EVENT_SIZE, SNAPLEN, encode, event_name
 from .records import Event, Hook
 
-TRIP_HOPS = 6
-TRIP_SLOTS = 1 << 12  # TT_TRIP_BITS in bpf/follow.c
+TRIP_HOPS = 10
+TRIP_SLOTS = 1 << 13  # TT_TRIP_BITS in bpf/follow.c
 TRIP_ENDED = 1  # the last hop freed the skb (dropped or consumed)
 TRIP_CUT = 2  # handed over before its end; the skb's later events come as tt_events
 
@@ -30,7 +30,7 @@ TRIP_CUT = 2  # handed over before its end; the skb's later events come as tt_ev
 # struct tt_hop: ts_ns, location, netns, ifindex, reason, hook, cpu, ifname[16]
 _HEAD = struct.Struct(f"<QIHBB{SNAPLEN}s")
 _HOP = struct.Struct("<QQIIIHH16s")
-TRIP_SIZE = _HEAD.size + TRIP_HOPS * _HOP.size  # 432
+TRIP_SIZE = _HEAD.size + TRIP_HOPS * _HOP.size  # 624
 assert TRIP_SIZE != EVENT_SIZE  # records are told apart by their size
 _NHOPS_AT = 14
 # Per hop count, what says where each hop happened (all but ts_ns and cpu) and the frame's group
@@ -40,6 +40,11 @@ _PLACES = [struct.Struct("<16xB127x" + "8xQIIIH2x16s" * n) for n in range(TRIP_H
 _STAMPS = [struct.Struct("<" + "".join(f"{_HEAD.size + i * _HOP.size if i == 0 else _HOP.size - 8}x" + "Q"
                                        for i in range(n))) for n in range(TRIP_HOPS + 1)]
 _HOOKS = {int(h): h for h in Hook}
+
+# Whole journeys the kernel counted instead of handing them over (user space behind): keyed by
+# their path as one 64-bit number, each path with one sample trip record (bpf/follow.c, tally()).
+TALLY_PATHS = 1024  # TT_TALLY_PATHS
+PATH_SIZE = 8  # the path's number (bpf/follow.c, path_of())
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from __future__ import annotations
 LOSSES = (
     ("kfree_skb_has_reason", False, "drop reasons (5.17+): drops are named by function"),
     ("consume_skb_has_location", False, "where a frame was consumed (6.3+)"),
-    ("bpf_atomics", False, "journeys stitched in the kernel (5.12+): stitched in user space"),
+    ("bpf_atomics", False, "journeys stitched in the kernel (5.12+): stitched in user space; follow behind the traffic "
+     "counts lost events, not every frame's verdict"),
     ("fentry", False, "fentry: kprobes instead"),
     ("kprobes", False, "kprobes"),
 )
