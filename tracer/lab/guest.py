@@ -198,9 +198,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     guest = Guest(args.mac, args.ip, answer_arp=not args.no_arp, ipv6=args.ipv6)
     fd = open_tap(args.tap)
-    print("ready", flush=True)
     if not args.no_announce:
+        # Before "ready": the bridge has learned the guest's MAC once the lab goes on (written after
+        # it, the announcement raced the tests' first frame under load: a ping to the guest counted
+        # as an unknown-unicast flood instead of a forward, on 6.12 in the kernel matrix).
         send(fd, guest.announce())
+    print("ready", flush=True)
     try:
         serve(fd, guest, read=not args.no_read, control=0 if args.exit_on_stdin_eof else None)
     except KeyboardInterrupt:
