@@ -1,7 +1,8 @@
 """A stand-in guest: holds a tap fd exactly as qemu's tap backend does and answers ARP and ping.
 
 Run inside the hypervisor namespace: `python -m tracer.lab.guest --tap vnet0 --mac M --ip A`.
-Prints `ready` once the tap is open, so the lab knows frames will be read from then on.
+Prints `ready` once the tap is open and its bridge port forwards (its gratuitous ARP sent), so the
+lab knows frames will be read from then on and the bridge knows the guest's MAC.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import select
 import signal
 import struct
 import sys
+import time
 from typing import Optional
 
 TUNSETIFF = 0x400454CA
@@ -45,6 +47,34 @@ def open_tap(name: str) -> int:
     fd = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
     return fd
+
+
+# Bridge port states (include/uapi/linux/if_bridge.h): BR_STATE_DISABLED 0 … BR_STATE_FORWARDING 3.
+BR_STATE_DISABLED = 0
+IFF_UP = 0x1
+PORT_WAIT_S = 10.0  # a bound, not a measurement: under qemu TCG the carrier event can take ~1 s
+
+
+def wait_for_port(name: str, sys_net: str = "/sys/class/net") -> None:
+    """Return once the bridge would take a frame from the tap: opening it turns the carrier on, but
+    the bridge hears of that from linkwatch, later (up to a second after the previous link event,
+    more under qemu TCG); until then the port is disabled and drops what the guest writes,
+    unlearned. A real VM boots for seconds before its first frame; the stand-in writes at once, so
+    it waits. A tap that is no bridge port, is set down, or whose port a test has set to another
+    state (blocking, learning) is not waited for."""
+    base = f"{sys_net}/{name}"
+    deadline = time.monotonic() + PORT_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            with open(f"{base}/flags") as f:
+                if not int(f.read(), 16) & IFF_UP:
+                    return
+            with open(f"{base}/brport/state") as f:
+                if int(f.read()) != BR_STATE_DISABLED:
+                    return
+        except (OSError, ValueError):
+            return  # not a bridge port (or gone): nothing to wait for
+        time.sleep(0.002)
 
 
 def link_local(mac: str) -> str:
@@ -198,10 +228,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     guest = Guest(args.mac, args.ip, answer_arp=not args.no_arp, ipv6=args.ipv6)
     fd = open_tap(args.tap)
+    wait_for_port(args.tap)
     if not args.no_announce:
-        # Before "ready": the bridge has learned the guest's MAC once the lab goes on (written after
-        # it, the announcement raced the tests' first frame under load: a ping to the guest counted
-        # as an unknown-unicast flood instead of a forward, on 6.12 in the kernel matrix).
+        # Before "ready", once the port forwards: the bridge has learned the guest's MAC once the lab
+        # goes on (written after "ready", or before the port forwarded, the announcement was lost and
+        # the tests' first ping to the guest counted as an unknown-unicast flood instead of a
+        # forward: twice on 6.12 in the kernel matrix).
         send(fd, guest.announce())
     print("ready", flush=True)
     try:
