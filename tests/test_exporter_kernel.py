@@ -4,6 +4,7 @@ on the lab's bridge are N echo requests and (when the guest answers) N echo repl
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -227,6 +228,125 @@ def test_guest_not_reading_shows_as_queue_full_drops(collector):
         assert delta(before, paused, "tapttrace_tap_drops_total", **tap, reason="FULL_RING") == 6
         assert delta(before, paused, "tapttrace_frames_total", netns=lab.hv_ns, verdict="dropped") == 6
         assert delta(before, paused, "tapttrace_tap_frames_total", **tap, event="delivered") == 0
+
+
+@contextmanager
+def second_guest(lab: Lab):
+    """vnet1, a second tap on br0 with its own stand-in guest (198.51.100.11, no announcement):
+    floods then have two taps to copy to. The guest is stopped before the lab goes (it pins the
+    namespace)."""
+    mac = "52:54:00:00:0b:01"
+    lab.hv("ip", "tuntap", "add", "dev", "vnet1", "mode", "tap")
+    lab.hv("ip", "link", "set", "vnet1", "address", "fe:54:00:00:0b:01", "master", lab.bridge, "up")
+    root = str(ROOT)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    g = subprocess.Popen(["ip", "netns", "exec", lab.hv_ns, sys.executable, "-m", "tracer.lab.guest", "--tap", "vnet1",
+                          "--mac", mac, "--ip", "198.51.100.11", "--no-announce", "--exit-on-stdin-eof"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         start_new_session=True)
+    try:
+        assert g.stdout is not None and g.stdout.readline().strip() == "ready"
+        yield mac
+    finally:
+        os.killpg(g.pid, signal.SIGKILL)
+        g.communicate(timeout=10)
+
+
+@contextmanager
+def tcpdump_on(lab: Lab, dev: str):
+    """tcpdump capturing on dev (both directions): a packet socket gets a copy of every frame the
+    tap sends, freed on the tap as the frame is."""
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.hv_ns, "tcpdump", "-i", dev, "-w", "/dev/null", "-U"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None and "listening on" in proc.stderr.readline()
+        yield
+    finally:
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def send_frames_from_host(lab: Lab, dev: str, dst_mac: str, count: int) -> None:
+    """`count` frames of EtherType 0x88b5 sent by the host straight out of dev (no bridge)."""
+    code = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+            "s.bind((sys.argv[1], 0))\n"
+            "frame = bytes.fromhex(sys.argv[2]) + s.getsockname()[4] + bytes.fromhex('88b5') + bytes(46)\n"
+            "for _ in range(int(sys.argv[3])):\n"
+            "    s.send(frame)\n")
+    lab.run(lab.hv_ns, sys.executable, "-c", code, dev, dst_mac.replace(":", ""), str(count))
+
+
+@pytest.mark.skipif(not shutil.which("tcpdump") or not shutil.which("nft"), reason="needs tcpdump and nft")
+def test_every_copy_on_a_tap_is_counted_once(collector):
+    """The cases a frame's end on a tap must tell apart (bpf/exporter.c, tap_done): a frame's only
+    copy bridged from a port while a packet socket (tcpdump) takes a copy of each; a flood's copies
+    to two taps; a flood's copy dropped by netfilter after the bridge chose the tap, before it was
+    queued there; frames the host sends on a tap itself. (Written for branch exporter-cost's
+    design, where only copies carry no mark; it holds for main's too.)"""
+    with Lab(LabSpec()) as lab, second_guest(lab):
+        static_neighbour(lab)
+        watch(collector, lab)
+        ns = {"netns": lab.hv_ns, "bridge": "br0"}
+        tap0, tap1 = {"netns": lab.hv_ns, "tap": "vnet0"}, {"netns": lab.hv_ns, "tap": "vnet1"}
+
+        def tap(now, before, t, event):
+            return delta(before, now, "tapttrace_tap_frames_total", **t, event=event)
+
+        # Only copies, with tcpdump on the tap: each frame once, its copy for tcpdump never.
+        before = scrape(collector)
+        with tcpdump_on(lab, "vnet0"):
+            assert lab.ping_guest_from_remote(count=N).received == N
+        after = scrape_once(collector, lambda now: tap(now, before, tap0, "delivered") >= N)
+        from_host = delta(before, after, "tapttrace_frames_total", **ns, in_port="br0")
+        assert delta(before, after, "tapttrace_frames_total", **ns, in_port="up0", out_port="vnet0",
+                     verdict="delivered") == N
+        assert delta(before, after, "tapttrace_frames_total", **ns, in_port="up0") == N
+        assert tap(after, before, tap0, "queued") == N + from_host
+        assert tap(after, before, tap0, "delivered") == N + from_host
+
+        # Floods to both taps (broadcast: the host's copy too; unknown unicast: the taps only).
+        before = scrape(collector)
+        send_frames(lab, BROADCAST, K)
+        send_frames(lab, UNKNOWN, K)
+        after = scrape_once(collector, lambda now: delta(before, now, "tapttrace_frames_total", **ns,
+                                                         in_port="up0", verdict="flooded") >= 2 * K
+                            and tap(now, before, tap1, "delivered") >= 2 * K
+                            and tap(now, before, tap0, "delivered") >= 2 * K)
+        from_host = delta(before, after, "tapttrace_frames_total", **ns, in_port="br0")
+        assert delta(before, after, "tapttrace_frames_total", **ns, in_port="up0", verdict="flooded") == 2 * K
+        assert delta(before, after, "tapttrace_frames_total", **ns, in_port="up0") == 2 * K
+        for t in (tap0, tap1):
+            assert tap(after, before, t, "queued") == 2 * K + from_host
+            assert tap(after, before, t, "delivered") == 2 * K + from_host
+
+        # A flood's copy for vnet1 dropped in the bridge's forward hook (skb->dev is vnet1 then).
+        lab.hv("nft", "add table bridge hx_filter; add chain bridge hx_filter forward "
+               "{ type filter hook forward priority 0; }; "
+               "add rule bridge hx_filter forward oifname vnet1 ether type 0x88b5 drop")
+        before = scrape(collector)
+        send_frames(lab, BROADCAST, K)
+        after = scrape_once(collector, lambda now: delta(before, now, "tapttrace_frames_total", **ns,
+                                                         in_port="up0", verdict="flooded") >= K
+                            and tap(now, before, tap0, "delivered") >= K
+                            and delta(before, now, "tapttrace_drops_total", netns=lab.hv_ns, dev="vnet1") >= K)
+        from_host = delta(before, after, "tapttrace_frames_total", **ns, in_port="br0")
+        assert delta(before, after, "tapttrace_frames_total", **ns, in_port="up0", verdict="flooded") == K
+        assert delta(before, after, "tapttrace_frames_total", **ns, in_port="up0") == K
+        assert delta(before, after, "tapttrace_drops_total", netns=lab.hv_ns, dev="vnet1") == K
+        assert tap(after, before, tap1, "queued") == from_host
+        assert delta(before, after, "tapttrace_tap_drops_total", **tap1) == 0
+        assert tap(after, before, tap0, "delivered") == K + from_host
+        lab.hv("nft", "delete table bridge hx_filter")
+
+        # The host sending on vnet0 itself: the tap's counts, no frame through the bridge.
+        before = scrape(collector)
+        send_frames_from_host(lab, "vnet0", lab.guest_mac, K)
+        after = scrape_once(collector, lambda now: tap(now, before, tap0, "delivered") >= K)
+        from_host = delta(before, after, "tapttrace_frames_total", **ns, in_port="br0")
+        assert tap(after, before, tap0, "queued") == K + from_host
+        assert tap(after, before, tap0, "delivered") == K + from_host
+        assert delta(before, after, "tapttrace_frames_total", **ns) == from_host
 
 
 def test_a_frame_segmented_for_the_tap_is_one_delivery(collector):
