@@ -72,9 +72,53 @@ def trip_budget(recording: Path, journeys: int) -> dict:
     n = len(built)
     stages = {k: v / n * 1e6 for k, v in t.items()}
     total = sum(stages.values())
+    shaped_us = _shaped_json(rec, batches, shift) / n * 1e6
     return {"recording": str(recording), "journeys": n, "events": len(rec.events) * copies,
             "events_per_journey": len(rec.events) * copies / n, "kernel_stitched": stitcher.stats.trips,
-            "us_per_journey": stages, "total_us_per_journey": total, "journeys_per_s_one_core": 1e6 / total}
+            "us_per_journey": stages, "total_us_per_journey": total, "journeys_per_s_one_core": 1e6 / total,
+            "json_only_us_per_journey": shaped_us, "json_only_journeys_per_s_one_core": 1e6 / shaped_us}
+
+
+def _shaped_json(rec, batches, shift) -> float:
+    """Seconds for what follow --json alone does with the same records (run_follow's json_only):
+    a whole trip on a path seen before goes to its line as a ShapedTrip, without its Journey."""
+    from tracer import events as ev_codec
+    from tracer import trips
+    from tracer.follow import Annotator, FollowSummary
+    from tracer.sinks.jsonl import JsonLinesSink
+    from tracer.stitch import ShapedTrip, Stitcher
+
+    stitcher = Stitcher(rec.devices, rec.namer)
+    annotate = Annotator(rec.mac, set(rec.ips), rec.devices)
+    summary = FollowSummary()
+    sink = JsonLinesSink(io.StringIO(), 0)
+
+    def emit(j) -> None:
+        if type(j) is ShapedTrip:
+            toward, note = annotate.trip(j)
+            summary.shown_trip(j)
+            sink.trip(j, toward, annotate.vm, note)
+        else:
+            annotate(j)
+            summary.shown(j)
+            sink.journey(j)
+
+    t0 = time.perf_counter()
+    for records in batches:
+        for raw in records:
+            if len(raw) == trips.TRIP_SIZE:
+                j = stitcher.take_trip(raw)
+                if j is not None:
+                    emit(j)
+            else:
+                for e in ev_codec.decode_many([raw])[0]:
+                    stitcher.feed(e)
+        for j in stitcher.flush(trips.last_stamp(records[-1]) + shift // 2 if trips.is_trip(records[-1]) else 0):
+            emit(j)
+    for j in stitcher.flush(0, final=True):
+        emit(j)
+    sink.flush()
+    return time.perf_counter() - t0
 
 
 def budget(recording: Path, journeys: int) -> dict:
@@ -157,6 +201,10 @@ def main(argv=None) -> int:
         print(f"  {stage:26s} {us:8.2f} µs/journey")
     print(f"  {'total':26s} {r['total_us_per_journey']:8.2f} µs/journey  "
           f"→ {r['journeys_per_s_one_core']:,.0f} journeys/s on one core (before bcc's callbacks)")
+    if "json_only_us_per_journey" in r:
+        print(f"  {'follow --json alone':26s} {r['json_only_us_per_journey']:8.2f} µs/journey  "
+              f"→ {r['json_only_journeys_per_s_one_core']:,.0f} journeys/s on one core (paths seen before: "
+              "no Journey objects)")
     return 0
 
 

@@ -310,3 +310,58 @@ def test_two_paths_whose_samples_share_an_skb_address_are_both_counted():
     summary = FollowSummary()
     count_in_kernel(summary, [(5, bytes(a)), (7, bytes(b))], rec.devices, rec.namer)
     assert summary.counted_in_kernel == 12 and summary.decode_errors == 0
+
+
+class CountingJsonSink(JsonLinesSink):
+    """follow's JSON sink, counting the journeys that came to it as ShapedTrips."""
+
+    def __init__(self, out):
+        super().__init__(out, 1_700_000_000_000_000_000)
+        self.trips = 0
+
+    def trip(self, t, toward_guest, vm, note):
+        self.trips += 1
+        super().trip(t, toward_guest, vm, note)
+
+
+class NoSink:
+    def journey(self, j):
+        pass
+
+    def summary(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("name", RECORDINGS + ["follow-6.1-netfilter.jsonl"])
+@pytest.mark.parametrize("limits", [{}, {"count": 7}, {"netns": "first hop's"}])
+def test_follow_json_writes_shaped_trips_as_their_journeys(name, limits):
+    """follow --json alone takes a whole journey on a path seen before straight from its trip
+    record to its line (ShapedTrip, JsonLinesSink.trip): the same lines, ids and summary as
+    through Journey objects (a second sink beside it turns that off), with --count and --netns."""
+    rec = replay.load(REC / name)
+    a_second_ago = time.monotonic_ns() - 1_000_000_000 - rec.events[0].ts_ns  # recorded on another boot
+    span = rec.events[-1].ts_ns - rec.events[0].ts_ns + 100_000_000
+    records = []
+    for k in range(4):  # each path 4 times: shapes are reused (a copy's trips as the kernel's, alone)
+        records += trips.as_kernel_sends([replace(e, ts_ns=e.ts_ns + a_second_ago - 4 * span + k * span,
+                                                  skb=e.skb + (k << 24)) for e in rec.events])[0]
+    if "netns" in limits:
+        first = next(trips.decode(r).hops[0] for r in records if trips.is_trip(r))
+        limits = {"netns": (rec.devices.namespaces.get(first.netns, str(first.netns)),)}
+    outputs, sinks = [], []
+    for extra in ([], [NoSink()]):
+        out, stop = Lines(), threading.Event()
+        sink = CountingJsonSink(out)
+        summary = run_follow(FollowConfig(rec.mac, ips=tuple(rec.ips), json=True, **limits),
+                             RecordedRing([records[i:i + 50] for i in range(0, len(records), 50)], stop),
+                             rec.devices, rec.namer, [sink, *extra], stop, poll_ms=0)
+        sink.summary(summary)
+        outputs.append("".join(out.lines))
+        sinks.append(sink)
+    fast, slow = outputs
+    assert sinks[0].trips > 0 and sinks[1].trips == 0
+    assert fast.count("\n") > 1
+    assert fast == slow

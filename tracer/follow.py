@@ -7,9 +7,9 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Callable, Optional, Protocol
+from typing import IO, Callable, Optional, Protocol, Union
 
 from . import events as ev_codec
 from . import frames, trips
@@ -18,7 +18,8 @@ from .devices import DeviceTable
 from .errors import say_note
 from .records import Device, Event, Hook, Journey
 from .ringbuf import Record
-from .stitch import Namer, Stitcher
+from .sinks.jsonl import JsonLinesSink
+from .stitch import Namer, ShapedTrip, Stitcher
 
 EXIT_BUDGET_S = 0.5  # after a signal: time allowed for the backlog once the BPF program is detached
 # While the kernel is losing events, a journey whose last event was lost would stay open for the
@@ -79,6 +80,15 @@ class FollowSummary:
         self.frame_verdicts[j.verdict] += 1
         if j.verdict == "dropped":
             self.drops[drop_words(j)] += 1
+
+    def shown_trip(self, t: ShapedTrip) -> None:
+        """shown(t.journey()), from its path."""
+        verdict = t.shape.template.verdict
+        self.journeys += 1
+        self.verdicts[verdict] += 1
+        self.frame_verdicts[verdict] += 1
+        if verdict == "dropped":
+            self.drops[drop_words(t.shape.template)] += 1
 
     def line(self) -> str:
         if self.counted_in_kernel:
@@ -170,13 +180,25 @@ class Annotator:
 
     def __call__(self, j: Journey) -> Journey:
         j.vm = self.vm
-        info = frames.decode_flow(j.frame)
-        asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
-        j.toward_guest = j.src_mac != self.mac and (j.dst_mac == self.mac or bool(asks))
+        j.toward_guest = self._toward(frames.decode_flow(j.frame))
         if j.toward_guest and not any(c.outcome in ("delivered", "queued") for c in j.copies):
-            taps = guest_taps(self.devices.all(), self.mac)
-            j.note = f"never reached {' or '.join(t.name for t in taps)}" if taps else "never reached a tap"
+            j.note = self._never_reached()
         return j
+
+    def trip(self, t: ShapedTrip) -> tuple[bool, str]:
+        """What __call__ says of t.journey(), from t's frame and path: (toward_guest, note)."""
+        toward = self._toward(t.info)
+        if toward and not any(c.outcome in ("delivered", "queued") for c in t.shape.template.copies):
+            return toward, self._never_reached()
+        return toward, ""
+
+    def _toward(self, info: frames.FrameInfo) -> bool:
+        asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
+        return info.src_mac != self.mac and (info.dst_mac == self.mac or bool(asks))
+
+    def _never_reached(self) -> str:
+        taps = guest_taps(self.devices.all(), self.mac)
+        return f"never reached {' or '.join(t.name for t in taps)}" if taps else "never reached a tap"
 
 
 class Recorder:
@@ -265,7 +287,13 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
 
     feed = stitcher.feed
     learn = config.learn_ips
-    whole: list[Journey] = []  # journeys the kernel stitched, ready before the stitcher's
+    # follow --json alone (no pcap, no caller's callback): a whole journey on a path seen before
+    # goes from its trip record to its JSON line without its Journey and Hops (ShapedTrip: half
+    # of what a journey cost, bench.pipeline --trips)
+    json_only = sinks[0] if len(sinks) == 1 and isinstance(sinks[0], JsonLinesSink) and on_journey is None else None
+    shaped = json_only is not None
+    take_shaped = stitcher.take_trip
+    whole: list[Union[Journey, ShapedTrip]] = []  # journeys the kernel stitched, ready before the stitcher's
 
     def learn_from(data: bytes) -> None:
         new = [ip for ip in frames.guest_addresses(frames.decode(data), config.mac) if ip not in known_ips]
@@ -295,7 +323,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             if learn and not detached and raw[16 + 6:16 + 12] == mac_bytes:
                 learn_from(trips.frame(raw)[0])
             events_before = stitcher.stats.events
-            j = stitcher.feed_trip(raw)
+            j = take_shaped(raw) if shaped else stitcher.feed_trip(raw)
         except trips.TripError:
             summary.decode_errors += 1
             return
@@ -318,14 +346,24 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
     poll_batch = getattr(source, "poll_batch", None)
     read_up_to = getattr(source, "read_up_to_ns", time.monotonic_ns)
 
-    pending: list[Journey] = []
+    pending: list[Union[Journey, ShapedTrip]] = []
     detached = False
 
-    def emit(journeys: list[Journey]) -> bool:
+    def emit(journeys: Sequence[Union[Journey, ShapedTrip]]) -> bool:
         for i, j in enumerate(journeys):
             if not detached and stop.is_set():
                 pending.extend(journeys[i:])  # written once the hooks are off
                 return False
+            if isinstance(j, ShapedTrip):  # what the lines below do, from its path
+                assert json_only is not None  # only for it does the stitcher hand them over
+                if config.netns and not any(n in config.netns for n in j.shape.netns):
+                    continue
+                if config.count is not None and summary.journeys >= config.count:
+                    return True
+                toward, note = annotate.trip(j)
+                summary.shown_trip(j)
+                json_only.trip(j, toward, annotate.vm, note)
+                continue
             if config.netns and not any(h.netns in config.netns for h in j.hops):
                 continue
             if config.count is not None and summary.journeys >= config.count:

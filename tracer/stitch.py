@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 from . import frames, trips
 from .records import (
@@ -101,16 +101,51 @@ class JourneyShape:
     """What every journey along one path shares (the kernel stitched them: tracer/trips.py):
     the hops' words, the copies, the verdict. `cache` is for sinks' renderings of it."""
 
-    __slots__ = ("base", "hop_dicts", "generation", "cache")
+    __slots__ = ("base", "hop_dicts", "generation", "cache", "template", "netns")
 
     def __init__(self, template: Journey, generation: int):
+        self.template = template  # the first journey on the path: what sinks compile renderings from
         self.hop_dicts = [h.__dict__ for h in template.hops]
+        self.netns = frozenset(h.netns for h in template.hops)  # follow's --netns filter
         self.base = {**_JOURNEY_DEFAULTS, "shape": self}
         self.base.update((k, v) for k, v in template.__dict__.items()
                          if k in ("copies", "verdict", "reason", "location", "drop_dev", "flood_ports",
                                   "flood_missed", "bridge", "fdb", "fdb_local"))
         self.generation = generation
         self.cache: dict[Callable[..., Any], Any] = {}  # keyed by the function that rendered it
+
+
+class ShapedTrip:
+    """A whole journey the kernel stitched along a path already seen: its JourneyShape and the
+    few values that differ from one such journey to the next. For a sink that renders it from
+    them (follow --json: sinks/jsonl.py), without building its Journey and Hops (half of what a
+    journey cost); journey() builds them for anything else."""
+
+    __slots__ = ("shape", "id", "stamps", "frame_len", "frame", "info")
+
+    def __init__(self, shape: JourneyShape, id: int, stamps: tuple, frame_len: int, frame: bytes,
+                 info: frames.FrameInfo):
+        self.shape, self.id, self.stamps, self.frame_len, self.frame, self.info = (shape, id, stamps, frame_len,
+                                                                                   frame, info)
+
+    def journey(self) -> Journey:
+        j = _new(Journey)
+        d = j.__dict__
+        d.update(self.shape.base)
+        info, stamps = self.info, self.stamps
+        d["id"], d["first_ns"], d["last_ns"], d["frame_len"], d["frame"] = (self.id, stamps[0], stamps[-1],
+                                                                          self.frame_len, self.frame)
+        d["src_mac"], d["dst_mac"], d["ethertype"], d["summary"] = (info.src_mac, info.dst_mac, info.ethertype,
+                                                                 info.summary)
+        hops = []
+        for h, ts in zip(self.shape.hop_dicts, stamps):
+            hop = _new(Hop)
+            hd = hop.__dict__
+            hd.update(h)
+            hd["ts_ns"] = ts
+            hops.append(hop)
+        d["hops"] = hops
+        return j
 
 
 @dataclass
@@ -192,6 +227,11 @@ class Stitcher:
     def feed_trip(self, raw) -> Optional[Journey]:
         """A trip record (tracer/trips.py). A whole one that nothing here is waiting for comes back
         as its Journey at once; anything else is fed as the events it stands for (None)."""
+        j = self.take_trip(raw)
+        return j.journey() if isinstance(j, ShapedTrip) else j
+
+    def take_trip(self, raw) -> Union[Journey, ShapedTrip, None]:
+        """feed_trip, but a whole trip along a path seen before comes back as a ShapedTrip."""
         skb, frame_len, cap_len, nhops, flags, data = trips.head(raw)
         if flags != trips.TRIP_ENDED or skb in self._live or skb in self._retired or not 0 < nhops <= trips.TRIP_HOPS:
             for ev in trips.decode(raw).hops:
@@ -207,24 +247,9 @@ class Stitcher:
         self.stats.trips += 1
         self.stats.journeys += 1
         data = trips.captured(data, cap_len)
-        info = frames.decode_flow(data)
-        j = _new(Journey)
-        d = j.__dict__
-        d.update(shape.base)
-        d["id"] = self._next_id
+        trip = ShapedTrip(shape, self._next_id, stamps, frame_len, data, frames.decode_flow(data))
         self._next_id += 1
-        d["first_ns"], d["last_ns"], d["frame_len"], d["frame"] = stamps[0], stamps[-1], frame_len, data
-        d["src_mac"], d["dst_mac"], d["ethertype"], d["summary"] = (info.src_mac, info.dst_mac, info.ethertype,
-                                                                 info.summary)
-        hops = []
-        for h, ts in zip(shape.hop_dicts, stamps):
-            hop = _new(Hop)
-            hd = hop.__dict__
-            hd.update(h)
-            hd["ts_ns"] = ts
-            hops.append(hop)
-        d["hops"] = hops
-        return j
+        return trip
 
     def _new_shape(self, raw, key: tuple) -> Journey:
         trip = trips.decode(raw)

@@ -11,6 +11,7 @@ from ..records import Copy, Hop, Journey
 
 if TYPE_CHECKING:  # for the annotation only: the sinks don't load the follow pipeline
     from ..follow import FollowSummary
+    from ..stitch import ShapedTrip
 
 SCHEMA_ID = "tapttrace.journey/1"
 
@@ -76,15 +77,24 @@ def journey_from_dict(d: dict, wall_offset_ns: int = 0) -> Journey:
 
 
 _SLOT = re.compile(r'"\\u0001(\d+)\\u0001"')
-# What goes in each slot of compile_line's template, as an expression of the journey `j`, its
-# start `start`, its hops `hops` and the wall-clock offset `off`, and the JSON text that goes
-# before and after it (a string's quotes, the ethertype's 0x), kept in the text around the slot.
+# What goes in each slot of a compiled line's template, as an expression, and the JSON text that
+# goes before and after it (a string's quotes, the ethertype's 0x), kept in the text around the
+# slot. For a Journey: of the journey `j`, its start `start`, its hops `hops` and the wall-clock
+# offset `off`.
 _FIELDS = [("id", "j.id", "", ""), ("start_ns", "start + off", "", ""), ("end_ns", "j.last_ns + off", "", ""),
            ("src_mac", "j.src_mac", '"', '"'), ("dst_mac", "j.dst_mac", '"', '"'),
            ("ethertype", "j.ethertype:04x", '"0x', '"'), ("summary", "dumps(j.summary)", "", ""),
            ("frame_len", "j.frame_len", "", ""), ("toward_guest", "'true' if j.toward_guest else 'false'", "", ""),
            ("vm", "dumps(j.vm) if j.vm else 'null'", "", ""),
            ("note", "dumps(j.note) if j.note else 'null'", "", "")]
+# For a ShapedTrip `t` (stitch.py): its frame's FrameInfo `info`, its hops' times `stamps`, and
+# what follow's Annotator says of it, `toward`, `vm` and `note`.
+_TRIP_FIELDS = [("id", "t.id", "", ""), ("start_ns", "start + off", "", ""),
+                ("end_ns", "stamps[-1] + off", "", ""),
+                ("src_mac", "info.src_mac", '"', '"'), ("dst_mac", "info.dst_mac", '"', '"'),
+                ("ethertype", "info.ethertype:04x", '"0x', '"'), ("summary", "dumps(info.summary)", "", ""),
+                ("frame_len", "t.frame_len", "", ""), ("toward_guest", "'true' if toward else 'false'", "", ""),
+                ("vm", "dumps(vm) if vm else 'null'", "", ""), ("note", "dumps(note) if note else 'null'", "", "")]
 
 
 def _slot(i: int) -> str:
@@ -96,31 +106,44 @@ def compile_line(j: Journey) -> Callable[[Journey, int], str]:
     for each value that differs from one such journey to the next: the same text journey_to_dict
     and json.dumps give (tests/test_trips.py checks it byte for byte), ≈ 10× faster. Only the
     expressions above and slot numbers become code; the text around them is passed in as values."""
+    return _compile(j, _FIELDS, "hops[{i}].ts_ns", "j, off", "start = j.first_ns\n    hops = j.hops")
+
+
+def compile_trip_line(j: Journey) -> Callable[..., str]:
+    """compile_line for ShapedTrips on j's path: line(t, off, toward, vm, note), the same text
+    as compile_line's for the Journey t stands for (t.journey()) once annotated."""
+    return _compile(j, _TRIP_FIELDS, "stamps[{i}]", "t, off, toward, vm, note",
+                    "stamps = t.stamps\n    start = stamps[0]\n    info = t.info", first_hop_at_start=True)
+
+
+def _compile(j: Journey, fields: list, hop_ts: str, args: str, prelude: str,
+             first_hop_at_start: bool = False) -> Callable[..., str]:
     d = journey_to_dict(j, 0)
-    for i, (name, *_) in enumerate(_FIELDS):
+    for i, (name, *_) in enumerate(fields):
         d[name] = _slot(i)
     for i, hop in enumerate(d["hops"]):
-        hop["t_us"] = _slot(len(_FIELDS) + i)
+        if i or not first_hop_at_start:  # a trip starts at its first hop: t_us 0.0 is text
+            hop["t_us"] = _slot(len(fields) + i)
     parts = _SLOT.split(json.dumps(d, separators=(",", ":")))
     texts, slots = parts[0::2], [int(x) for x in parts[1::2]]
     exprs = []
     for k, slot in enumerate(slots):
-        if slot < len(_FIELDS):
-            _, expr, before, after = _FIELDS[slot]
+        if slot < len(fields):
+            _, expr, before, after = fields[slot]
             texts[k] += before
             texts[k + 1] = after + texts[k + 1]
         else:  # round(d / 1000, 3) is d / 1000 for an integer d < 2**53: the nearest float to a
             # number with three decimals is what both give (round() alone takes ≈ 0.7 µs)
-            expr = f"(hops[{slot - len(_FIELDS)}].ts_ns - start) / 1000!r"
+            expr = f"({hop_ts.format(i=slot - len(fields))} - start) / 1000!r"
         exprs.append(expr)
     body = "".join(f"{{t{k}}}{{{expr}}}" for k, expr in enumerate(exprs)) + f"{{t{len(exprs)}}}"
     params = ", ".join(f"t{k}=t{k}" for k in range(len(texts)))
-    source = (f"def line(j, off, {params}, dumps=dumps):\n"
-              f"    start = j.first_ns\n    hops = j.hops\n    return f\"{body}\"\n")
+    source = (f"def line({args}, {params}, dumps=dumps):\n"
+              f"    {prelude}\n    return f\"{body}\"\n")
     scope: dict[str, Any] = {f"t{k}": t for k, t in enumerate(texts)}
     scope["dumps"] = encode_basestring_ascii  # what json.dumps does with a str, without its Python layers
     exec(compile(source, "<tapttrace.jsonl line>", "exec"), scope)
-    line: Callable[[Journey, int], str] = scope["line"]
+    line: Callable[..., str] = scope["line"]
     return line
 
 
@@ -142,6 +165,15 @@ class JsonLinesSink:
             self._lines.append(line(j, self.wall_offset_ns))
             return
         self._lines.append(json.dumps(journey_to_dict(j, self.wall_offset_ns), separators=(",", ":")))
+
+    def trip(self, t: ShapedTrip, toward_guest: bool, vm: str, note: str) -> None:
+        """A whole journey the kernel stitched on a path seen before, with what follow's Annotator
+        says of it: the line journey() gives for t.journey() annotated, from t's values alone."""
+        shape = t.shape
+        line = shape.cache.get(compile_trip_line)
+        if line is None:
+            line = shape.cache[compile_trip_line] = compile_trip_line(shape.template)
+        self._lines.append(line(t, self.wall_offset_ns, toward_guest, vm, note))
 
     def flush(self) -> None:
         if self._lines:
