@@ -305,7 +305,6 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
     def take_events(raws) -> None:
         events, errors = ev_codec.decode_many(raws)
         summary.decode_errors += errors
-        summary.events += len(events)
         for e in events:
             if recorder:
                 recorder.event(e)
@@ -322,12 +321,10 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
                     recorder.event(e)
             if learn and not detached and raw[16 + 6:16 + 12] == mac_bytes:
                 learn_from(trips.frame(raw)[0])
-            events_before = stitcher.stats.events
             j = take_shaped(raw) if shaped else stitcher.feed_trip(raw)
         except trips.TripError:
             summary.decode_errors += 1
             return
-        summary.events += stitcher.stats.events - events_before
         if j is not None:
             whole.append(j)
 
@@ -464,6 +461,7 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
         tallies = getattr(source, "tallies", None)
         if tallies is not None:
             count_in_kernel(summary, tallies(), devices, namer, config.netns)
+        summary.events = stitcher.stats.events  # every event decoded went to it, alone or in a trip
         summary.late_events = stitcher.stats.late_events
         summary.kernel_stitched = stitcher.stats.trips
         for s in sinks:
