@@ -74,3 +74,41 @@ def test_running_kernel_kallsyms():
     address = ksyms.address_of("consume_skb")
     assert address is not None
     assert ksyms.symbolize(address + 4) == "consume_skb+0x4"
+
+
+def reference_table(data: bytes) -> list[tuple[int, str]]:
+    """The text symbols the plain way: a regex a line, then sorted by address (stable)."""
+    import re
+
+    found = [(int(m.group(1), 16), m.group(2).decode(errors="replace"))
+             for m in re.finditer(rb"^([0-9a-fA-F]{16}) [tTwW] ([^\n]*)", data, re.M)]
+    return sorted(found, key=lambda entry: entry[0])
+
+
+def table(k: Kallsyms) -> list[tuple[int, str]]:
+    return [(k._ensure()[i], k._entry(i)) for i in range(len(k))]
+
+
+@pytest.mark.parametrize("text", [
+    (FIXTURES / "kallsyms-6.18").read_bytes(),
+    (FIXTURES / "kallsyms-restricted").read_bytes(),
+    b"ffffffff81000000 T _text\nnot an address line\nzzzzzzzzzzzzzzzz T odd\nffffffff81000010 t b\n",
+    b"ffffffffc0a00000 t m1\t[m]\nffffffff81000000 T a\nffffffff81000000 W a2\nffffffff81000020 d data\n",
+    b"",
+], ids=["fixture", "restricted", "malformed-lines", "modules-first", "empty"])
+@pytest.mark.parametrize("piece", [1 << 18, 50])  # the file read in pieces of whole lines
+def test_the_table_is_every_text_line_in_address_order(tmp_path, monkeypatch, text, piece):
+    import tracer.kallsyms
+
+    monkeypatch.setattr(tracer.kallsyms, "_PIECE", piece)
+    path = tmp_path / "kallsyms"
+    path.write_bytes(text)
+    assert table(Kallsyms.load(path)) == reference_table(text)
+
+
+@pytest.mark.kernel
+def test_the_running_kernels_table_is_every_text_line_in_address_order():
+    data = Path("/proc/kallsyms").read_bytes()
+    k = Kallsyms.load()
+    k._parse(data)
+    assert table(k) == reference_table(data)

@@ -7,6 +7,7 @@ import sys
 import threading
 from array import array
 from dataclasses import dataclass
+from itertools import accumulate, compress, islice
 from pathlib import Path
 from typing import Optional, Union
 
@@ -15,8 +16,29 @@ PROC_KALLSYMS = "/proc/kallsyms"
 # Only code symbols: locations are return addresses, and data symbols interleaved
 # with text (t/T) would otherwise shadow the function they fall in. "ffffffff81e94f20 T name" or
 # "ffffffffc0a01000 t name\t[module]".
-_TEXT_LINE = re.compile(rb"^[0-9a-f]{16} [tTwW] ", re.M)
+_TEXT_TYPES = frozenset(b"tTwW")
+_HEX16 = re.compile(rb"[0-9a-fA-F]{16}")
 _NAME_AT = 19  # the name's offset in its line
+
+
+_PIECE = 1 << 18
+
+
+def _text_lines(data: bytes, start: int, end: int, addresses: array, begins: array) -> None:
+    """Append the address (hex as read: big-endian) and the line's start of every text line in
+    data[start:end] ("ffffffff81e94f20 T name": the type in column 17). The lines are split in C
+    and the addresses read by one bytes.fromhex: ≈ 2× faster than a regex match a line, and the
+    first journey follow writes waits for this table (its hops' locations)."""
+    lines = data[start:end].split(b"\n")
+    text = [len(line) > _NAME_AT and line[17] in _TEXT_TYPES and line[16] == 32 for line in lines]
+    at = array("L", compress(accumulate((len(line) + 1 for line in lines), initial=start), text))
+    try:
+        hex_text = b"".join([line[:16] for line in compress(lines, text)]).decode()
+        addresses.frombytes(bytes.fromhex(hex_text))
+    except ValueError:  # not 16 hex digits where the address goes: keep the lines that have them
+        at = array("L", (a for a in at if _HEX16.fullmatch(data, a, a + 16)))
+        addresses.frombytes(bytes.fromhex(b"".join([data[a:a + 16] for a in at]).decode()))
+    begins.extend(at)
 
 
 @dataclass(frozen=True)
@@ -44,7 +66,7 @@ class Kallsyms:
     def __init__(self, path: Union[str, Path] = PROC_KALLSYMS):
         self.path = Path(path)
         self._addresses: Optional[array] = None  # sorted
-        self._starts = array("L")  # where each address's name begins in _data, parallel to _addresses
+        self._begins = array("L")  # where each address's line begins in _data, parallel to _addresses
         self._data = b""
         self._by_name: Optional[dict[str, int]] = None
         self._all_zero = False
@@ -79,26 +101,30 @@ class Kallsyms:
         return self._addresses
 
     def _parse(self, data: bytes) -> None:
-        # Where each text line begins (the regex in C, one loop in Python), then every address in
-        # one bytes.fromhex: ≈ 25 % faster than an int() per line.
-        lines = array("L", [m.start() for m in _TEXT_LINE.finditer(data)])
-        addresses = array("Q")
-        addresses.frombytes(bytes.fromhex(b"".join([data[at:at + 16] for at in lines]).decode()))
+        addresses, begins = array("Q"), array("L")
+        at = 0
+        while at < len(data):  # in pieces of whole lines: a line's bytes object each, ≈ 1 MB at a time
+            end = data.find(b"\n", at + _PIECE)
+            end = len(data) if end < 0 else end + 1
+            _text_lines(data, at, end, addresses, begins)
+            at = end
         if sys.byteorder == "little":
             addresses.byteswap()  # the hex reads big-endian
-        starts = array("L", (at + _NAME_AT for at in lines))
+        self._data = data
+        # Without CAP_SYSLOG (or with kptr_restrict=2) every address reads as 0.
+        self._all_zero = bool(addresses) and max(addresses) == 0
+        if all(a <= b for a, b in zip(addresses, islice(addresses, 1, None))):
+            self._addresses, self._begins = addresses, begins  # vmlinux alone: already in order
+            return
         # Module symbols follow vmlinux in load order, not address order; equal addresses keep the
         # file's order (sorted() is stable).
         order = sorted(range(len(addresses)), key=addresses.__getitem__)
-        self._data = data
-        self._starts = array("L", (starts[i] for i in order))
-        # Without CAP_SYSLOG (or with kptr_restrict=2) every address reads as 0.
-        self._all_zero = bool(addresses) and max(addresses) == 0
+        self._begins = array("L", (begins[i] for i in order))
         self._addresses = array("Q", (addresses[i] for i in order))
 
     def _entry(self, i: int) -> str:
         """Line i's "name" or "name\t[module]"."""
-        start = self._starts[i]
+        start = self._begins[i] + _NAME_AT
         end = self._data.find(b"\n", start)
         return self._data[start:end if end >= 0 else len(self._data)].decode(errors="replace")
 
