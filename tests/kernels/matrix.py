@@ -239,6 +239,9 @@ def boot(fetched: Fetched, command: str, out_dir: Path, timeout: float) -> int:
             # TCG's two vCPUs' TSCs look unsynchronised to 5.10, which then reads the emulated HPET
             # on every clock read (64 µs each): everything ran ~3x slower.
             "--append", "tsc=reliable clocksource=tsc",
+            # The guest kernel's warnings and worse (an oops, a panic, its OOM killer) in vng.log:
+            # a 6.12 guest once stopped mid-test with nothing said anywhere (12-06, rc 124).
+            "--verbose", "--append", "loglevel=4",
             "--overlay-rwdir", "/tmp", "--rwdir", str(out_dir), "--exec", inner]
     with open(out_dir / "vng.log", "w") as log:
         p = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
