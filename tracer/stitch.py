@@ -91,6 +91,7 @@ class _JourneyState:
     last_ns: int
     copies: list[_CopyState] = field(default_factory=list)
     ended_ns: int = 0
+    awaits_clone: bool = False  # dropped where a raw socket's clone may still come (_add)
 
     @property
     def live(self) -> bool:
@@ -277,7 +278,7 @@ class Stitcher:
         js = self._by_fp.get(fp)
         if js is None or js.id not in self._open:
             return None
-        if not js.live and ev.ts_ns - js.last_ns > self.clone_window_ns:
+        if not js.live and ev.ts_ns - js.last_ns > self.clone_window_ns and not js.awaits_clone:
             return None
         if _starts_journey(ev, dev):
             return None
@@ -320,10 +321,24 @@ class Stitcher:
             # grace: with trips its parent's hops may still be in the kernel (a frame a packet
             # socket cloned on its way to a guest that reads it later: _orphans_of).
             if not js.live and _starts_journey(*js.copies[0].events[0]):
+                if ev.hook == Hook.DROP and self._no_socket(ev) and not any(c.side for c in js.copies):
+                    # ping_rcv()'s drop of an echo reply whose raw-socket clone the pinging process
+                    # may not have read yet (tens of ms under load; _verdict then says "dropped
+                    # NO_SOCKET" for the host's own ping): it waits the idle time, as a journey of
+                    # clones does, and takes that clone however late it comes.
+                    js.awaits_clone = True
+                    return
                 js.ended_ns = js.last_ns
                 ended = self._ended
                 ended.pop(js.id, None)  # ended again (a consume after the last copy's drop): to the back
                 ended[js.id] = js
+
+    def _no_socket(self, ev: Event) -> bool:
+        """A drop that a raw socket's clone makes the host's delivery (_verdict): NO_SOCKET, or
+        before 5.17 (no reasons) a free in icmp_rcv()/icmpv6_rcv()."""
+        if ev.reason:
+            return self.namer.reason(ev.reason) == "NO_SOCKET"
+        return self.namer.symbol(ev.location).split("+")[0] in _ECHO_REPLY_FREES
 
     def flush(self, now_ns: int, final: bool = False, limit: Optional[int] = None) -> list[Journey]:
         """Journeys that are over: every copy ended (and no clone can still show up), or idle too long.
