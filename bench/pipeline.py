@@ -27,7 +27,6 @@ DEFAULTS = [HERE / "recordings" / "bench-flow.jsonl", ROOT / "tests" / "recordin
 def trip_budget(recording: Path, journeys: int) -> dict:
     """The same for journeys the kernel stitched (bpf/follow.c's trips): each copy of the
     recording as the trip records and events the kernel would hand over (trips.as_kernel_sends)."""
-    from tracer import events as ev_codec
     from tracer import replay, trips
     from tracer.follow import Annotator
     from tracer.sinks.jsonl import JsonLinesSink
@@ -44,19 +43,8 @@ def trip_budget(recording: Path, journeys: int) -> dict:
                                             for e in rec.events])
         batches.append([memoryview(r) for r in records])
     stitcher = Stitcher(rec.devices, rec.namer)
-    built: list = []
     t0 = time.perf_counter()
-    for records in batches:
-        for raw in records:
-            if len(raw) == trips.TRIP_SIZE:
-                j = stitcher.feed_trip(raw)
-                if j is not None:
-                    built.append(j)
-            else:
-                for e in ev_codec.decode_many([raw])[0]:
-                    stitcher.feed(e)
-        built += stitcher.flush(trips.last_stamp(records[-1]) + shift // 2 if trips.is_trip(records[-1]) else 0)
-    built += stitcher.flush(0, final=True)
+    built = list(_replayed(stitcher, stitcher.feed_trip, batches, shift))
     t = {"trips: decode + Stitcher.feed_trip": time.perf_counter() - t0}
     annotate = Annotator(rec.mac, set(rec.ips), rec.devices)
     t1 = time.perf_counter()
@@ -82,8 +70,6 @@ def trip_budget(recording: Path, journeys: int) -> dict:
 def _shaped_json(rec, batches, shift) -> float:
     """Seconds for what follow --json alone does with the same records (run_follow's json_only):
     a whole trip on a path seen before goes to its line as a ShapedTrip, without its Journey."""
-    from tracer import events as ev_codec
-    from tracer import trips
     from tracer.follow import Annotator, FollowSummary
     from tracer.sinks.jsonl import JsonLinesSink
     from tracer.stitch import ShapedTrip, Stitcher
@@ -104,21 +90,29 @@ def _shaped_json(rec, batches, shift) -> float:
             sink.journey(j)
 
     t0 = time.perf_counter()
-    for records in batches:
-        for raw in records:
-            if len(raw) == trips.TRIP_SIZE:
-                j = stitcher.take_trip(raw)
-                if j is not None:
-                    emit(j)
-            else:
-                for e in ev_codec.decode_many([raw])[0]:
-                    stitcher.feed(e)
-        for j in stitcher.flush(trips.last_stamp(records[-1]) + shift // 2 if trips.is_trip(records[-1]) else 0):
-            emit(j)
-    for j in stitcher.flush(0, final=True):
+    for j in _replayed(stitcher, stitcher.take_trip, batches, shift):
         emit(j)
     sink.flush()
     return time.perf_counter() - t0
+
+
+def _replayed(stitcher, take_trip, batches, shift):
+    """The journeys of the records, batch by batch, as follow's loop gets them: trips through
+    take_trip, events through the stitcher, flushed after each batch and at the end."""
+    from tracer import events as ev_codec
+    from tracer import trips
+
+    for records in batches:
+        for raw in records:
+            if len(raw) == trips.TRIP_SIZE:
+                j = take_trip(raw)
+                if j is not None:
+                    yield j
+            else:
+                for e in ev_codec.decode_many([raw])[0]:
+                    stitcher.feed(e)
+        yield from stitcher.flush(trips.last_stamp(records[-1]) + shift // 2 if trips.is_trip(records[-1]) else 0)
+    yield from stitcher.flush(0, final=True)
 
 
 def budget(recording: Path, journeys: int) -> dict:

@@ -97,13 +97,18 @@ def test_delivered_and_forwarded_pings_are_counted_exactly(collector):
 def send_frames(lab: Lab, dst_mac: str, count: int) -> None:
     """`count` frames from the remote to dst_mac, of an experimental EtherType (0x88b5: nothing
     answers them, nothing else is sent), through a packet socket."""
+    send_88b5(lab, lab.remote_ns, lab.remote_dev, dst_mac, count)
+
+
+def send_88b5(lab: Lab, ns: str, dev: str, dst_mac: str, count: int) -> None:
+    """`count` frames of EtherType 0x88b5 to dst_mac out of dev in ns, through a packet socket."""
     code = ("import socket, sys\n"
             "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
             "s.bind((sys.argv[1], 0))\n"
             "frame = bytes.fromhex(sys.argv[2]) + s.getsockname()[4] + bytes.fromhex('88b5') + bytes(46)\n"
             "for _ in range(int(sys.argv[3])):\n"
             "    s.send(frame)\n")
-    lab.run(lab.remote_ns, sys.executable, "-c", code, lab.remote_dev, dst_mac.replace(":", ""), str(count))
+    lab.run(ns, sys.executable, "-c", code, dev, dst_mac.replace(":", ""), str(count))
 
 
 DECISIONS = "tapttrace_fdb_decisions_total"
@@ -268,13 +273,7 @@ def tcpdump_on(lab: Lab, dev: str):
 
 def send_frames_from_host(lab: Lab, dev: str, dst_mac: str, count: int) -> None:
     """`count` frames of EtherType 0x88b5 sent by the host straight out of dev (no bridge)."""
-    code = ("import socket, sys\n"
-            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
-            "s.bind((sys.argv[1], 0))\n"
-            "frame = bytes.fromhex(sys.argv[2]) + s.getsockname()[4] + bytes.fromhex('88b5') + bytes(46)\n"
-            "for _ in range(int(sys.argv[3])):\n"
-            "    s.send(frame)\n")
-    lab.run(lab.hv_ns, sys.executable, "-c", code, dev, dst_mac.replace(":", ""), str(count))
+    send_88b5(lab, lab.hv_ns, dev, dst_mac, count)
 
 
 @pytest.mark.skipif(not shutil.which("tcpdump") or not shutil.which("nft"), reason="needs tcpdump and nft")
