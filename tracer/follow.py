@@ -16,7 +16,7 @@ from . import frames, trips
 from .config import FollowConfig
 from .devices import DeviceTable
 from .errors import say_note
-from .records import Device, Event, Hook, Journey
+from .records import Copy, Device, Event, Hook, Journey
 from .ringbuf import Record
 from .sinks.jsonl import JsonLinesSink
 from .stitch import Namer, ShapedTrip, Stitcher
@@ -82,13 +82,8 @@ class FollowSummary:
             self.drops[drop_words(j)] += 1
 
     def shown_trip(self, t: ShapedTrip) -> None:
-        """shown(t.journey()), from its path."""
-        verdict = t.shape.template.verdict
-        self.journeys += 1
-        self.verdicts[verdict] += 1
-        self.frame_verdicts[verdict] += 1
-        if verdict == "dropped":
-            self.drops[drop_words(t.shape.template)] += 1
+        """shown(t.journey()): its path's first journey has its verdict and drop."""
+        self.shown(t.shape.template)
 
     def line(self) -> str:
         if self.counted_in_kernel:
@@ -181,22 +176,22 @@ class Annotator:
     def __call__(self, j: Journey) -> Journey:
         j.vm = self.vm
         j.toward_guest = self._toward(frames.decode_flow(j.frame))
-        if j.toward_guest and not any(c.outcome in ("delivered", "queued") for c in j.copies):
-            j.note = self._never_reached()
+        j.note = self._note(j.toward_guest, j.copies) or j.note
         return j
 
     def trip(self, t: ShapedTrip) -> tuple[bool, str]:
         """What __call__ says of t.journey(), from t's frame and path: (toward_guest, note)."""
         toward = self._toward(t.info)
-        if toward and not any(c.outcome in ("delivered", "queued") for c in t.shape.template.copies):
-            return toward, self._never_reached()
-        return toward, ""
+        return toward, self._note(toward, t.shape.template.copies)
 
     def _toward(self, info: frames.FrameInfo) -> bool:
         asks = (info.arp_op == 1 and info.arp_target_ip in self.ips) or (info.nd_target in self.ips)
         return info.src_mac != self.mac and (info.dst_mac == self.mac or bool(asks))
 
-    def _never_reached(self) -> str:
+    def _note(self, toward_guest: bool, copies: list[Copy]) -> str:
+        """A frame for the guest that no copy of reached a tap: which taps it never reached."""
+        if not toward_guest or any(c.outcome in ("delivered", "queued") for c in copies):
+            return ""
         taps = guest_taps(self.devices.all(), self.mac)
         return f"never reached {' or '.join(t.name for t in taps)}" if taps else "never reached a tap"
 
@@ -351,20 +346,17 @@ def run_follow(config: FollowConfig, source: EventSource, devices: DeviceTable, 
             if not detached and stop.is_set():
                 pending.extend(journeys[i:])  # written once the hooks are off
                 return False
+            if config.netns and not any(n in config.netns for n in (
+                    j.shape.netns if isinstance(j, ShapedTrip) else (h.netns for h in j.hops))):
+                continue
+            if config.count is not None and summary.journeys >= config.count:
+                return True
             if isinstance(j, ShapedTrip):  # what the lines below do, from its path
                 assert json_only is not None  # only for it does the stitcher hand them over
-                if config.netns and not any(n in config.netns for n in j.shape.netns):
-                    continue
-                if config.count is not None and summary.journeys >= config.count:
-                    return True
                 toward, note = annotate.trip(j)
                 summary.shown_trip(j)
                 json_only.trip(j, toward, annotate.vm, note)
                 continue
-            if config.netns and not any(h.netns in config.netns for h in j.hops):
-                continue
-            if config.count is not None and summary.journeys >= config.count:
-                return True
             annotate(j)
             summary.shown(j)
             for s in sinks:

@@ -103,7 +103,7 @@ class Kallsyms:
     def _parse(self, data: bytes) -> None:
         addresses, begins = array("Q"), array("L")
         at = 0
-        while at < len(data):  # in pieces of whole lines: a line's bytes object each, ≈ 1 MB at a time
+        while at < len(data):  # in pieces of whole lines (_PIECE bytes): a bytes object a line, a piece at a time
             end = data.find(b"\n", at + _PIECE)
             end = len(data) if end < 0 else end + 1
             _text_lines(data, at, end, addresses, begins)

@@ -334,11 +334,8 @@ class Stitcher:
                 ended[js.id] = js
 
     def _no_socket(self, ev: Event) -> bool:
-        """A drop that a raw socket's clone makes the host's delivery (_verdict): NO_SOCKET, or
-        before 5.17 (no reasons) a free in icmp_rcv()/icmpv6_rcv()."""
-        if ev.reason:
-            return self.namer.reason(ev.reason) == "NO_SOCKET"
-        return self.namer.symbol(ev.location).split("+")[0] in _ECHO_REPLY_FREES
+        """A drop that a raw socket's clone makes the host's delivery (_verdict, _raw_clone_drop)."""
+        return _raw_clone_drop(self.namer.reason(ev.reason), self.namer.symbol(ev.location))
 
     def flush(self, now_ns: int, final: bool = False, limit: Optional[int] = None) -> list[Journey]:
         """Journeys that are over: every copy ended (and no clone can still show up), or idle too long.
@@ -520,8 +517,8 @@ class Stitcher:
             journey.verdict = Verdict.LOCAL.value
             return
         c = copies[0]
-        if c.outcome == Verdict.DROPPED.value and any(cs.side for cs in js.copies) and (
-                c.reason == "NO_SOCKET" or (not c.reason and c.location.split("+")[0] in _ECHO_REPLY_FREES)):
+        if c.outcome == Verdict.DROPPED.value and any(cs.side for cs in js.copies) and \
+                _raw_clone_drop(c.reason, c.location):
             # ping_rcv() drops the original after a raw socket took its clone: delivered to the host.
             # Before 5.17 the free has no reason: icmp_rcv()/icmpv6_rcv() free it after ping_rcv().
             c.outcome, c.reason, c.location = Verdict.LOCAL.value, "", ""
@@ -564,6 +561,12 @@ def _first_ts(js: _JourneyState) -> tuple[int, int]:
 # Where a kernel without drop reasons frees an echo reply that no ping socket wanted (a raw socket,
 # `ping`'s, took a clone of it first): the host's stack, not a drop on the way.
 _ECHO_REPLY_FREES = ("icmp_rcv", "icmpv6_rcv")
+
+
+def _raw_clone_drop(reason: str, location: str) -> bool:
+    """A drop (its reason's and location's names) that a raw socket's clone of the frame makes the
+    host's delivery: ping_rcv()'s NO_SOCKET, or before 5.17 (no reasons) a free in icmp_rcv()."""
+    return reason == "NO_SOCKET" or (not reason and location.split("+")[0] in _ECHO_REPLY_FREES)
 
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
 
