@@ -40,7 +40,7 @@ SENDER_CPU, READER_CPU = "0", "1"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-DEFAULT_CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "diagnose"]
+DEFAULT_CONFIGS = ["baseline", "exporter", "follow-nomatch", "follow-match", "diagnose", "hooks-floor"]
 # follow and the exporter with their loader forced (TAPTTRACE_FOLLOW_LOADER, TAPTTRACE_EXPORTER_LOADER): bcc
 # or libbpf, each building the one source of its program (bpf/follow.c, bpf/exporter.c). The plain
 # configurations take whatever tapttrace chooses (`tapttrace doctor` says which).
@@ -60,6 +60,9 @@ DESCRIPTIONS = {
     "follow-nomatch": f"`tapttrace follow {OTHER_MAC} --json` (no frame matches)",
     "follow-match": f"`tapttrace follow {GUEST_MAC} --json` (every frame is a journey)",
     "diagnose": f"`tapttrace diagnose {GUEST_MAC} --duration WINDOW` while traffic flows",
+    "hooks-floor": "`python -m bench.floor`: a BPF program that returns at once on each tracepoint the exporter "
+                   "hooks (netif_receive_skb, net_dev_queue, consume_skb, kfree_skb): the floor of any "
+                   "tracepoint counter here",
 }
 for _c, (_base, _env) in VARIANTS.items():
     DESCRIPTIONS[_c] = f"{DESCRIPTIONS[_base]}, " + " ".join(f"{k}={v}" for k, v in _env.items())
@@ -436,6 +439,9 @@ class Bench:
             return Tool(tapttrace_cmd("follow", GUEST_MAC, "--json", "--no-learn"), out, env)
         if config == "exporter":
             return Tool(tapttrace_cmd("exporter", *self.exporter_args), out, env)
+        if config == "hooks-floor":  # not tapttrace: the same harness around empty programs
+            # by path, with this checkout's tracer: a --tracer-root checkout need not have it
+            return Tool([sys.executable, str(HERE / "floor.py")], out, {**os.environ, "PYTHONPATH": str(ROOT)})
         return None
 
     def run(self, config: str, run_id: str) -> dict:
@@ -531,7 +537,8 @@ class Bench:
             got = self.traffic.reader.frames - before
             return {"config": "diagnose", "offered_fps": sent["sent"] / sent["elapsed_s"],
                     "delivered_fps": got / sent["elapsed_s"], "sent": sent["sent"], "delivered": got,
-                    "seconds": sent["elapsed_s"], "command_s": duration, "tool_cpu_s": cpu,
+                    "seconds": sent["elapsed_s"], "command_s": duration,
+                    "beyond_window_s": duration - self.window, "tool_cpu_s": cpu,
                     "peak_rss_mb": peak or None, "exit_code": tool.proc.returncode,
                     "output_head": out.read_text(errors="replace")[:400] if out.exists() else ""}
         finally:
@@ -686,7 +693,8 @@ def run_bench(p: Params, log: Callable[[str], None] = print) -> dict:
 
 FIGURES = ["delivered_fps", "ratio", "tool_cpu_frac", "tool_cpu_s", "journeys_per_s", "lost_events",
            "attach_s", "first_event_s", "peak_rss_mb", "detach_s", "exit_s", "bpf_ns_per_frame", "command_s",
-           "discarded_events", "discarded_journeys", "summary_frames", "counted_in_kernel", "unaccounted"]
+           "beyond_window_s", "discarded_events", "discarded_journeys", "summary_frames", "counted_in_kernel",
+           "unaccounted"]
 
 
 def aggregate(results: dict) -> dict:

@@ -20,6 +20,7 @@ TARGETS = [
     ("exporter", "detach_s", "<=", 0.1, "SIGINT → detached ≤ 0.1 s (exporter)"),
     ("follow-nomatch", "peak_rss_mb", "<=", 100, "follow resident memory ≤ 100 MB (no match)"),
     ("follow-match", "peak_rss_mb", "<=", 100, "follow resident memory ≤ 100 MB (all match)"),
+    ("diagnose", "beyond_window_s", "<=", 1.0, "diagnose under the flood finishes within its window + 1 s"),
 ]
 
 
@@ -67,6 +68,7 @@ ROWS = [
     ("backlog events discarded at exit (follow's exit budget)", "discarded_events", "int"),
     ("backlog journeys discarded at exit (follow's exit budget)", "discarded_journeys", "int"),
     ("diagnose: command run time", "command_s", "s"),
+    ("diagnose: run time beyond its window", "beyond_window_s", "s"),
 ]
 
 
@@ -88,6 +90,12 @@ def target_lines(summary: dict, available: dict) -> list[str]:
         kind = {row_fig: row_kind for _, row_fig, row_kind in ROWS}.get(fig, "s")
         lines.append(f"- {text}: {'met' if ok else '**missed**'} — median {_fmt(med, kind)}, "
                      f"worst {_fmt(worst, kind)}")
+    floor = ((summary.get("hooks-floor") or {}).get("bpf_ns_per_frame") or {}).get("median")
+    exporter = ((summary.get("exporter") or {}).get("bpf_ns_per_frame") or {}).get("median")
+    if floor is not None:
+        lines.append(f"- floor of any tracepoint counter here (hooks-floor: its programs return at once): "
+                     f"{_fmt(floor, 'ns')} of BPF a frame"
+                     + (f"; the exporter's own work above it: {_fmt(exporter - floor, 'ns')}" if exporter else ""))
     loss = summary.get("loss") or {}
     if available.get("follow-match") and loss.get("max_clean_offered_fps") is not None:
         lines.append(f"- follow, all matching, loss sweep: no event lost up to offered "

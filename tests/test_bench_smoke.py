@@ -21,7 +21,8 @@ PER_CONFIG = {
                        "lost_events", "bpf_ns_per_frame"],
     "follow-match": ["delivered_fps", "ratio", "tool_cpu_frac", "attach_s", "first_event_s", "peak_rss_mb",
                      "detach_s", "lost_events", "journeys_per_s", "bpf_ns_per_frame"],
-    "diagnose": ["delivered_fps", "ratio", "tool_cpu_s", "command_s"],
+    "diagnose": ["delivered_fps", "ratio", "tool_cpu_s", "command_s", "beyond_window_s"],
+    "hooks-floor": ["delivered_fps", "ratio", "attach_s", "detach_s", "bpf_ns_per_frame"],
 }
 
 
@@ -49,7 +50,7 @@ def test_bench_harness_smoke(tmp_path):
     assert results["saturation_probe"]["delivered_fps"] > 0
 
     ran = [c for c, ok in results["available"].items() if ok]
-    assert {"baseline", "follow-nomatch", "follow-match"} <= set(ran)
+    assert {"baseline", "follow-nomatch", "follow-match", "hooks-floor"} <= set(ran)
     for config in results["available"]:
         if config not in ran:
             assert "not available" in md
@@ -65,6 +66,7 @@ def test_bench_harness_smoke(tmp_path):
     for figure in ("offered_fps", "delivered_fps", "journeys_per_s", "events", "lost_events"):
         assert row[figure] is not None, figure
     assert "| frames/s delivered to the tap reader |" in md
+    assert "- floor of any tracepoint counter here (hooks-floor" in md
 
     # nothing left behind: the harness's namespaces are gone
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
