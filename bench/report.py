@@ -90,11 +90,15 @@ def target_lines(summary: dict, available: dict) -> list[str]:
         kind = {row_fig: row_kind for _, row_fig, row_kind in ROWS}.get(fig, "s")
         lines.append(f"- {text}: {'met' if ok else '**missed**'} — median {_fmt(med, kind)}, "
                      f"worst {_fmt(worst, kind)}")
-    floor = ((summary.get("hooks-floor") or {}).get("bpf_ns_per_frame") or {}).get("median")
-    exporter = ((summary.get("exporter") or {}).get("bpf_ns_per_frame") or {}).get("median")
+    def median(config: str, fig: str) -> Optional[float]:
+        return ((summary.get(config) or {}).get(fig) or {}).get("median")
+
+    floor, exporter = median("hooks-floor", "bpf_ns_per_frame"), median("exporter", "bpf_ns_per_frame")
     if floor is not None:
+        ratio = median("hooks-floor", "ratio")
         lines.append(f"- floor of any tracepoint counter here (hooks-floor: its programs return at once): "
                      f"{_fmt(floor, 'ns')} of BPF a frame"
+                     + (f", {_fmt(ratio, 'pct')} of baseline frames/s" if ratio is not None else "")
                      + (f"; the exporter's own work above it: {_fmt(exporter - floor, 'ns')}" if exporter else ""))
     loss = summary.get("loss") or {}
     if available.get("follow-match") and loss.get("max_clean_offered_fps") is not None:
