@@ -628,6 +628,10 @@ def detect_commands(configs: list[str]) -> tuple[dict[str, bool], list[str], lis
                 exporter_args = ["--listen", f"127.0.0.1:{port}"]
             elif "--port" in text:
                 exporter_args = ["--port", str(port)]
+    if "hooks-floor" in configs:  # built with the clang tapttrace's objects are built with
+        from tracer.bpfbuild import CLANGS, which
+
+        available["hooks-floor"] = which(*CLANGS) is not None
     if "diagnose" in configs:
         text = command_available("diagnose")
         available["diagnose"] = text is not None
