@@ -8,6 +8,7 @@ libbpf tapttrace loads them with (tracer/libbpf_loader.py)."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import signal
 import subprocess
 import sys
@@ -34,22 +35,24 @@ def build(out: Path) -> None:
 def main() -> int:
     stops = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # taken by sigwait below: none is lost before it
-    lib = libbpf()
     links: list[int] = []
     obj = 0
+    lib = None
     try:
+        lib = libbpf()
         with tempfile.TemporaryDirectory(prefix="ttbench-floor-") as tmp:
             path = Path(tmp, "hooks_floor.o")
             build(path)
             obj = open_object(lib, path)
-            if lib.bpf_object__load(obj) != 0:
-                raise KernelError(f"the floor's programs did not load: errno {ctypes.get_errno()}")
+            err = lib.bpf_object__load(obj)
+            if err != 0:
+                raise KernelError(f"the floor's programs did not load: {errno.errorcode.get(-err, err)}")
         prog = lib.bpf_object__next_program(obj, None)
         while prog:
             link = lib.bpf_program__attach(prog)
             if not link:
                 raise KernelError(f"{lib.bpf_program__name(prog).decode()} did not attach: "
-                                  f"errno {ctypes.get_errno()}")
+                                  f"{errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())}")
             links.append(link)
             prog = lib.bpf_object__next_program(obj, prog)
         print(f"attached {len(links)} empty programs; Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -59,10 +62,11 @@ def main() -> int:
         print(f"bench.floor: {e.message}", file=sys.stderr)
         return 2
     finally:
-        for link in links:
-            lib.bpf_link__destroy(link)
-        if obj:
-            lib.bpf_object__close(obj)
+        if lib is not None:
+            for link in links:
+                lib.bpf_link__destroy(link)
+            if obj:
+                lib.bpf_object__close(obj)
 
 
 if __name__ == "__main__":

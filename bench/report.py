@@ -90,6 +90,7 @@ def target_lines(summary: dict, available: dict) -> list[str]:
         kind = {row_fig: row_kind for _, row_fig, row_kind in ROWS}.get(fig, "s")
         lines.append(f"- {text}: {'met' if ok else '**missed**'} — median {_fmt(med, kind)}, "
                      f"worst {_fmt(worst, kind)}")
+
     def median(config: str, fig: str) -> Optional[float]:
         return ((summary.get(config) or {}).get(fig) or {}).get("median")
 
