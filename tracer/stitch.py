@@ -568,6 +568,7 @@ def _raw_clone_drop(reason: str, location: str) -> bool:
     host's delivery: ping_rcv()'s NO_SOCKET, or before 5.17 (no reasons) a free in icmp_rcv()."""
     return reason == "NO_SOCKET" or (not reason and location.split("+")[0] in _ECHO_REPLY_FREES)
 
+
 _FLOOD_KINDS = {0: "unknown unicast", 1: "multicast", 2: "broadcast"}
 
 # Hops from inside the bridge, the tap and nf_tables (fentry/fexit/kprobe): the event of each.
